@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# moat's whole test suite, as CI runs it (`.ci/run` calls this).
+#   1. host packages, 2. guest + test-host kernels (cached outside the clone),
+#   3. cargo fmt --check, clippy -D warnings, 4. every test: unit, tiny-guest on /dev/kvm,
+#   and the real-VM tests, which run inside the nested test host unless the machine has
+#   hardware virtualization.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+step() { printf '\n=== %s ===\n' "$*" >&2; }
+
+step "host packages"
+tests/scripts/setup-host.sh
+
+step "kernels"
+guest-kernel/build.sh guest >/dev/null
+guest-kernel/build.sh test-host >/dev/null
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "tests"
+cargo test --workspace --locked -- --test-threads="${MOAT_TEST_THREADS:-1}"

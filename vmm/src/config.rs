@@ -1,0 +1,486 @@
+//! Typed VM configuration: parsed once (JSON file and/or CLI flags), validated before any
+//! KVM object is created, so a bad value is a clear error and never a panic.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS, MMIO_GAP_START};
+
+/// Smallest guest memory moat accepts (a 6.12 kernel with an initramfs needs about this).
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Largest guest memory moat accepts (1 TiB); the host's own limits apply below that.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Largest initramfs accepted (it must fit in low RAM next to the kernel).
+pub const MAX_INITRD_BYTES: u64 = 2 << 30;
+/// Default cap on bytes written from the guest's serial port to a file or stdout.
+pub const DEFAULT_SERIAL_LIMIT_BYTES: u64 = 64 << 20;
+
+/// Kernel command line moat uses when the configuration gives none.
+///
+/// `reboot=k,c,panic_w`: the guest resets through the i8042 controller; a clean reboot or
+/// poweroff marks a *cold* reset and a panic a *warm* one (0x1234 at 0x472), which is how the
+/// VMM tells them apart. `tsc=reliable no_timer_check` with kvm-clock make boot deterministic
+/// (no calibration spin), `pci=off` because all devices are virtio-mmio.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off nomodule \
+     tsc=reliable no_timer_check noreplace-smp cryptomgr.notests rcupdate.rcu_expedited=1 \
+     8250.nr_uarts=1 quiet";
+
+/// Errors found while reading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// Path of the file.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid JSON of the expected shape.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// Path of the file.
+        path: PathBuf,
+        /// Underlying parse error (names the field and position).
+        source: serde_json::Error,
+    },
+    /// No kernel was given.
+    #[error("kernel: no kernel image given (use --kernel or \"kernel\" in the config file)")]
+    MissingKernel,
+    /// A file named in the configuration is missing or unreadable.
+    #[error("{field}: cannot open {path}: {source}")]
+    Unreadable {
+        /// Name of the configuration field.
+        field: &'static str,
+        /// Path that was given.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A file named in the configuration is not a regular file.
+    #[error("{field}: {path} is not a regular file")]
+    NotAFile {
+        /// Name of the configuration field.
+        field: &'static str,
+        /// Path that was given.
+        path: PathBuf,
+    },
+    /// The kernel image is not a 64-bit x86 ELF (moat boots an uncompressed vmlinux).
+    #[error("kernel: {path} is not an x86_64 ELF vmlinux ({why})")]
+    NotElf {
+        /// Path that was given.
+        path: PathBuf,
+        /// What was wrong with it.
+        why: &'static str,
+    },
+    /// The initramfs is larger than moat can place in guest memory.
+    #[error("initrd: {path} is {size} bytes, more than the {max} bytes allowed")]
+    InitrdTooLarge {
+        /// Path that was given.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A numeric value is outside its allowed range.
+    #[error("{field}: {value} is out of range ({min}..={max})")]
+    OutOfRange {
+        /// Name of the configuration field.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+    },
+    /// The kernel command line is too long or contains a NUL byte.
+    #[error("cmdline: {0}")]
+    Cmdline(String),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Discarded.
+    Null,
+}
+
+/// Configuration of the guest's serial console (COM1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Where guest output goes.
+    pub output: SerialOutput,
+    /// Feed the VMM's standard input to the guest's console.
+    pub stdin: bool,
+    /// Bytes of guest output written at most; later output is dropped (a guest can't fill the disk).
+    pub limit_bytes: u64,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        SerialConfig {
+            output: SerialOutput::Stdout,
+            stdin: false,
+            limit_bytes: DEFAULT_SERIAL_LIMIT_BYTES,
+        }
+    }
+}
+
+/// Full configuration of one microVM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// Uncompressed guest kernel (`vmlinux`, ELF with a PVH note).
+    pub kernel: Option<PathBuf>,
+    /// Optional initramfs (cpio, possibly compressed) handed to the kernel.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `DEFAULT_CMDLINE` when absent.
+    pub cmdline: Option<String>,
+    /// Extra arguments appended to the command line.
+    pub extra_cmdline: Option<String>,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Serial console settings.
+    pub serial: SerialConfig,
+    /// File that receives the boot metrics as JSON when the VMM exits.
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            extra_cmdline: None,
+            vcpus: 1,
+            memory_mib: 128,
+            serial: SerialConfig::default(),
+            metrics_file: None,
+        }
+    }
+}
+
+/// A configuration that passed validation; the only kind the VMM builder accepts.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    /// The kernel image path (checked: readable x86_64 ELF).
+    pub kernel: PathBuf,
+    /// The initramfs path and size, if any.
+    pub initrd: Option<(PathBuf, u64)>,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs (1..=MAX_VCPUS).
+    pub vcpus: u8,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+    /// Serial console settings.
+    pub serial: SerialConfig,
+    /// Where to write metrics at exit.
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// Reads a JSON configuration file.
+    pub fn from_json_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks every value and the files it names; returns the configuration the VMM runs.
+    pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        let kernel = self.kernel.clone().ok_or(ConfigError::MissingKernel)?;
+        check_elf_kernel(&kernel)?;
+        let initrd = match &self.initrd {
+            Some(path) => {
+                let size = regular_file_size("initrd", path)?;
+                if size > MAX_INITRD_BYTES {
+                    return Err(ConfigError::InitrdTooLarge {
+                        path: path.clone(),
+                        size,
+                        max: MAX_INITRD_BYTES,
+                    });
+                }
+                Some((path.clone(), size))
+            }
+            None => None,
+        };
+        check_range("vcpus", self.vcpus.into(), 1, MAX_VCPUS.into())?;
+        check_range(
+            "memory_mib",
+            self.memory_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?;
+        let memory_bytes = self.memory_mib << 20;
+        if let Some((path, size)) = &initrd {
+            // The initramfs goes in low RAM, with room left for the kernel and its early allocations.
+            let low_ram = memory_bytes.min(MMIO_GAP_START);
+            if size.saturating_mul(2) > low_ram {
+                return Err(ConfigError::InitrdTooLarge {
+                    path: path.clone(),
+                    size: *size,
+                    max: low_ram / 2,
+                });
+            }
+        }
+        check_range("serial.limit_bytes", self.serial.limit_bytes, 0, u64::MAX)?;
+        let cmdline = build_cmdline(self.cmdline.as_deref(), self.extra_cmdline.as_deref())?;
+        Ok(ValidConfig {
+            kernel,
+            initrd,
+            cmdline,
+            vcpus: self.vcpus,
+            memory_bytes,
+            serial: self.serial.clone(),
+            metrics_file: self.metrics_file.clone(),
+        })
+    }
+}
+
+fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn regular_file_size(field: &'static str, path: &Path) -> Result<u64, ConfigError> {
+    let file = File::open(path).map_err(|source| ConfigError::Unreadable {
+        field,
+        path: path.to_owned(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| ConfigError::Unreadable {
+        field,
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(ConfigError::NotAFile {
+            field,
+            path: path.to_owned(),
+        });
+    }
+    Ok(meta.len())
+}
+
+fn check_elf_kernel(path: &Path) -> Result<(), ConfigError> {
+    regular_file_size("kernel", path)?;
+    let mut header = [0u8; 20];
+    let mut file = File::open(path).map_err(|source| ConfigError::Unreadable {
+        field: "kernel",
+        path: path.to_owned(),
+        source,
+    })?;
+    let not_elf = |why| ConfigError::NotElf {
+        path: path.to_owned(),
+        why,
+    };
+    file.read_exact(&mut header)
+        .map_err(|_| not_elf("shorter than an ELF header"))?;
+    if &header[0..4] != b"\x7fELF" {
+        return Err(not_elf(
+            "no ELF magic; a bzImage is not accepted, use vmlinux",
+        ));
+    }
+    if header[4] != 2 {
+        return Err(not_elf("not a 64-bit ELF"));
+    }
+    if u16::from_le_bytes([header[18], header[19]]) != 62 {
+        return Err(not_elf("machine is not x86_64"));
+    }
+    Ok(())
+}
+
+/// Builds the final command line from the base (or the default) plus extra arguments.
+pub fn build_cmdline(base: Option<&str>, extra: Option<&str>) -> Result<String, ConfigError> {
+    let mut cmdline = base.unwrap_or(DEFAULT_CMDLINE).trim().to_string();
+    if let Some(extra) = extra.map(str::trim).filter(|e| !e.is_empty()) {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(extra);
+    }
+    if cmdline.contains('\0') {
+        return Err(ConfigError::Cmdline("contains a NUL byte".into()));
+    }
+    // Leave room for the virtio-mmio device arguments the VMM appends.
+    let budget = CMDLINE_MAX_SIZE - 512;
+    if cmdline.len() > budget {
+        return Err(ConfigError::Cmdline(format!(
+            "{} bytes is longer than the {budget} allowed",
+            cmdline.len()
+        )));
+    }
+    Ok(cmdline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn fake_kernel(dir: &Path) -> PathBuf {
+        let path = dir.join("vmlinux");
+        let mut header = vec![0u8; 64];
+        header[0..4].copy_from_slice(b"\x7fELF");
+        header[4] = 2;
+        header[18] = 62;
+        File::create(&path).unwrap().write_all(&header).unwrap();
+        path
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("moat-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_validate_with_a_kernel() {
+        let dir = tmpdir("defaults");
+        let cfg = VmConfig {
+            kernel: Some(fake_kernel(&dir)),
+            ..Default::default()
+        };
+        let valid = cfg.validate().unwrap();
+        assert_eq!(valid.vcpus, 1);
+        assert_eq!(valid.memory_bytes, 128 << 20);
+        assert_eq!(valid.cmdline, build_cmdline(None, None).unwrap());
+        assert!(valid.cmdline.contains("reboot=k,c,panic_w"));
+    }
+
+    #[test]
+    fn missing_kernel_is_named() {
+        let err = VmConfig::default().validate().unwrap_err();
+        assert!(matches!(err, ConfigError::MissingKernel));
+        let err = VmConfig {
+            kernel: Some("/nonexistent/vmlinux".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("kernel: cannot open /nonexistent/vmlinux"));
+    }
+
+    #[test]
+    fn bzimage_or_directory_is_refused() {
+        let dir = tmpdir("notelf");
+        let path = dir.join("bzImage");
+        std::fs::write(&path, b"MZ not an elf at all, but long enough").unwrap();
+        let err = VmConfig {
+            kernel: Some(path),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::NotElf { .. }), "{err}");
+        let err = VmConfig {
+            kernel: Some(dir.clone()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::NotAFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn ranges_are_enforced() {
+        let dir = tmpdir("ranges");
+        let kernel = Some(fake_kernel(&dir));
+        for (vcpus, mem, field) in [(0, 128, "vcpus"), (65, 128, "vcpus"), (1, 16, "memory_mib")] {
+            let err = VmConfig {
+                kernel: kernel.clone(),
+                vcpus,
+                memory_mib: mem,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err();
+            match err {
+                ConfigError::OutOfRange { field: f, .. } => assert_eq!(f, field),
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn initrd_must_exist_and_fit() {
+        let dir = tmpdir("initrd");
+        let kernel = Some(fake_kernel(&dir));
+        let err = VmConfig {
+            kernel: kernel.clone(),
+            initrd: Some(dir.join("missing.cpio")),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("initrd: cannot open"), "{err}");
+        let big = dir.join("big.cpio");
+        File::create(&big).unwrap().set_len(40 << 20).unwrap();
+        let err = VmConfig {
+            kernel,
+            initrd: Some(big),
+            memory_mib: 64,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::InitrdTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields_and_bad_types() {
+        let dir = tmpdir("json");
+        let path = dir.join("vm.json");
+        std::fs::write(&path, r#"{"kernel": "/k", "memory": 12}"#).unwrap();
+        let err = VmConfig::from_json_file(&path).unwrap_err();
+        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+        std::fs::write(&path, r#"{"vcpus": "two"}"#).unwrap();
+        assert!(VmConfig::from_json_file(&path).is_err());
+        std::fs::write(
+            &path,
+            r#"{"kernel": "/k", "vcpus": 2, "serial": {"output": {"file": "/tmp/x"}}}"#,
+        )
+        .unwrap();
+        let cfg = VmConfig::from_json_file(&path).unwrap();
+        assert_eq!(cfg.vcpus, 2);
+        assert_eq!(cfg.serial.output, SerialOutput::File("/tmp/x".into()));
+    }
+
+    #[test]
+    fn cmdline_rules() {
+        assert_eq!(build_cmdline(Some("a"), Some(" b ")).unwrap(), "a b");
+        assert_eq!(build_cmdline(Some(""), Some("b")).unwrap(), "b");
+        assert!(build_cmdline(Some("a\0b"), None).is_err());
+        assert!(build_cmdline(Some(&"x".repeat(2000)), None).is_err());
+    }
+}

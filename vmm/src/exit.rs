@@ -1,0 +1,131 @@
+//! Why a microVM stopped, and the VMM process exit status each reason maps to.
+//!
+//! | status | meaning                                                              |
+//! |--------|----------------------------------------------------------------------|
+//! | 0      | the guest shut itself down (reboot or poweroff through the i8042)    |
+//! | 1      | VMM error (setup failed, KVM error, I/O error)                       |
+//! | 2      | invalid configuration or command line                                |
+//! | 3      | the guest kernel panicked (warm-reset flag set before the reset)     |
+//! | 4      | the guest crashed (triple fault, KVM emulation failure, entry failure)|
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::bus::lock;
+
+/// Exit status: the guest shut down cleanly.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: the VMM itself failed.
+pub const EXIT_VMM_ERROR: i32 = 1;
+/// Exit status: bad configuration or command-line arguments.
+pub const EXIT_BAD_CONFIG: i32 = 2;
+/// Exit status: the guest kernel panicked.
+pub const EXIT_GUEST_PANIC: i32 = 3;
+/// Exit status: the guest crashed (triple fault or an unrecoverable vCPU state).
+pub const EXIT_GUEST_CRASH: i32 = 4;
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest asked for a reset or power-off (Linux `reboot`/`poweroff`).
+    GuestShutdown,
+    /// The guest kernel panicked and then reset itself.
+    GuestPanic,
+    /// The guest stopped in a way only a crash explains.
+    GuestCrash(String),
+    /// The VMM failed while the guest ran.
+    VmmError(String),
+}
+
+impl ExitReason {
+    /// The process exit status for this reason (see the module table).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::GuestShutdown => EXIT_OK,
+            ExitReason::GuestPanic => EXIT_GUEST_PANIC,
+            ExitReason::GuestCrash(_) => EXIT_GUEST_CRASH,
+            ExitReason::VmmError(_) => EXIT_VMM_ERROR,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::GuestShutdown => write!(f, "guest shut down"),
+            ExitReason::GuestPanic => write!(f, "guest kernel panicked"),
+            ExitReason::GuestCrash(why) => write!(f, "guest crashed: {why}"),
+            ExitReason::VmmError(why) => write!(f, "VMM error: {why}"),
+        }
+    }
+}
+
+/// The first stop request wins; the event fd wakes the VMM's event loop.
+#[derive(Clone)]
+pub struct ExitSignal {
+    reason: Arc<Mutex<Option<ExitReason>>>,
+    event: Arc<EventFd>,
+}
+
+impl ExitSignal {
+    /// Creates a signal with its (non-blocking) event fd.
+    pub fn new() -> std::io::Result<ExitSignal> {
+        Ok(ExitSignal {
+            reason: Arc::new(Mutex::new(None)),
+            event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+        })
+    }
+
+    /// Records `reason` unless one is already recorded, and wakes the event loop.
+    pub fn request(&self, reason: ExitReason) {
+        let mut slot = lock(&self.reason);
+        if slot.is_none() {
+            tracing::debug!(%reason, "stop requested");
+            *slot = Some(reason);
+        }
+        drop(slot);
+        // A full counter (never in practice) still leaves the fd readable: nothing is lost.
+        let _ = self.event.write(1);
+    }
+
+    /// The recorded reason, if any.
+    pub fn reason(&self) -> Option<ExitReason> {
+        lock(&self.reason).clone()
+    }
+
+    /// The event fd the event loop watches.
+    pub fn event_fd(&self) -> &EventFd {
+        &self.event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let sig = ExitSignal::new().unwrap();
+        assert_eq!(sig.reason(), None);
+        sig.request(ExitReason::GuestPanic);
+        sig.request(ExitReason::GuestShutdown);
+        assert_eq!(sig.reason(), Some(ExitReason::GuestPanic));
+        assert!(sig.event_fd().read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let codes = [
+            ExitReason::GuestShutdown.exit_code(),
+            ExitReason::GuestPanic.exit_code(),
+            ExitReason::GuestCrash(String::new()).exit_code(),
+            ExitReason::VmmError(String::new()).exit_code(),
+            EXIT_BAD_CONFIG,
+        ];
+        let mut sorted = codes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), codes.len());
+    }
+}

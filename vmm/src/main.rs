@@ -1,0 +1,146 @@
+//! `moat-vmm` binary: parse flags (and an optional JSON config), run one microVM, and exit
+//! with the status that says how the guest stopped (see `moat_vmm::exit`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use moat_vmm::config::{SerialOutput, VmConfig};
+use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
+use moat_vmm::metrics::Metrics;
+use moat_vmm::vmm::Vmm;
+
+/// Boot one KVM microVM from a vmlinux (PVH) and an optional initramfs.
+#[derive(Parser, Debug)]
+#[command(name = "moat-vmm", version, about)]
+struct Cli {
+    /// JSON configuration file; flags given on the command line override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Guest kernel (uncompressed vmlinux with a PVH note).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs handed to the guest kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Full kernel command line (replaces moat's default).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Arguments appended to the kernel command line.
+    #[arg(long = "append")]
+    extra_cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Serial console output: `stdout`, `null` or `file:PATH`.
+    #[arg(long, value_parser = parse_serial)]
+    serial: Option<SerialOutput>,
+    /// Feed standard input to the guest's serial console.
+    #[arg(long)]
+    stdin: bool,
+    /// Write boot metrics as JSON to this file when the VM stops.
+    #[arg(long)]
+    metrics_file: Option<PathBuf>,
+    /// Log filter for the VMM's own logs on stderr (e.g. `info`, `moat_vmm=debug`).
+    #[arg(long, env = "MOAT_LOG", default_value = "warn")]
+    log_level: String,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "null" => Ok(SerialOutput::Null),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOutput::File(path.into())),
+            _ => Err(format!("expected stdout, null or file:PATH, got {s:?}")),
+        },
+    }
+}
+
+impl Cli {
+    fn into_config(self) -> anyhow::Result<VmConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => VmConfig::from_json_file(path)?,
+            None => VmConfig::default(),
+        };
+        cfg.kernel = self.kernel.or(cfg.kernel);
+        cfg.initrd = self.initrd.or(cfg.initrd);
+        cfg.cmdline = self.cmdline.or(cfg.cmdline);
+        cfg.extra_cmdline = self.extra_cmdline.or(cfg.extra_cmdline);
+        cfg.vcpus = self.vcpus.unwrap_or(cfg.vcpus);
+        cfg.memory_mib = self.memory_mib.unwrap_or(cfg.memory_mib);
+        if let Some(out) = self.serial {
+            cfg.serial.output = out;
+        }
+        cfg.serial.stdin |= self.stdin;
+        cfg.metrics_file = self.metrics_file.or(cfg.metrics_file);
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let metrics = Arc::new(Metrics::new());
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let print_only = cli.print_config;
+    let config = match cli.into_config().and_then(|c| {
+        let valid = c.validate()?;
+        Ok((c, valid))
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("moat-vmm: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    if print_only {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config.0).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(&config.1, metrics) {
+        Ok(reason) => {
+            if reason.exit_code() != 0 {
+                eprintln!("moat-vmm: {reason}");
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("moat-vmm: {e:#}");
+            ExitCode::from(EXIT_VMM_ERROR as u8)
+        }
+    }
+}
+
+fn run(
+    config: &moat_vmm::config::ValidConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<ExitReason> {
+    let vmm = Vmm::new(config, metrics.clone()).context("building the microVM")?;
+    let reason = vmm.run().context("running the microVM")?;
+    let mut snapshot = metrics.snapshot();
+    snapshot.exit_reason = Some(reason.to_string());
+    tracing::info!(?snapshot, "VM stopped");
+    if let Some(path) = &config.metrics_file {
+        let json = serde_json::to_string_pretty(&snapshot)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing metrics to {}", path.display()))?;
+    }
+    Ok(reason)
+}

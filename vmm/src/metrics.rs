@@ -1,0 +1,166 @@
+//! Boot metrics measured inside the VMM: time to the first KVM_RUN, time to the guest's /init
+//! (boot timer), and the VMM's own resident memory excluding guest RAM.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bus::lock;
+
+/// Metrics of one VMM run; every value is set at most once.
+pub struct Metrics {
+    start: Instant,
+    start_monotonic_ns: u64,
+    first_kvm_run: OnceLock<Duration>,
+    guest_init: OnceLock<Duration>,
+    rss_excl_guest_kib: OnceLock<u64>,
+    guest_ranges: Mutex<Vec<(u64, u64)>>,
+}
+
+/// A serializable view of the metrics (written to the metrics file at exit).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// CLOCK_MONOTONIC at VMM start, in ns (compare with a launcher's own clock reading).
+    pub vmm_start_monotonic_ns: u64,
+    /// Microseconds from VMM start to the first KVM_RUN of vCPU 0.
+    pub first_kvm_run_us: Option<u64>,
+    /// Microseconds from VMM start to the guest's boot-timer write (/init reached).
+    pub guest_init_us: Option<u64>,
+    /// Resident set of the VMM process without guest RAM, in KiB, sampled at /init.
+    pub rss_excl_guest_kib: Option<u64>,
+    /// Why the VM stopped, once it has.
+    pub exit_reason: Option<String>,
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Starts the clock now.
+    pub fn new() -> Metrics {
+        Metrics {
+            start: Instant::now(),
+            start_monotonic_ns: monotonic_ns(),
+            first_kvm_run: OnceLock::new(),
+            guest_init: OnceLock::new(),
+            rss_excl_guest_kib: OnceLock::new(),
+            guest_ranges: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Tells which host address ranges hold guest RAM (left out of the RSS figure).
+    pub fn set_guest_ranges(&self, ranges: Vec<(u64, u64)>) {
+        *lock(&self.guest_ranges) = ranges;
+    }
+
+    /// Records the first KVM_RUN (later calls are ignored).
+    pub fn mark_first_kvm_run(&self) {
+        let _ = self.first_kvm_run.set(self.start.elapsed());
+    }
+
+    /// Records the guest's /init and samples RSS; true the first time only.
+    pub fn mark_guest_init(&self) -> bool {
+        if self.guest_init.set(self.start.elapsed()).is_err() {
+            return false;
+        }
+        if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
+            let _ = self
+                .rss_excl_guest_kib
+                .set(rss_excluding(&smaps, &lock(&self.guest_ranges)));
+        }
+        true
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            vmm_start_monotonic_ns: self.start_monotonic_ns,
+            first_kvm_run_us: self.first_kvm_run.get().map(|d| d.as_micros() as u64),
+            guest_init_us: self.guest_init.get().map(|d| d.as_micros() as u64),
+            rss_excl_guest_kib: self.rss_excl_guest_kib.get().copied(),
+            exit_reason: None,
+        }
+    }
+}
+
+/// Sums the `Rss:` of every mapping in `smaps` that does not overlap a guest range.
+pub fn rss_excluding(smaps: &str, guest: &[(u64, u64)]) -> u64 {
+    let mut total = 0;
+    let mut skip = false;
+    for line in smaps.lines() {
+        if let Some((start, end)) = mapping_range(line) {
+            skip = guest
+                .iter()
+                .any(|&(g, len)| start < g.saturating_add(len) && g < end);
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            if !skip {
+                total += rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn mapping_range(line: &str) -> Option<(u64, u64)> {
+    let range = line.split_whitespace().next()?;
+    let (a, b) = range.split_once('-')?;
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0c0000000-55d0c0010000 r-xp 00000000 fd:00 1 /usr/bin/moat-vmm
+Size:                 64 kB
+Rss:                  40 kB
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:              100000 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  12 kB
+";
+
+    #[test]
+    fn guest_ram_is_left_out() {
+        assert_eq!(rss_excluding(SMAPS, &[]), 100_052);
+        assert_eq!(rss_excluding(SMAPS, &[(0x7f00_0000_0000, 0x800_0000)]), 52);
+    }
+
+    #[test]
+    fn first_marks_win() {
+        let m = Metrics::new();
+        m.mark_first_kvm_run();
+        let first = m.snapshot().first_kvm_run_us;
+        std::thread::sleep(Duration::from_millis(2));
+        m.mark_first_kvm_run();
+        assert_eq!(m.snapshot().first_kvm_run_us, first);
+        assert!(m.mark_guest_init());
+        assert!(!m.mark_guest_init());
+        assert!(m.snapshot().rss_excl_guest_kib.unwrap() > 0);
+    }
+}

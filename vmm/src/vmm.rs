@@ -1,0 +1,204 @@
+//! The assembled microVM: builds memory, KVM VM, devices and vCPUs from a validated
+//! configuration, runs the event loop until the guest stops, and tears everything down.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::layout::{BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, SERIAL_IRQ};
+use crate::bus::{lock, Bus, BusError};
+use crate::config::ValidConfig;
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
+use crate::devices::serial::{open_sink, SerialDevice, StdinInput, COM1_PORT, COM1_PORTS};
+use crate::devices::IrqTrigger;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::loader::{load_guest, LoadError};
+use crate::memory::{create_guest_memory, host_ranges, MemoryError};
+use crate::metrics::Metrics;
+use crate::vstate::vcpu::{install_kick_handler, stop_vcpus, ExitContext, Vcpu, VcpuError};
+use crate::vstate::vm::{create_vm, open_kvm, VmError};
+
+/// How long teardown waits for vCPU threads to leave KVM_RUN.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors building or running a microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// Guest memory could not be allocated.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM VM setup failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// vCPU setup failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Loading the guest failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A device could not be placed on a bus.
+    #[error("device bus: {0}")]
+    Bus(#[from] BusError),
+    /// A host resource (event fd, serial output file, event loop) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A KVM VM-level call (irqfd, CPUID query) failed.
+    #[error("{what}: {source}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Wakes the event loop when a stop is requested.
+struct ExitWatcher {
+    exit: ExitSignal,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.exit.event_fd(), EventSet::IN)) {
+            tracing::error!("cannot watch the exit event: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.exit.event_fd().read();
+    }
+}
+
+/// A built microVM, ready to run.
+pub struct Vmm {
+    // Field order matters for drop: vCPU fds and the VM go before guest memory.
+    vcpus: Vec<Vcpu>,
+    _vm: kvm_ioctls::VmFd,
+    ctx: ExitContext,
+    serial: Arc<Mutex<SerialDevice>>,
+    event_manager: EventManager<Subscriber>,
+    metrics: Arc<Metrics>,
+    _guest_memory: GuestMemoryMmap,
+}
+
+impl Vmm {
+    /// Builds the VM described by `config`; nothing runs until [`Vmm::run`].
+    pub fn new(config: &ValidConfig, metrics: Arc<Metrics>) -> Result<Vmm, VmmError> {
+        let kvm = open_kvm()?;
+        let mem = create_guest_memory(config.memory_bytes)?;
+        metrics.set_guest_ranges(host_ranges(&mem));
+        let vm = create_vm(&kvm, &mem)?;
+        let exit = ExitSignal::new().map_err(io_err("create exit event"))?;
+
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create serial irq"))?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(|source| VmmError::Kvm {
+                what: "register serial irqfd",
+                source,
+            })?;
+        let sink = open_sink(&config.serial.output, config.serial.limit_bytes)
+            .map_err(io_err("open serial output"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(IrqTrigger(serial_irq), sink)));
+        let i8042 = Arc::new(Mutex::new(I8042::new(ResetTrigger::new(
+            exit.clone(),
+            mem.clone(),
+        ))));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_PORT, COM1_PORTS)?;
+        pio.insert(i8042, I8042_PORT, I8042_PORTS)?;
+        let mut mmio = Bus::new();
+        let timer = Arc::new(Mutex::new(BootTimer::new(metrics.clone())));
+        mmio.insert(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+
+        let initrd = config.initrd.as_ref().map(|(p, s)| (p.as_path(), *s));
+        let boot = load_guest(&mem, &config.kernel, initrd, &config.cmdline, config.vcpus)?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VmmError::Kvm {
+                what: "get supported CPUID",
+                source,
+            })?;
+        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        let vcpus = (0..config.vcpus)
+            .map(|id| Vcpu::new(&vm, id, config.vcpus, &supported, tsc_deadline, &mem, boot))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut event_manager = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
+        event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
+        if config.serial.stdin {
+            event_manager.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))));
+        }
+        let ctx = ExitContext {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            exit,
+            metrics: metrics.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Vmm {
+            vcpus,
+            _vm: vm,
+            ctx,
+            serial,
+            event_manager,
+            metrics,
+            _guest_memory: mem,
+        })
+    }
+
+    /// Starts the vCPUs and serves events until the guest stops; then stops every vCPU.
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        install_kick_handler().map_err(io_err("install vCPU kick handler"))?;
+        let mut handles: Vec<JoinHandle<()>> = Vec::new();
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            match vcpu.spawn(self.ctx.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    stop_vcpus(handles, &self.ctx.stop, VCPU_STOP_TIMEOUT);
+                    return Err(e.into());
+                }
+            }
+        }
+        let result = loop {
+            if let Some(reason) = self.ctx.exit.reason() {
+                break Ok(reason);
+            }
+            if let Err(e) = self.event_manager.run_with_timeout(500) {
+                break Err(VmmError::EventLoop(e));
+            }
+        };
+        let stuck = stop_vcpus(handles, &self.ctx.stop, VCPU_STOP_TIMEOUT);
+        if stuck > 0 {
+            tracing::warn!("{stuck} vCPU thread(s) did not stop in time");
+        }
+        lock(&self.serial).flush();
+        result
+    }
+
+    /// The boot metrics of this VM.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}

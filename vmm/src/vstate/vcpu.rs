@@ -1,0 +1,230 @@
+//! vCPUs: boot-time register/CPUID/MSR/LAPIC setup and the KVM_RUN loop that dispatches
+//! guest I/O to the buses and turns terminal exits into an `ExitReason`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch;
+use crate::bus::Bus;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::metrics::Metrics;
+
+/// Errors setting up a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("vCPU {id}: {what}: {source}")]
+    Kvm {
+        /// vCPU index.
+        id: u8,
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The CPUID table could not be built.
+    #[error("vCPU {id}: {source}")]
+    Cpuid {
+        /// vCPU index.
+        id: u8,
+        /// What went wrong.
+        source: arch::CpuidError,
+    },
+    /// Boot MSRs could not be set.
+    #[error("vCPU {id}: {source}")]
+    Msr {
+        /// vCPU index.
+        id: u8,
+        /// What went wrong.
+        source: arch::MsrError,
+    },
+    /// Registers, FPU or LAPIC could not be set.
+    #[error("vCPU {id}: {source}")]
+    Regs {
+        /// vCPU index.
+        id: u8,
+        /// What went wrong.
+        source: arch::RegsError,
+    },
+    /// The vCPU thread could not be started.
+    #[error("vCPU {id}: cannot spawn thread: {source}")]
+    Spawn {
+        /// vCPU index.
+        id: u8,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the boot vCPU starts (PVH entry point and the start_info address in %rbx).
+#[derive(Clone, Copy, Debug)]
+pub struct BootEntry {
+    /// PVH 32-bit entry point of the kernel.
+    pub entry: GuestAddress,
+    /// Guest address of `hvm_start_info`.
+    pub start_info: GuestAddress,
+}
+
+/// The devices a vCPU dispatches its exits to.
+#[derive(Clone)]
+pub struct ExitContext {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Where a stop is requested.
+    pub exit: ExitSignal,
+    /// Boot metrics (first KVM_RUN).
+    pub metrics: Arc<Metrics>,
+    /// Set when the VMM wants every vCPU to return.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// One configured vCPU, ready to run.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` (`tsc_deadline`: KVM offers the TSC-deadline timer) and sets CPUID, MSRs, FPU, LAPIC and (for vCPU 0) the PVH boot state.
+    pub fn new(
+        vm: &VmFd,
+        id: u8,
+        num_cpus: u8,
+        supported_cpuid: &CpuId,
+        tsc_deadline: bool,
+        mem: &GuestMemoryMmap,
+        boot: BootEntry,
+    ) -> Result<Vcpu, VcpuError> {
+        let kvm = |what| move |source| VcpuError::Kvm { id, what, source };
+        let regs = |source| VcpuError::Regs { id, source };
+        let fd = vm.create_vcpu(id.into()).map_err(kvm("create vCPU"))?;
+        let tsc_khz = fd.get_tsc_khz().ok();
+        let mut cpuid = supported_cpuid.clone();
+        arch::filter_cpuid(&mut cpuid, id, num_cpus, tsc_khz)
+            .map_err(|source| VcpuError::Cpuid { id, source })?;
+        arch::set_tsc_deadline(&mut cpuid, tsc_deadline);
+        fd.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
+        arch::setup_msrs(&fd).map_err(|source| VcpuError::Msr { id, source })?;
+        if id == 0 {
+            arch::setup_pvh_regs(&fd, boot.entry, boot.start_info).map_err(regs)?;
+            arch::setup_pvh_sregs(mem, &fd).map_err(regs)?;
+        }
+        arch::setup_fpu(&fd).map_err(regs)?;
+        arch::setup_lapic(&fd).map_err(regs)?;
+        Ok(Vcpu { id, fd })
+    }
+
+    /// Starts the run loop on its own thread.
+    pub fn spawn(self, ctx: ExitContext) -> Result<JoinHandle<()>, VcpuError> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || self.run_loop(ctx))
+            .map_err(|source| VcpuError::Spawn { id, source })
+    }
+
+    fn run_loop(mut self, ctx: ExitContext) {
+        if self.id == 0 {
+            ctx.metrics.mark_first_kvm_run();
+        }
+        while !ctx.stop.load(Ordering::Acquire) {
+            if let Some(reason) = self.run_once(&ctx) {
+                ctx.exit.request(reason);
+                return;
+            }
+        }
+    }
+
+    /// Runs the guest until one exit; returns a reason when the VM must stop.
+    fn run_once(&mut self, ctx: &ExitContext) -> Option<ExitReason> {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                ctx.pio.read(port.into(), data);
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                ctx.pio.write(port.into(), data);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                ctx.mmio.read(addr, data);
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ctx.mmio.write(addr, data);
+            }
+            Ok(VcpuExit::Shutdown) => {
+                return Some(ExitReason::GuestCrash(format!(
+                    "vCPU {id} triple fault (KVM_EXIT_SHUTDOWN)"
+                )))
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                return Some(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN
+                    | kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::GuestShutdown,
+                    other => ExitReason::GuestCrash(format!("system event {other}")),
+                })
+            }
+            Ok(VcpuExit::Hlt) => {
+                return Some(ExitReason::GuestCrash(format!(
+                    "vCPU {id} halted outside the in-kernel irqchip"
+                )))
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Some(ExitReason::GuestCrash(format!(
+                    "vCPU {id} entry failed: hardware reason {reason:#x} on cpu {cpu}"
+                )))
+            }
+            Ok(VcpuExit::InternalError) => {
+                return Some(ExitReason::GuestCrash(format!(
+                    "vCPU {id}: KVM internal error (emulation failure)"
+                )))
+            }
+            Ok(VcpuExit::Intr) => {}
+            Ok(other) => {
+                return Some(ExitReason::GuestCrash(format!(
+                    "vCPU {id}: unexpected exit {other:?}"
+                )))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return Some(ExitReason::VmmError(format!("vCPU {id}: KVM_RUN: {e}"))),
+        }
+        None
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op handler for the signal that kicks vCPUs out of KVM_RUN.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Stops every vCPU thread: sets `stop`, then signals each thread until it leaves KVM_RUN.
+/// Returns the number of threads that did not stop within `timeout`.
+pub fn stop_vcpus(handles: Vec<JoinHandle<()>>, stop: &AtomicBool, timeout: Duration) -> usize {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + timeout;
+    let mut stuck = 0;
+    for handle in handles {
+        // Repeat the kick: one sent just before the thread entered KVM_RUN would be lost.
+        while !handle.is_finished() && Instant::now() < deadline {
+            let _ = handle.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        } else {
+            stuck += 1;
+        }
+    }
+    stuck
+}
