@@ -138,7 +138,7 @@ mod tests {
         let mut buf = [0u8; 1];
         assert!(bus.read(0x3fd, &mut buf));
         assert_eq!(buf, [5]);
-        assert!(bus.write(0x3f8, &[b'A']));
+        assert!(bus.write(0x3f8, b"A"));
         assert_eq!(dev.lock().unwrap().writes, vec![(0, vec![b'A'])]);
     }
 
