@@ -1,0 +1,116 @@
+//! `moat-bench`: boot benchmarks of moat-vmm against qemu's `microvm` machine booting the same
+//! kernel and initramfs on the same KVM, in the same run (inside the test host unless the
+//! machine has hardware KVM). Reports medians and moat/qemu ratios; asserts nothing.
+//!
+//! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use moat_tests::microvm::{boot_moat, boot_qemu, BootRun, BootSpec, GuestImage};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let boots: u32 = match args.first().map(|a| a.parse()) {
+        None => 10,
+        Some(Ok(n)) if n > 0 => n,
+        _ => {
+            eprintln!("usage: moat-bench [BOOTS>0]");
+            return ExitCode::from(2);
+        }
+    };
+    let budget = Duration::from_secs(120 + u64::from(boots) * 30);
+    // Build the image here: inside the test host the workspace is read-only.
+    let image = match GuestImage::default_image() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("moat-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    moat_tests::main_on_kvm(&args, budget, || bench(image, boots))
+}
+
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+fn collect(runs: &[BootRun], f: impl Fn(&BootRun) -> Option<u64>) -> Option<u64> {
+    median(runs.iter().filter_map(f).collect())
+}
+
+fn ms(us: Option<u64>) -> String {
+    us.map_or("n/a".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{:.2} MiB", v as f64 / 1024.0))
+}
+
+fn ratio(a: Option<u64>, b: Option<u64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0 => format!("{:.2}x", a as f64 / b as f64),
+        _ => "n/a".into(),
+    }
+}
+
+fn bench(image: GuestImage, boots: u32) -> ExitCode {
+    let vmm = moat_tests::cargo_bin("moat-vmm");
+    let spec = BootSpec::new(image);
+    let (mut moat, mut qemu) = (Vec::new(), Vec::new());
+    // One warm-up each (page cache), then alternate so drift hits both alike.
+    for i in 0..=boots {
+        let (m, q) = match (boot_moat(&vmm, &spec), boot_qemu(&spec)) {
+            (Ok(m), Ok(q)) => (m, q),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("moat-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for (name, run) in [("moat", &m), ("qemu", &q)] {
+            if !run.reached_init() {
+                eprintln!("moat-bench: {name} boot failed\n{}", run.describe());
+                return ExitCode::FAILURE;
+            }
+        }
+        if i > 0 {
+            moat.push(m);
+            qemu.push(q);
+        }
+    }
+    let to_marker = |r: &BootRun| r.to_marker.map(|d| d.as_micros() as u64);
+    let rss = |r: &BootRun| r.rss_kib_at_marker;
+    let m_marker = collect(&moat, to_marker);
+    let q_marker = collect(&qemu, to_marker);
+    let m_rss = collect(&moat, rss);
+    let q_rss = collect(&qemu, rss);
+    println!(
+        "moat-bench: {boots} boots each, medians (guest: 1 vCPU, 256 MiB, same kernel+initramfs)"
+    );
+    println!(
+        "  moat-vmm spawn -> first KVM_RUN      {}",
+        ms(collect(&moat, BootRun::spawn_to_first_run_us))
+    );
+    println!(
+        "  moat-vmm spawn -> /init (boot timer) {}",
+        ms(collect(&moat, BootRun::spawn_to_init_us))
+    );
+    println!(
+        "  moat-vmm RSS without guest RAM       {}",
+        kib(collect(&moat, |r| r.metrics["rss_excl_guest_kib"].as_u64()))
+    );
+    println!(
+        "  spawn -> /init marker on console:  moat {}  qemu {}  ratio moat/qemu {}",
+        ms(m_marker),
+        ms(q_marker),
+        ratio(m_marker, q_marker)
+    );
+    println!(
+        "  process RSS at /init (incl. guest): moat {}  qemu {}  ratio moat/qemu {}",
+        kib(m_rss),
+        kib(q_rss),
+        ratio(m_rss, q_rss)
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,84 @@
+//! `moat-soak`: boots the default guest image N times in a row under moat-vmm (inside the
+//! test host unless the machine has hardware KVM) and reports how many reached /init, with
+//! min/median/max boot time. Exits non-zero if any boot failed.
+//!
+//! Usage: `moat-soak [BOOTS] [VCPUS]` (defaults: 50 boots, 1 vCPU).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use moat_tests::microvm::{boot_moat, min_median_max, BootSpec, GuestImage};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let boots: u32 = match args.first().map(|a| a.parse()) {
+        None => 50,
+        Some(Ok(n)) if n > 0 => n,
+        _ => return usage(),
+    };
+    let vcpus: u8 = match args.get(1).map(|a| a.parse()) {
+        None => 1,
+        Some(Ok(n)) if n > 0 => n,
+        _ => return usage(),
+    };
+    // About 6 s a boot in the test host, plus L1's own boot.
+    let budget = Duration::from_secs(120 + u64::from(boots) * 20);
+    // Build the image here: inside the test host the workspace is read-only.
+    let image = match GuestImage::default_image() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("moat-soak: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    moat_tests::main_on_kvm(&args, budget, || soak(image, boots, vcpus))
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: moat-soak [BOOTS>0] [VCPUS>0]");
+    ExitCode::from(2)
+}
+
+fn soak(image: GuestImage, boots: u32, vcpus: u8) -> ExitCode {
+    let vmm = moat_tests::cargo_bin("moat-vmm");
+    let mut spec = BootSpec::new(image);
+    spec.vcpus = vcpus;
+    let mut times = Vec::new();
+    let mut failures = 0;
+    for i in 1..=boots {
+        let run = match boot_moat(&vmm, &spec) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("moat-soak: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match (run.reached_init(), run.metrics["guest_init_us"].as_u64()) {
+            (true, Some(us)) => {
+                times.push(us);
+                println!("boot {i:>3}: /init after {:.1} ms", us as f64 / 1000.0);
+            }
+            _ => {
+                failures += 1;
+                println!("boot {i:>3}: FAILED\n{}", run.describe());
+            }
+        }
+    }
+    let ok = boots - failures;
+    let summary = min_median_max(&mut times)
+        .map(|(a, b, c)| {
+            format!(
+                "; boot-timer /init min/median/max = {:.0}/{:.0}/{:.0} ms",
+                a as f64 / 1000.0,
+                b as f64 / 1000.0,
+                c as f64 / 1000.0
+            )
+        })
+        .unwrap_or_default();
+    println!("soak: {ok}/{boots} reached /init ({vcpus} vCPU){summary}");
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

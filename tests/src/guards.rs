@@ -1,0 +1,149 @@
+//! RAII guards that make sure a test-host run leaves nothing behind: the
+//! qemu process is killed and reaped, the scratch directory removed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A freshly created directory that is removed (recursively) on drop.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// Creates a new, empty, uniquely named directory `<parent>/<prefix>-...`.
+    pub fn new(parent: &Path, prefix: &str) -> io::Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = parent.join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped on drop unless it
+/// has already been waited for.
+#[derive(Debug)]
+pub struct KillOnDrop {
+    child: Child,
+    reaped: bool,
+}
+
+/// How waiting for a [`KillOnDrop`] child ended.
+#[derive(Debug)]
+pub enum WaitOutcome {
+    /// The process exited by itself.
+    Exited(ExitStatus),
+    /// The deadline passed; the process was killed and reaped.
+    TimedOut,
+}
+
+impl KillOnDrop {
+    /// Wraps a spawned child.
+    pub fn new(child: Child) -> Self {
+        Self {
+            child,
+            reaped: false,
+        }
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the child exits or `timeout` passes; on timeout kills it.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<WaitOutcome> {
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_millis(5);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                self.reaped = true;
+                return Ok(WaitOutcome::Exited(st));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.kill();
+                return Ok(WaitOutcome::TimedOut);
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills and reaps the child (idempotent).
+    pub fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn scratch_dir_is_removed() {
+        let d = ScratchDir::new(&std::env::temp_dir(), "moat-guard-test").unwrap();
+        let p = d.path().to_path_buf();
+        std::fs::write(p.join("f"), b"x").unwrap();
+        drop(d);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn child_is_killed_on_timeout_and_drop() {
+        let mut c = KillOnDrop::new(Command::new("sleep").arg("600").spawn().unwrap());
+        let pid = c.id();
+        let out = c.wait_timeout(Duration::from_millis(100)).unwrap();
+        assert!(matches!(out, WaitOutcome::TimedOut));
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+
+        let c = KillOnDrop::new(Command::new("sleep").arg("600").spawn().unwrap());
+        let pid = c.id();
+        drop(c);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn exit_is_reported() {
+        let mut c = KillOnDrop::new(Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap());
+        match c.wait_timeout(Duration::from_secs(10)).unwrap() {
+            WaitOutcome::Exited(st) => assert_eq!(st.code(), Some(3)),
+            WaitOutcome::TimedOut => panic!("timed out"),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Booting a real guest kernel: the default guest image (moat's vmlinux + a busybox test
+//! initramfs) and one-shot runs of it under `moat-vmm` — or, as a baseline for benchmarks,
+//! under qemu's `microvm` machine on the same KVM. Used by the boot test, the soak and the
+//! bench, which run where KVM works (inside the test host here).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cpio::Archive;
+use crate::guards::{KillOnDrop, WaitOutcome};
+
+/// Line the test /init prints once it runs (after signalling the boot timer).
+pub const INIT_MARKER: &str = "moat-test-init: reached /init";
+
+/// The test /init: mount devtmpfs, write the boot-timer magic (123 at 0xd000_0000), print
+/// the marker, run what the kernel command line asks after `--`, and stop the VM.
+const GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mount -t devtmpfs dev /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox devmem 0xd0000000 8 123
+echo "moat-test-init: reached /init"
+case "$1" in
+  exit) echo "moat-test-init: exiting PID 1"; exit 1 ;;
+  info) echo "cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)"
+        echo "mem=$(/bin/busybox grep MemTotal /proc/meminfo)"
+        echo "clocksource=$(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)" ;;
+esac
+/bin/busybox reboot -f
+"#;
+
+/// Errors preparing or running a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum MicrovmError {
+    /// The guest kernel is not built.
+    #[error("guest kernel missing: {0} (run `guest-kernel/build.sh guest`)")]
+    KernelMissing(String),
+    /// Building the initramfs failed.
+    #[error("initramfs: {0}")]
+    Initramfs(String),
+    /// Starting the VMM (or qemu) failed.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// The program.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A kernel plus the test initramfs.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    /// The guest vmlinux.
+    pub kernel: PathBuf,
+    /// The test initramfs (cpio.gz).
+    pub initrd: PathBuf,
+}
+
+impl GuestImage {
+    /// The default image: `guest-kernel/build.sh --print-path guest` + the busybox initramfs.
+    pub fn default_image() -> Result<GuestImage, MicrovmError> {
+        let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;
+        let initrd = test_initramfs(&crate::target_dir().join("moat-test-images"))?;
+        Ok(GuestImage { kernel, initrd })
+    }
+}
+
+/// Builds (once per content hash) the busybox test initramfs under `dir`.
+pub fn test_initramfs(dir: &Path) -> Result<PathBuf, MicrovmError> {
+    let busybox =
+        crate::initramfs::busybox_bytes().map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
+    let mut h = DefaultHasher::new();
+    GUEST_INIT.hash(&mut h);
+    busybox.hash(&mut h);
+    let path = dir.join(format!("guest-test-{:016x}.cpio.gz", h.finish()));
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut a = Archive::new();
+    let err = |e: crate::cpio::CpioError| MicrovmError::Initramfs(e.to_string());
+    for d in ["bin", "dev", "proc", "sys", "tmp"] {
+        a.dir(d, 0o755).map_err(err)?;
+    }
+    a.file("bin/busybox", 0o755, busybox).map_err(err)?;
+    a.file("init", 0o755, GUEST_INIT.as_bytes().to_vec())
+        .map_err(err)?;
+    std::fs::create_dir_all(dir).map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    a.write_gzip_file(&tmp).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
+    Ok(path)
+}
+
+/// What to boot and how.
+#[derive(Clone, Debug)]
+pub struct BootSpec {
+    /// Kernel and initramfs.
+    pub image: GuestImage,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Arguments appended to the kernel command line (e.g. `-- exit` for the init).
+    pub append: String,
+    /// Kill the VM after this long.
+    pub timeout: Duration,
+}
+
+impl BootSpec {
+    /// 1 vCPU, 256 MiB, no extra arguments, 60 s timeout.
+    pub fn new(image: GuestImage) -> BootSpec {
+        BootSpec {
+            image,
+            vcpus: 1,
+            memory_mib: 256,
+            append: String::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The outcome of one boot.
+#[derive(Debug, Default)]
+pub struct BootRun {
+    /// Exit status of the VMM (`None` when killed on timeout).
+    pub status: Option<i32>,
+    /// Whole serial console output.
+    pub serial: String,
+    /// VMM stderr.
+    pub stderr: String,
+    /// Metrics JSON written by moat-vmm (`Null` for qemu).
+    pub metrics: serde_json::Value,
+    /// Time from spawning the process to the /init marker on the console.
+    pub to_marker: Option<Duration>,
+    /// Resident set (VmRSS, KiB) of the whole process when the marker appeared.
+    pub rss_kib_at_marker: Option<u64>,
+    /// CLOCK_MONOTONIC right before the spawn, ns (to compare with the VMM's own clock).
+    pub spawn_monotonic_ns: u64,
+}
+
+impl BootRun {
+    /// True if the guest reached /init and the VMM exited 0.
+    pub fn reached_init(&self) -> bool {
+        self.status == Some(0) && self.serial.contains(INIT_MARKER)
+    }
+
+    /// Microseconds from spawn to moat's first KVM_RUN (moat only).
+    pub fn spawn_to_first_run_us(&self) -> Option<u64> {
+        let start = self.metrics["vmm_start_monotonic_ns"].as_u64()?;
+        let first = self.metrics["first_kvm_run_us"].as_u64()?;
+        Some(start.saturating_sub(self.spawn_monotonic_ns) / 1000 + first)
+    }
+
+    /// Microseconds from spawn to the boot-timer write (moat only).
+    pub fn spawn_to_init_us(&self) -> Option<u64> {
+        let start = self.metrics["vmm_start_monotonic_ns"].as_u64()?;
+        let init = self.metrics["guest_init_us"].as_u64()?;
+        Some(start.saturating_sub(self.spawn_monotonic_ns) / 1000 + init)
+    }
+
+    /// A one-paragraph description for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?}\n--- serial ---\n{}\n--- stderr ---\n{}\n--- metrics ---\n{}",
+            self.status, self.serial, self.stderr, self.metrics
+        )
+    }
+}
+
+/// Boots `spec` under `moat-vmm` (binary `vmm_bin`), serial on stdout.
+pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmError> {
+    let scratch = std::env::temp_dir().join(format!(
+        "moat-boot-{}-{}",
+        std::process::id(),
+        crate::unique_suffix()
+    ));
+    std::fs::create_dir_all(&scratch).map_err(|source| MicrovmError::Spawn {
+        what: "scratch dir".into(),
+        source,
+    })?;
+    let metrics = scratch.join("metrics.json");
+    let mut cmd = Command::new(vmm_bin);
+    cmd.arg("--kernel")
+        .arg(&spec.image.kernel)
+        .arg("--initrd")
+        .arg(&spec.image.initrd)
+        .args(["--vcpus", &spec.vcpus.to_string()])
+        .args(["--memory-mib", &spec.memory_mib.to_string()])
+        .arg("--metrics-file")
+        .arg(&metrics);
+    if !spec.append.is_empty() {
+        cmd.args(["--append", &spec.append]);
+    }
+    let mut run = run_console(cmd, spec.timeout)?;
+    run.metrics = std::fs::read(&metrics)
+        .ok()
+        .and_then(|m| serde_json::from_slice(&m).ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(run)
+}
+
+/// Boots `spec` under qemu's microvm machine with KVM (the benchmark baseline), using the
+/// same kernel command line moat uses by default.
+pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, MicrovmError> {
+    let cmdline = format!(
+        "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off nomodule tsc=reliable \
+         no_timer_check noreplace-smp cryptomgr.notests rcupdate.rcu_expedited=1 \
+         8250.nr_uarts=1 quiet {}",
+        spec.append
+    );
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "kvm", "-cpu", "host", "-M", "microvm,acpi=off"])
+        .args(["-smp", &spec.vcpus.to_string()])
+        .args(["-m", &format!("{}M", spec.memory_mib)])
+        .arg("-kernel")
+        .arg(&spec.image.kernel)
+        .arg("-initrd")
+        .arg(&spec.image.initrd)
+        .args(["-append", cmdline.trim()])
+        .args([
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ]);
+    run_console(cmd, spec.timeout)
+}
+
+/// Runs `cmd` with the guest console on its stdout, timing the /init marker.
+fn run_console(mut cmd: Command, timeout: Duration) -> Result<BootRun, MicrovmError> {
+    let what = format!("{:?}", cmd.get_program());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawn_monotonic_ns = monotonic_ns();
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| MicrovmError::Spawn { what, source })?;
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let mut child = KillOnDrop::new(child);
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut serial = String::new();
+        if let Some(out) = stdout {
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if line.contains(INIT_MARKER) {
+                    let _ = tx.send((start.elapsed(), vm_rss_kib(pid)));
+                }
+                serial.push_str(&line);
+                serial.push('\n');
+            }
+        }
+        serial
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    });
+    let status = match child.wait_timeout(timeout) {
+        Ok(WaitOutcome::Exited(st)) => st.code(),
+        _ => {
+            child.kill();
+            None
+        }
+    };
+    let serial = reader.join().unwrap_or_default();
+    let mut stderr = err_reader.join().unwrap_or_default();
+    if status.is_none() {
+        stderr.push_str(&format!("\n[killed after {timeout:?} timeout]"));
+    }
+    let (to_marker, rss) = rx.try_recv().map_or((None, None), |(t, r)| (Some(t), r));
+    Ok(BootRun {
+        status,
+        serial,
+        stderr,
+        metrics: serde_json::Value::Null,
+        to_marker,
+        rss_kib_at_marker: rss,
+        spawn_monotonic_ns,
+    })
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CLOCK_MONOTONIC in ns (the same clock moat-vmm reports in its metrics).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec passed to it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// min / median / max of a list (None when empty).
+pub fn min_median_max(values: &mut [u64]) -> Option<(u64, u64, u64)> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    Some((
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    ))
+}
