@@ -216,7 +216,10 @@ fn passes_through(k: &str) -> bool {
         "PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "NO_COLOR", "CI",
     ];
     const PREFIX: &[&str] = &["MOAT_", "CARGO", "RUST"];
-    (EXACT.contains(&k) || PREFIX.iter().any(|p| k.starts_with(p)))
+    // Only names a shell can export (cargo sets e.g. `CARGO_BIN_EXE_moat-vmm`).
+    let exportable = k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    exportable
+        && (EXACT.contains(&k) || PREFIX.iter().any(|p| k.starts_with(p)))
         && k != kvm_host::FORCE_TEST_HOST_ENV
 }
 

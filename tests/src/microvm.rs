@@ -22,8 +22,10 @@ pub const INIT_MARKER: &str = "moat-test-init: reached /init";
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
 /bin/busybox devmem 0xd0000000 8 123
 echo "moat-test-init: reached /init"
+echo "moat-test-init: args: $*; cmdline: $(/bin/busybox cat /proc/cmdline)"
 case "$1" in
   exit) echo "moat-test-init: exiting PID 1"; exit 1 ;;
   info) echo "cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)"
@@ -194,7 +196,7 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmErro
         .arg("--metrics-file")
         .arg(&metrics);
     if !spec.append.is_empty() {
-        cmd.args(["--append", &spec.append]);
+        cmd.arg(format!("--append={}", spec.append));
     }
     let mut run = run_console(cmd, spec.timeout)?;
     run.metrics = std::fs::read(&metrics)
@@ -209,7 +211,7 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmErro
 /// same kernel command line moat uses by default.
 pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, MicrovmError> {
     let cmdline = format!(
-        "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off nomodule tsc=reliable \
+        "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off tsc=reliable \
          no_timer_check noreplace-smp cryptomgr.notests rcupdate.rcu_expedited=1 \
          8250.nr_uarts=1 quiet {}",
         spec.append

@@ -24,7 +24,7 @@ pub const DEFAULT_SERIAL_LIMIT_BYTES: u64 = 64 << 20;
 /// poweroff marks a *cold* reset and a panic a *warm* one (0x1234 at 0x472), which is how the
 /// VMM tells them apart. `tsc=reliable no_timer_check` with kvm-clock make boot deterministic
 /// (no calibration spin), `pci=off` because all devices are virtio-mmio.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off nomodule \
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off \
      tsc=reliable no_timer_check noreplace-smp cryptomgr.notests rcupdate.rcu_expedited=1 \
      8250.nr_uarts=1 quiet";
 

@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long)]
     cmdline: Option<String>,
     /// Arguments appended to the kernel command line.
-    #[arg(long = "append")]
+    #[arg(long = "append", allow_hyphen_values = true)]
     extra_cmdline: Option<String>,
     /// Number of vCPUs.
     #[arg(long)]
