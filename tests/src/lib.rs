@@ -217,8 +217,7 @@ fn passes_through(k: &str) -> bool {
     ];
     const PREFIX: &[&str] = &["MOAT_", "CARGO", "RUST"];
     // Only names a shell can export (cargo sets e.g. `CARGO_BIN_EXE_moat-vmm`).
-    let exportable = k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    exportable
+    testhost::valid_env_name(k)
         && (EXACT.contains(&k) || PREFIX.iter().any(|p| k.starts_with(p)))
         && k != kvm_host::FORCE_TEST_HOST_ENV
 }
@@ -240,10 +239,19 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of the built kernel of `flavor` (`guest`, `test-host`), as
-/// `guest-kernel/build.sh --print-path <flavor>` prints it (that never
-/// builds); the error says what failed.
+/// Path of the built kernel of `flavor` (`guest`, `test-host`): the file named by
+/// `MOAT_GUEST_KERNEL` / `MOAT_TEST_HOST_KERNEL` if set, else what
+/// `guest-kernel/build.sh --print-path <flavor>` prints (that never builds); the error
+/// says what failed.
 pub fn kernel_path(flavor: &str) -> Result<PathBuf, String> {
+    let var = format!("MOAT_{}_KERNEL", flavor.to_uppercase().replace('-', "_"));
+    if let Some(k) = std::env::var_os(&var) {
+        let k = PathBuf::from(k);
+        return match k.is_file() {
+            true => Ok(k),
+            false => Err(format!("{var}={} does not exist", k.display())),
+        };
+    }
     let script = workspace_root().join("guest-kernel/build.sh");
     let out = Command::new(&script)
         .args(["--print-path", flavor])
@@ -298,7 +306,9 @@ pub struct BinMissing {
 }
 
 /// Finds built workspace binary `name`: the path in `$MOAT_<NAME>_BIN` if
-/// set, else the newer of `<target>/release/<name>` and `<target>/debug/<name>`.
+/// set, else the one built with the caller's own profile (next to the running executable,
+/// or one level up from a test's `deps/`), else the newer of `<target>/release/<name>` and
+/// `<target>/debug/<name>`.
 ///
 /// `<NAME>` is `name` upper-cased with `-` as `_` and without a `moat-`
 /// prefix: `moat-vmm` uses `MOAT_VMM_BIN`, `foo-bar` `MOAT_FOO_BAR_BIN`.
@@ -315,6 +325,18 @@ pub fn try_cargo_bin(name: &str) -> Result<PathBuf, BinMissing> {
                 looked: vec![p],
             })
         };
+    }
+    let own_profile = std::env::current_exe().ok().and_then(|exe| {
+        let dir = exe.parent()?;
+        let dir = if dir.ends_with("deps") {
+            dir.parent()?
+        } else {
+            dir
+        };
+        Some(dir.join(name)).filter(|p| p.is_file())
+    });
+    if let Some(p) = own_profile {
+        return Ok(p);
     }
     let looked: Vec<PathBuf> = ["release", "debug"]
         .iter()

@@ -22,7 +22,7 @@ use crate::guards::{KillOnDrop, ScratchDir, WaitOutcome};
 /// The qemu binary the test host runs (looked up on `PATH`).
 pub const QEMU: &str = "qemu-system-x86_64";
 /// Environment variable naming the L1 kernel, overriding `build.sh`.
-pub const KERNEL_ENV: &str = "MOAT_TEST_HOST_KERNEL";
+pub const KERNEL_ENV: &str = "MOAT_TEST_HOST_KERNEL"; // read by crate::kernel_path
 /// Where the scratch share (script, outputs) appears inside L1's chroot.
 pub const SCRATCH_IN_L1: &str = "/run/moat-testhost";
 /// Default wall-clock limit of one run.
@@ -501,19 +501,8 @@ impl TestHost {
     }
 }
 
-/// Finds the default L1 kernel: `$MOAT_TEST_HOST_KERNEL`, else asks
-/// `guest-kernel/build.sh --print-path test-host`.
+/// Finds the default L1 kernel (see [`crate::kernel_path`]).
 fn default_kernel() -> Result<PathBuf, TestHostError> {
-    if let Some(k) = std::env::var_os(KERNEL_ENV) {
-        let k = PathBuf::from(k);
-        return if k.is_file() {
-            Ok(k)
-        } else {
-            Err(TestHostError::KernelMissing {
-                reason: format!("{KERNEL_ENV}={} does not exist", k.display()),
-            })
-        };
-    }
     crate::kernel_path("test-host").map_err(|reason| TestHostError::KernelMissing { reason })
 }
 
@@ -523,7 +512,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn valid_env_name(k: &str) -> bool {
+pub(crate) fn valid_env_name(k: &str) -> bool {
     let mut chars = k.chars();
     chars
         .next()

@@ -16,6 +16,7 @@ pub struct Metrics {
     guest_init: OnceLock<Duration>,
     rss_excl_guest_kib: OnceLock<u64>,
     guest_ranges: Mutex<Vec<(u64, u64)>>,
+    phases: Mutex<Vec<(&'static str, u64)>>,
 }
 
 /// A serializable view of the metrics (written to the metrics file at exit).
@@ -31,6 +32,8 @@ pub struct MetricsSnapshot {
     pub rss_excl_guest_kib: Option<u64>,
     /// Why the VM stopped, once it has.
     pub exit_reason: Option<String>,
+    /// Setup phases, each with the microseconds since VMM start at which it ended.
+    pub phases_us: Vec<(String, u64)>,
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds.
@@ -60,12 +63,20 @@ impl Metrics {
             guest_init: OnceLock::new(),
             rss_excl_guest_kib: OnceLock::new(),
             guest_ranges: Mutex::new(Vec::new()),
+            phases: Mutex::new(Vec::new()),
         }
     }
 
     /// Tells which host address ranges hold guest RAM (left out of the RSS figure).
     pub fn set_guest_ranges(&self, ranges: Vec<(u64, u64)>) {
         *lock(&self.guest_ranges) = ranges;
+    }
+
+    /// Records that setup phase `name` ended now.
+    pub fn phase_done(&self, name: &'static str) {
+        let us = self.start.elapsed().as_micros() as u64;
+        tracing::debug!("{name} done at {us} us");
+        lock(&self.phases).push((name, us));
     }
 
     /// Records the first KVM_RUN (later calls are ignored).
@@ -94,6 +105,10 @@ impl Metrics {
             guest_init_us: self.guest_init.get().map(|d| d.as_micros() as u64),
             rss_excl_guest_kib: self.rss_excl_guest_kib.get().copied(),
             exit_reason: None,
+            phases_us: lock(&self.phases)
+                .iter()
+                .map(|(n, us)| (n.to_string(), *us))
+                .collect(),
         }
     }
 }

@@ -107,9 +107,12 @@ impl Vmm {
     /// Builds the VM described by `config`; nothing runs until [`Vmm::run`].
     pub fn new(config: &ValidConfig, metrics: Arc<Metrics>) -> Result<Vmm, VmmError> {
         let kvm = open_kvm()?;
+        metrics.phase_done("kvm_open");
         let mem = create_guest_memory(config.memory_bytes)?;
         metrics.set_guest_ranges(host_ranges(&mem));
+        metrics.phase_done("guest_memory");
         let vm = create_vm(&kvm, &mem)?;
+        metrics.phase_done("vm_create");
         let exit = ExitSignal::new().map_err(io_err("create exit event"))?;
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create serial irq"))?;
@@ -132,8 +135,10 @@ impl Vmm {
         let timer = Arc::new(Mutex::new(BootTimer::new(metrics.clone())));
         mmio.insert(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
 
+        metrics.phase_done("devices");
         let initrd = config.initrd.as_ref().map(|(p, s)| (p.as_path(), *s));
         let boot = load_guest(&mem, &config.kernel, initrd, &config.cmdline, config.vcpus)?;
+        metrics.phase_done("load_guest");
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|source| VmmError::Kvm {
@@ -145,6 +150,7 @@ impl Vmm {
             .map(|id| Vcpu::new(&vm, id, config.vcpus, &supported, tsc_deadline, &mem, boot))
             .collect::<Result<Vec<_>, _>>()?;
 
+        metrics.phase_done("vcpus");
         let mut event_manager = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
         event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
         if config.serial.stdin {
