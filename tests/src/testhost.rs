@@ -506,7 +506,8 @@ fn default_kernel() -> Result<PathBuf, TestHostError> {
     crate::kernel_path("test-host").map_err(|reason| TestHostError::KernelMissing { reason })
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+/// The first file called `name` in a `$PATH` directory.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
