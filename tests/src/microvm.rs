@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::cpio::Archive;
 use crate::guards::{KillOnDrop, WaitOutcome};
+use moat_vmm::metrics::monotonic_ns;
 
 /// Line the test /init prints once it runs (after signalling the boot timer).
 pub const INIT_MARKER: &str = "moat-test-init: reached /init";
@@ -71,6 +72,15 @@ impl GuestImage {
         let initrd = test_initramfs(&crate::target_dir().join("moat-test-images"))?;
         Ok(GuestImage { kernel, initrd })
     }
+}
+
+/// The default image for a program named `prog`, or the exit code after reporting why not.
+/// Programs call this before entering the test host (where the workspace is read-only).
+pub fn default_image_for(prog: &str) -> Result<GuestImage, std::process::ExitCode> {
+    GuestImage::default_image().map_err(|e| {
+        eprintln!("{prog}: {e}");
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// Builds (once per content hash) the busybox test initramfs under `dir`.
@@ -314,17 +324,6 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// CLOCK_MONOTONIC in ns (the same clock moat-vmm reports in its metrics).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec passed to it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// min / median / max of a list (None when empty).

@@ -107,6 +107,12 @@ impl Bus {
     }
 }
 
+/// The register index of a legacy byte-wide device access: `Some(offset)` when the access is
+/// exactly one byte at an offset that fits a `u8`, `None` for anything else (to be ignored).
+pub fn byte_register(offset: u64, len: usize) -> Option<u8> {
+    u8::try_from(offset).ok().filter(|_| len == 1)
+}
+
 /// Locks a device even if a previous holder panicked (device state stays usable for teardown).
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

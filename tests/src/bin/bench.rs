@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_tests::microvm::{boot_moat, boot_qemu, BootRun, BootSpec, GuestImage};
+use moat_tests::microvm::{boot_moat, boot_qemu, default_image_for, BootRun, BootSpec, GuestImage};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,13 +20,9 @@ fn main() -> ExitCode {
         }
     };
     let budget = Duration::from_secs(120 + u64::from(boots) * 30);
-    // Build the image here: inside the test host the workspace is read-only.
-    let image = match GuestImage::default_image() {
+    let image = match default_image_for("moat-bench") {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("moat-bench: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     moat_tests::main_on_kvm(&args, budget, || bench(image, boots))
 }

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_tests::microvm::{boot_moat, BootSpec, GuestImage};
+use moat_tests::microvm::{boot_moat, default_image_for, BootSpec};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,12 +13,9 @@ fn main() -> ExitCode {
         eprintln!("usage: moat-demo");
         return ExitCode::from(2);
     }
-    let image = match GuestImage::default_image() {
+    let image = match default_image_for("moat-demo") {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("moat-demo: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if moat_tests::needs_test_host() {
         eprintln!(

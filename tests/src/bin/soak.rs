@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_tests::microvm::{boot_moat, min_median_max, BootSpec, GuestImage};
+use moat_tests::microvm::{boot_moat, default_image_for, min_median_max, BootSpec, GuestImage};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,13 +23,9 @@ fn main() -> ExitCode {
     };
     // About 6 s a boot in the test host, plus L1's own boot.
     let budget = Duration::from_secs(120 + u64::from(boots) * 20);
-    // Build the image here: inside the test host the workspace is read-only.
-    let image = match GuestImage::default_image() {
+    let image = match default_image_for("moat-soak") {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("moat-soak: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     moat_tests::main_on_kvm(&args, budget, || soak(image, boots, vcpus))
 }

@@ -5,7 +5,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_superio::{I8042Device, Trigger};
 
-use crate::bus::BusDevice;
+use crate::bus::{byte_register, BusDevice};
 use crate::exit::{ExitReason, ExitSignal};
 
 /// First I/O port of the controller (data port 0x60; command/status is 0x64, offset 4).
@@ -63,15 +63,15 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data.len()) {
-            (Ok(off), 1) => data[0] = self.dev.read(off),
-            _ => data.fill(0xff),
+        match byte_register(offset, data.len()) {
+            Some(reg) => data[0] = self.dev.read(reg),
+            None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(off), [value]) = (u8::try_from(offset), data) {
-            let Ok(()) = self.dev.write(off, *value);
+        if let (Some(reg), [value]) = (byte_register(offset, data.len()), data) {
+            let Ok(()) = self.dev.write(reg, *value);
         }
     }
 }

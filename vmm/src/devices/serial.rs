@@ -12,7 +12,7 @@ use vm_superio::Serial;
 use vmm_sys_util::epoll::EventSet;
 
 use super::IrqTrigger;
-use crate::bus::{lock, BusDevice};
+use crate::bus::{byte_register, lock, BusDevice};
 
 /// Base I/O port of COM1.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -117,15 +117,15 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data.len()) {
-            (Ok(off), 1) => data[0] = self.uart.read(off),
-            _ => data.fill(0xff),
+        match byte_register(offset, data.len()) {
+            Some(reg) => data[0] = self.uart.read(reg),
+            None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(off), [value]) = (u8::try_from(offset), data) {
-            if let Err(e) = self.uart.write(off, *value) {
+        if let (Some(reg), [value]) = (byte_register(offset, data.len()), data) {
+            if let Err(e) = self.uart.write(reg, *value) {
                 tracing::debug!("serial write failed: {e:?}");
             }
         }
