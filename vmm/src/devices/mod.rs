@@ -4,6 +4,7 @@
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

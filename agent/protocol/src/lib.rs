@@ -1,0 +1,1 @@
+//! moat agent protocol.

@@ -1,0 +1,3 @@
+//! virtio devices over the virtio-mmio transport.
+
+pub mod vsock;

@@ -1,0 +1,1 @@
+//! virtio-vsock with a hybrid unix-socket backend (Firecracker protocol).
