@@ -1,1 +1,197 @@
-fn main() {}
+//! `moat-agent`: PID 1 of moat's microVM guest, serving the agent protocol
+//! (`moat-agent-protocol`) over ttrpc on AF_VSOCK port 1024.
+//!
+//! As PID 1 it mounts the base filesystems, signals the boot timer, reaps orphans and never
+//! exits: when it must stop it logs why and reboots the guest (moat-vmm exit status 0).
+//! Not as PID 1 (tests: `moat-agent --listen unix:PATH`) it skips all of that and stops on
+//! SIGTERM/SIGINT.
+
+#![warn(missing_docs)]
+
+mod cmdline;
+mod guest_info;
+mod listener;
+mod logging;
+mod pid1;
+mod reaper;
+mod service;
+mod signals;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tracing::{debug, error, info, warn};
+
+use crate::listener::ListenAddr;
+use crate::pid1::MountOutcome;
+use crate::reaper::Reaper;
+
+/// moat's guest agent: ttrpc server for the host, PID 1 of the microVM.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Where to serve ttrpc: vsock:PORT (any CID) or unix:PATH.
+    #[arg(long, default_value_t = ListenAddr::default())]
+    listen: ListenAddr,
+    /// Log filter (`info`, `debug`, `moat_agent=trace`...). Overrides `moat.log=` of the
+    /// kernel command line; default `info`.
+    #[arg(long, env = "MOAT_AGENT_LOG")]
+    log_level: Option<String>,
+}
+
+/// What PID 1 did before logging worked, to be logged afterwards.
+#[derive(Default)]
+struct EarlyBoot {
+    mounts: Vec<(&'static pid1::MountSpec, MountOutcome)>,
+    console: Option<std::io::Result<Vec<i32>>>,
+    boot_timer: Option<std::io::Result<()>>,
+    notes: Vec<String>,
+}
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    let mut early = EarlyBoot::default();
+    // First, before any thread exists: every thread inherits this mask.
+    if let Err(e) = signals::block_handled() {
+        early.notes.push(format!("blocking signals failed: {e}"));
+    }
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("{}panic: {info}", logging::PREFIX);
+        if pid1 {
+            eprintln!("{}PID 1 panicked: rebooting the guest", logging::PREFIX);
+            let e = pid1::reboot();
+            eprintln!("{}reboot failed: {e}", logging::PREFIX);
+        }
+    }));
+
+    if pid1 {
+        early.mounts = pid1::mount_all();
+        early.console = Some(pid1::ensure_console_fds());
+        early.boot_timer = Some(pid1::signal_boot_timer());
+    }
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // The kernel passes unknown command-line words to init as arguments: as PID 1 a
+        // parse error must not stop the guest.
+        Err(e) if pid1 => {
+            early.notes.push(format!(
+                "ignoring arguments {:?}: {e}",
+                std::env::args().collect::<Vec<_>>()
+            ));
+            Cli {
+                listen: ListenAddr::default(),
+                log_level: None,
+            }
+        }
+        Err(e) => e.exit(),
+    };
+
+    let kernel_opts = if pid1 {
+        cmdline::CmdlineOptions::from_proc().unwrap_or_else(|e| {
+            early
+                .notes
+                .push(format!("reading {}: {e}", cmdline::PROC_CMDLINE));
+            Default::default()
+        })
+    } else {
+        Default::default()
+    };
+    let filter = cli
+        .log_level
+        .clone()
+        .or_else(|| kernel_opts.log.clone())
+        .unwrap_or_else(|| "info".to_string());
+    if let Some(w) = logging::init(&filter) {
+        early.notes.push(w);
+    }
+    for opt in &kernel_opts.unknown {
+        early
+            .notes
+            .push(format!("unknown kernel command-line option {opt:?}"));
+    }
+
+    info!(
+        "moat-agent {} (protocol {}) starting{}",
+        service::AGENT_VERSION,
+        moat_agent_protocol::PROTOCOL_VERSION,
+        if pid1 { " as PID 1" } else { "" }
+    );
+    let boot_ok = report_early(&early);
+
+    let result = if boot_ok {
+        run(&cli, pid1)
+    } else {
+        Err(anyhow::anyhow!("essential boot steps failed (see above)"))
+    };
+    match &result {
+        Ok(()) => info!("stopped"),
+        Err(e) => error!("fatal: {e:#}"),
+    }
+    if pid1 {
+        error!("PID 1 is stopping: rebooting the guest");
+        let e = pid1::reboot();
+        error!("reboot(RB_AUTOBOOT) failed: {e}; exiting (the kernel will panic)");
+        std::process::exit(1);
+    }
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
+}
+
+/// Logs what happened before logging worked. Returns false if an essential step failed.
+fn report_early(early: &EarlyBoot) -> bool {
+    let mut ok = true;
+    for note in &early.notes {
+        warn!("{note}");
+    }
+    for (spec, outcome) in &early.mounts {
+        match outcome {
+            MountOutcome::Mounted => debug!("mounted {} on {}", spec.fstype, spec.target),
+            MountOutcome::AlreadyMounted => info!("{} already mounted", spec.target),
+            MountOutcome::Failed(e) if spec.essential => {
+                error!("mounting {} on {} failed: {e}", spec.fstype, spec.target);
+                ok = false;
+            }
+            MountOutcome::Failed(e) => {
+                error!(
+                    "mounting {} on {} failed (continuing): {e}",
+                    spec.fstype, spec.target
+                )
+            }
+        }
+    }
+    match &early.console {
+        Some(Ok(fds)) if !fds.is_empty() => {
+            warn!("fds {fds:?} were closed; opened /dev/console on them")
+        }
+        Some(Err(e)) => error!("opening /dev/console for fds 0-2: {e}"),
+        _ => {}
+    }
+    match &early.boot_timer {
+        Some(Ok(())) => debug!("signalled the boot timer"),
+        Some(Err(e)) => error!("boot timer write failed (boot time will not be measured): {e}"),
+        None => {}
+    }
+    ok
+}
+
+/// Serves ttrpc until a stop signal (not PID 1) or an error.
+fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
+    let reaper = Reaper::new();
+    let fd = listener::bind(&cli.listen).with_context(|| format!("listening on {}", cli.listen))?;
+    let mut server =
+        service::server(listener::into_raw(fd)).context("creating the ttrpc server")?;
+    server.start().context("starting the ttrpc server")?;
+    info!("serving ttrpc on {}", cli.listen);
+
+    let stop = signals::run_loop(&reaper, pid1).context("signal loop")?;
+    info!("{stop}: shutting down");
+    server.shutdown();
+    if let ListenAddr::Unix(path) = &cli.listen {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!("removing {}: {e}", path.display());
+        }
+    }
+    if pid1 {
+        bail!("the signal loop ended");
+    }
+    Ok(())
+}

@@ -33,6 +33,15 @@ case "$1" in
   info) echo "cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)"
         echo "mem=$(/bin/busybox grep MemTotal /proc/meminfo)"
         echo "clocksource=$(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)" ;;
+  rng) echo "rng_current=$(/bin/busybox cat /sys/class/misc/hw_random/rng_current)"
+       echo "rng_bytes=$(/bin/busybox dd if=/dev/hwrng bs=64 count=1 2>/dev/null | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \n')" ;;
+  blk) echo "vda_sha256=$(/bin/busybox sha256sum /dev/vda | /bin/busybox cut -d' ' -f1)"
+       echo "vda_serial=$(/bin/busybox cat /sys/block/vda/serial)"
+       echo "ro=$(/bin/busybox cat /sys/block/vda/ro),$(/bin/busybox cat /sys/block/vdb/ro)"
+       echo "moat-blk-marker" | /bin/busybox dd of=/dev/vdb bs=512 count=1 conv=sync,notrunc,fsync 2>/dev/null
+       echo "vdb_write=$?"
+       echo "moat-blk-marker" | /bin/busybox dd of=/dev/vda bs=512 count=1 conv=sync,notrunc,fsync 2>&1
+       echo "vda_write=$?" ;;
 esac
 /bin/busybox reboot -f
 "#;
@@ -122,6 +131,8 @@ pub struct BootSpec {
     pub append: String,
     /// Kill the VM after this long.
     pub timeout: Duration,
+    /// Extra `moat-vmm` arguments (e.g. `--block`, `--no-rng`).
+    pub extra_args: Vec<String>,
 }
 
 impl BootSpec {
@@ -133,6 +144,7 @@ impl BootSpec {
             memory_mib: 256,
             append: String::new(),
             timeout: Duration::from_secs(60),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -209,6 +221,7 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmErro
     if !spec.append.is_empty() {
         cmd.arg(format!("--append={}", spec.append));
     }
+    cmd.args(&spec.extra_args);
     let mut run = run_console(cmd, spec.timeout, false)?;
     run.metrics = std::fs::read(&metrics)
         .ok()

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,9 @@ pub const MIN_MEMORY_MIB: u64 = 32;
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// Largest initramfs accepted (it must fit in low RAM next to the kernel).
 pub const MAX_INITRD_BYTES: u64 = 2 << 30;
+/// Most virtio-blk disks one VM may have (each takes an MMIO slot, an IRQ and room on the
+/// kernel command line).
+pub const MAX_BLOCK_DEVICES: usize = 8;
 /// Default cap on bytes written from the guest's serial port to a file or stdout.
 pub const DEFAULT_SERIAL_LIMIT_BYTES: u64 = 64 << 20;
 
@@ -98,6 +102,31 @@ pub enum ConfigError {
         /// Largest allowed value.
         max: u64,
     },
+    /// A disk image is neither a regular file nor a block device.
+    #[error("block_devices: {path} is not a regular file or a block device")]
+    NotADisk {
+        /// Path that was given.
+        path: PathBuf,
+    },
+    /// A disk image given read-write cannot be opened for writing.
+    #[error(
+        "block_devices: {path} cannot be opened read-write ({source}); \
+         give it read-only (`--block {path},ro` or \"read_only\": true)"
+    )]
+    DiskNotWritable {
+        /// Path that was given.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The vsock socket path is unusable.
+    #[error("vsock.uds_path: {path}: {why}")]
+    VsockPath {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The kernel command line is too long or contains a NUL byte.
     #[error("cmdline: {0}")]
     Cmdline(String),
@@ -138,6 +167,29 @@ impl Default for SerialConfig {
     }
 }
 
+/// One virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    /// Backing file or host block device; the guest sees its size rounded down to 512 bytes.
+    pub path: PathBuf,
+    /// Offer the disk read-only (VIRTIO_BLK_F_RO; guest writes fail).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The hybrid vsock device: guest CID and the host unix socket (Firecracker's protocol:
+/// `CONNECT <port>` on `uds_path` reaches guest port `<port>`; guest connects to host port P
+/// reach a listener at `<uds_path>_<P>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDeviceConfig {
+    /// The guest's context id (3 ..= 2^32-2).
+    pub guest_cid: u32,
+    /// Host unix socket the VMM listens on (removed when the VMM exits).
+    pub uds_path: PathBuf,
+}
+
 /// Full configuration of one microVM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -158,6 +210,12 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// File that receives the boot metrics as JSON when the VMM exits.
     pub metrics_file: Option<PathBuf>,
+    /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ... in the guest).
+    pub block_devices: Vec<BlockDeviceConfig>,
+    /// Give the guest a virtio-rng entropy device.
+    pub rng: bool,
+    /// A virtio-vsock device with a hybrid unix-socket backend.
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 impl Default for VmConfig {
@@ -171,6 +229,9 @@ impl Default for VmConfig {
             memory_mib: 128,
             serial: SerialConfig::default(),
             metrics_file: None,
+            block_devices: Vec::new(),
+            rng: true,
+            vsock: None,
         }
     }
 }
@@ -192,6 +253,12 @@ pub struct ValidConfig {
     pub serial: SerialConfig,
     /// Where to write metrics at exit.
     pub metrics_file: Option<PathBuf>,
+    /// virtio-blk disks (checked: openable with the requested access, file or block device).
+    pub block_devices: Vec<BlockDeviceConfig>,
+    /// Whether the guest gets a virtio-rng device.
+    pub rng: bool,
+    /// The vsock device (checked: valid CID, socket path fits `sun_path`, parent exists).
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 impl VmConfig {
@@ -246,6 +313,18 @@ impl VmConfig {
         }
         check_range("serial.limit_bytes", self.serial.limit_bytes, 0, u64::MAX)?;
         let cmdline = build_cmdline(self.cmdline.as_deref(), self.extra_cmdline.as_deref())?;
+        check_range(
+            "block_devices (count)",
+            self.block_devices.len() as u64,
+            0,
+            MAX_BLOCK_DEVICES as u64,
+        )?;
+        for disk in &self.block_devices {
+            check_disk(disk)?;
+        }
+        if let Some(vsock) = &self.vsock {
+            check_vsock(vsock)?;
+        }
         Ok(ValidConfig {
             kernel,
             initrd,
@@ -254,8 +333,70 @@ impl VmConfig {
             memory_bytes,
             serial: self.serial.clone(),
             metrics_file: self.metrics_file.clone(),
+            block_devices: self.block_devices.clone(),
+            rng: self.rng,
+            vsock: self.vsock.clone(),
         })
     }
+}
+
+/// Longest unix socket path (`sun_path` is 108 bytes with the NUL) leaving room for the
+/// `_<port>` suffix of guest-initiated connections.
+const MAX_VSOCK_PATH: usize = 107 - 11;
+
+fn check_vsock(vsock: &VsockDeviceConfig) -> Result<(), ConfigError> {
+    check_range(
+        "vsock.guest_cid",
+        vsock.guest_cid.into(),
+        3,
+        u64::from(u32::MAX) - 1,
+    )?;
+    let path = &vsock.uds_path;
+    let len = path.as_os_str().len();
+    if len == 0 || len > MAX_VSOCK_PATH {
+        return Err(ConfigError::VsockPath {
+            path: path.clone(),
+            why: format!("must be 1..={MAX_VSOCK_PATH} bytes long"),
+        });
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent.is_some_and(|p| !p.is_dir()) {
+        return Err(ConfigError::VsockPath {
+            path: path.clone(),
+            why: "its directory does not exist".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_disk(disk: &BlockDeviceConfig) -> Result<(), ConfigError> {
+    let path = &disk.path;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Unreadable {
+        field: "block_devices",
+        path: path.clone(),
+        source,
+    })?;
+    let kind = meta.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(ConfigError::NotADisk { path: path.clone() });
+    }
+    if disk.read_only {
+        File::open(path).map_err(|source| ConfigError::Unreadable {
+            field: "block_devices",
+            path: path.clone(),
+            source,
+        })?;
+    } else {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| ConfigError::DiskNotWritable {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
@@ -341,146 +482,28 @@ pub fn build_cmdline(base: Option<&str>, extra: Option<&str>) -> Result<String, 
     Ok(cmdline)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn fake_kernel(dir: &Path) -> PathBuf {
-        let path = dir.join("vmlinux");
-        let mut header = vec![0u8; 64];
-        header[0..4].copy_from_slice(b"\x7fELF");
-        header[4] = 2;
-        header[18] = 62;
-        File::create(&path).unwrap().write_all(&header).unwrap();
-        path
+/// Inserts kernel parameters `args` into `cmdline` before the first `--` (everything after
+/// it goes to init, not to the kernel), or at the end.
+pub fn insert_kernel_args(cmdline: &str, args: &[String]) -> String {
+    if args.is_empty() {
+        return cmdline.to_string();
     }
-
-    fn tmpdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("moat-config-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn defaults_validate_with_a_kernel() {
-        let dir = tmpdir("defaults");
-        let cfg = VmConfig {
-            kernel: Some(fake_kernel(&dir)),
-            ..Default::default()
-        };
-        let valid = cfg.validate().unwrap();
-        assert_eq!(valid.vcpus, 1);
-        assert_eq!(valid.memory_bytes, 128 << 20);
-        assert_eq!(valid.cmdline, build_cmdline(None, None).unwrap());
-        assert!(valid.cmdline.contains("reboot=k,c,panic_w"));
-    }
-
-    #[test]
-    fn missing_kernel_is_named() {
-        let err = VmConfig::default().validate().unwrap_err();
-        assert!(matches!(err, ConfigError::MissingKernel));
-        let err = VmConfig {
-            kernel: Some("/nonexistent/vmlinux".into()),
-            ..Default::default()
+    let extra = args.join(" ");
+    let mut offset = 0;
+    for word in cmdline.split(' ') {
+        if word == "--" {
+            let (kernel, init) = cmdline.split_at(offset);
+            return format!("{kernel}{extra} {init}");
         }
-        .validate()
-        .unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("kernel: cannot open /nonexistent/vmlinux"));
+        offset += word.len() + 1;
     }
-
-    #[test]
-    fn bzimage_or_directory_is_refused() {
-        let dir = tmpdir("notelf");
-        let path = dir.join("bzImage");
-        std::fs::write(&path, b"MZ not an elf at all, but long enough").unwrap();
-        let err = VmConfig {
-            kernel: Some(path),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::NotElf { .. }), "{err}");
-        let err = VmConfig {
-            kernel: Some(dir.clone()),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::NotAFile { .. }), "{err}");
-    }
-
-    #[test]
-    fn ranges_are_enforced() {
-        let dir = tmpdir("ranges");
-        let kernel = Some(fake_kernel(&dir));
-        for (vcpus, mem, field) in [(0, 128, "vcpus"), (65, 128, "vcpus"), (1, 16, "memory_mib")] {
-            let err = VmConfig {
-                kernel: kernel.clone(),
-                vcpus,
-                memory_mib: mem,
-                ..Default::default()
-            }
-            .validate()
-            .unwrap_err();
-            match err {
-                ConfigError::OutOfRange { field: f, .. } => assert_eq!(f, field),
-                other => panic!("unexpected {other}"),
-            }
-        }
-    }
-
-    #[test]
-    fn initrd_must_exist_and_fit() {
-        let dir = tmpdir("initrd");
-        let kernel = Some(fake_kernel(&dir));
-        let err = VmConfig {
-            kernel: kernel.clone(),
-            initrd: Some(dir.join("missing.cpio")),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(err.to_string().starts_with("initrd: cannot open"), "{err}");
-        let big = dir.join("big.cpio");
-        File::create(&big).unwrap().set_len(40 << 20).unwrap();
-        let err = VmConfig {
-            kernel,
-            initrd: Some(big),
-            memory_mib: 64,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::InitrdTooLarge { .. }), "{err}");
-    }
-
-    #[test]
-    fn json_rejects_unknown_fields_and_bad_types() {
-        let dir = tmpdir("json");
-        let path = dir.join("vm.json");
-        std::fs::write(&path, r#"{"kernel": "/k", "memory": 12}"#).unwrap();
-        let err = VmConfig::from_json_file(&path).unwrap_err();
-        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
-        std::fs::write(&path, r#"{"vcpus": "two"}"#).unwrap();
-        assert!(VmConfig::from_json_file(&path).is_err());
-        std::fs::write(
-            &path,
-            r#"{"kernel": "/k", "vcpus": 2, "serial": {"output": {"file": "/tmp/x"}}}"#,
-        )
-        .unwrap();
-        let cfg = VmConfig::from_json_file(&path).unwrap();
-        assert_eq!(cfg.vcpus, 2);
-        assert_eq!(cfg.serial.output, SerialOutput::File("/tmp/x".into()));
-    }
-
-    #[test]
-    fn cmdline_rules() {
-        assert_eq!(build_cmdline(Some("a"), Some(" b ")).unwrap(), "a b");
-        assert_eq!(build_cmdline(Some(""), Some("b")).unwrap(), "b");
-        assert!(build_cmdline(Some("a\0b"), None).is_err());
-        assert!(build_cmdline(Some(&"x".repeat(2000)), None).is_err());
+    if cmdline.is_empty() {
+        extra
+    } else {
+        format!("{cmdline} {extra}")
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

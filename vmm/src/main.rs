@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use moat_vmm::config::{SerialOutput, VmConfig};
+use moat_vmm::config::{BlockDeviceConfig, SerialOutput, VmConfig, VsockDeviceConfig};
 use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
 use moat_vmm::metrics::Metrics;
 use moat_vmm::vmm::Vmm;
@@ -43,6 +43,17 @@ struct Cli {
     /// Feed standard input to the guest's serial console.
     #[arg(long)]
     stdin: bool,
+    /// A virtio-blk disk backed by PATH, read-write, or read-only with `,ro`; repeat for
+    /// more disks (the guest sees them as /dev/vda, /dev/vdb, ... in this order, after any
+    /// from the config file).
+    #[arg(long = "block", value_name = "PATH[,ro]", value_parser = parse_block)]
+    block: Vec<BlockDeviceConfig>,
+    /// A hybrid vsock device: guest CID and the host unix socket path.
+    #[arg(long, value_name = "CID,UDS_PATH", value_parser = parse_vsock)]
+    vsock: Option<VsockDeviceConfig>,
+    /// Do not give the guest a virtio-rng entropy device.
+    #[arg(long)]
+    no_rng: bool,
     /// Write boot metrics as JSON to this file when the VM stops.
     #[arg(long)]
     metrics_file: Option<PathBuf>,
@@ -65,6 +76,33 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
     }
 }
 
+fn parse_block(s: &str) -> Result<BlockDeviceConfig, String> {
+    let (path, read_only) = match s.rsplit_once(',') {
+        Some((path, "ro")) => (path, true),
+        Some((path, "rw")) => (path, false),
+        Some((_, opt)) => return Err(format!("unknown block option {opt:?} (expected ro or rw)")),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err("expected PATH[,ro]".into());
+    }
+    Ok(BlockDeviceConfig {
+        path: path.into(),
+        read_only,
+    })
+}
+
+fn parse_vsock(s: &str) -> Result<VsockDeviceConfig, String> {
+    let (cid, path) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected CID,UDS_PATH, got {s:?}"))?;
+    let guest_cid = cid.parse().map_err(|e| format!("vsock CID {cid:?}: {e}"))?;
+    Ok(VsockDeviceConfig {
+        guest_cid,
+        uds_path: path.into(),
+    })
+}
+
 impl Cli {
     fn into_config(self) -> anyhow::Result<VmConfig> {
         let mut cfg = match &self.config {
@@ -82,6 +120,9 @@ impl Cli {
         }
         cfg.serial.stdin |= self.stdin;
         cfg.metrics_file = self.metrics_file.or(cfg.metrics_file);
+        cfg.block_devices.extend(self.block);
+        cfg.rng &= !self.no_rng;
+        cfg.vsock = self.vsock.or(cfg.vsock);
         Ok(cfg)
     }
 }

@@ -12,12 +12,20 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::layout::{BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, SERIAL_IRQ};
+use crate::arch::layout::{
+    BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, SERIAL_IRQ, VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST,
+    VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
+};
 use crate::bus::{lock, Bus, BusError};
-use crate::config::ValidConfig;
+use crate::config::{insert_kernel_args, ValidConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{open_sink, SerialDevice, StdinInput, COM1_PORT, COM1_PORTS};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::IrqTrigger;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{load_guest, LoadError};
@@ -63,6 +71,15 @@ pub enum VmmError {
         /// The ioctl's error.
         source: kvm_ioctls::Error,
     },
+    /// A virtio-blk backing file could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The vsock device could not be set up (socket bind, CID).
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// More virtio devices than free interrupt lines.
+    #[error("too many virtio devices: no interrupt line left")]
+    OutOfIrqs,
     /// The event loop failed.
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
@@ -88,6 +105,59 @@ impl MutEventSubscriber for ExitWatcher {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.exit.event_fd().read();
+    }
+}
+
+/// Hands out virtio-mmio slots (4 KiB each from `VIRTIO_MMIO_START`) and IRQs, and collects
+/// the `virtio_mmio.device=` kernel parameters that tell the guest about them.
+struct VirtioSlots {
+    next_addr: u64,
+    next_irq: u32,
+    kernel_args: Vec<String>,
+}
+
+impl VirtioSlots {
+    fn new() -> VirtioSlots {
+        VirtioSlots {
+            next_addr: VIRTIO_MMIO_START,
+            next_irq: VIRTIO_IRQ_FIRST,
+            kernel_args: Vec::new(),
+        }
+    }
+
+    /// Wires `device` up: irqfd on its GSI, one ioeventfd per queue on QueueNotify (datamatch
+    /// = queue index), the transport on the MMIO bus, the device in the event loop.
+    fn attach<D: VirtioDevice + 'static>(
+        &mut self,
+        vm: &kvm_ioctls::VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        event_manager: &mut EventManager<Subscriber>,
+        device: D,
+    ) -> Result<(), VmmError> {
+        let kvm_err = |what| move |source| VmmError::Kvm { what, source };
+        if self.next_irq > VIRTIO_IRQ_LAST {
+            return Err(VmmError::OutOfIrqs);
+        }
+        let (addr, irq) = (self.next_addr, self.next_irq);
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(io_err("create virtio irq"))?;
+        vm.register_irqfd(&irqfd, irq)
+            .map_err(kvm_err("register virtio irqfd"))?;
+        let notify = kvm_ioctls::IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
+        for (index, fd) in (0u32..).zip(device.queue_events()) {
+            vm.register_ioevent(fd, &notify, index)
+                .map_err(kvm_err("register virtio queue ioeventfd"))?;
+        }
+        let device = Arc::new(Mutex::new(device));
+        let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
+        let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt);
+        mmio.insert(Arc::new(Mutex::new(transport)), addr, VIRTIO_MMIO_SLOT_SIZE)?;
+        event_manager.add_subscriber(device);
+        self.kernel_args
+            .push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        self.next_addr += VIRTIO_MMIO_SLOT_SIZE;
+        self.next_irq += 1;
+        Ok(())
     }
 }
 
@@ -134,10 +204,26 @@ impl Vmm {
         let mut mmio = Bus::new();
         let timer = Arc::new(Mutex::new(BootTimer::new(metrics.clone())));
         mmio.insert(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+        let mut event_manager = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
+        let mut slots = VirtioSlots::new();
+        for disk in &config.block_devices {
+            let block = Block::open(&disk.path, disk.read_only)?;
+            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, block)?;
+        }
+        if let Some(v) = &config.vsock {
+            let cfg = VsockConfig::new(v.guest_cid.into(), v.uds_path.clone());
+            let vsock = VsockDevice::new(cfg)?;
+            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, vsock)?;
+        }
+        if config.rng {
+            let rng = Rng::new().map_err(io_err("create virtio-rng"))?;
+            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, rng)?;
+        }
 
         metrics.phase_done("devices");
+        let cmdline = insert_kernel_args(&config.cmdline, &slots.kernel_args);
         let initrd = config.initrd.as_ref().map(|(p, s)| (p.as_path(), *s));
-        let boot = load_guest(&mem, &config.kernel, initrd, &config.cmdline, config.vcpus)?;
+        let boot = load_guest(&mem, &config.kernel, initrd, &cmdline, config.vcpus)?;
         metrics.phase_done("load_guest");
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -151,7 +237,6 @@ impl Vmm {
             .collect::<Result<Vec<_>, _>>()?;
 
         metrics.phase_done("vcpus");
-        let mut event_manager = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
         event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
         if config.serial.stdin {
             event_manager.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))));

@@ -1,1 +1,54 @@
-//! moat agent protocol.
+//! The ttrpc protocol between moat's host side and `moat-agent` (PID 1 in the guest).
+//!
+//! - [`health`]: `moat.health.v1.Health` — `Check` (is the agent serving) and `Version`.
+//! - [`agent`]: `moat.agent.v1.AgentService` — `GetGuestDetails`; container RPCs come in issue 4.
+//! - [`client`]: the host-side [`AgentClient`] over the VMM's hybrid vsock socket (or a plain unix
+//!   socket in tests).
+//!
+//! The messages and ttrpc stubs are generated at build time from `protos/*.proto` by
+//! `ttrpc-codegen` (pure-Rust parser, no `protoc`).
+
+#![warn(missing_docs)]
+
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    unused_imports,
+    unused_qualifications,
+    non_camel_case_types,
+    non_upper_case_globals,
+    unreachable_pub
+)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+}
+
+pub mod client;
+pub mod handshake;
+
+pub use client::{AgentClient, ClientError};
+
+/// Version of the protocol defined by `protos/`: bumped on every incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// `moat.health.v1`: messages and ttrpc stubs of the health service.
+pub mod health {
+    pub use crate::generated::health::*;
+    pub use crate::generated::health_ttrpc::{create_health, Health, HealthClient};
+}
+
+/// `moat.agent.v1`: messages and ttrpc stubs of the agent service.
+pub mod agent {
+    pub use crate::generated::agent::*;
+    pub use crate::generated::agent_ttrpc::{
+        create_agent_service, AgentService, AgentServiceClient,
+    };
+}
+
+/// The ttrpc and protobuf crates this protocol is built with, so users need no
+/// separate (and possibly mismatched) dependency on them.
+pub use {protobuf, ttrpc};

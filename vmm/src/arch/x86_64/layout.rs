@@ -56,6 +56,10 @@ pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_START: u64 = MOAT_MMIO_START + BOOT_TIMER_SIZE;
 /// Size of one virtio-mmio device slot.
 pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
+/// First GSI given to virtio-mmio devices (below: i8042 on 1, COM1 on 4).
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+/// Last GSI given to virtio-mmio devices (the IOAPIC's last pin).
+pub const VIRTIO_IRQ_LAST: u32 = IOAPIC_PINS as u32 - 1;
 /// Physical address of the IOAPIC.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Physical address of the local APIC.

@@ -1,0 +1,331 @@
+//! The host-side client of `moat-agent`.
+//!
+//! [`AgentClient::connect_hybrid_vsock`] reaches the agent through the VMM's hybrid vsock unix
+//! socket (see [`crate::handshake`]); [`AgentClient::connect_unix`] talks to an agent serving on
+//! a plain unix socket (`moat-agent --listen unix:PATH`, used by tests). Both retry with backoff
+//! until the agent answers `Health.Check` with `SERVING` or the timeout passes, since the
+//! microVM may still be booting.
+//! Every RPC has its own timeout ([`AgentClient::with_call_timeout`]).
+
+use std::os::unix::io::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::{AgentServiceClient, GuestDetailsRequest, GuestDetailsResponse};
+use crate::handshake::{self, HandshakeError};
+use crate::health::{CheckRequest, HealthClient, ServingStatus, VersionRequest, VersionResponse};
+
+/// Per-RPC timeout unless [`AgentClient::with_call_timeout`] sets another.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First pause between connection attempts; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest pause between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait for the `OK` line, and then for the `Health.Check` reply, of one attempt: the
+/// VMM answers as soon as the guest accepts or refuses, so a longer silence means a wedged
+/// attempt worth redoing.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors of [`AgentClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No attempt reached the agent before the connect timeout.
+    #[error("agent at {target} did not answer within {timeout:?} ({attempts} attempts); last error: {last}")]
+    ConnectTimeout {
+        /// What was dialled (socket path, port).
+        target: String,
+        /// The connect timeout that passed.
+        timeout: Duration,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt.
+        last: String,
+    },
+    /// The VMM answered the hybrid-vsock handshake with something other than `OK <port>`.
+    #[error("hybrid vsock handshake with {target} failed: {source}")]
+    Handshake {
+        /// What was dialled.
+        target: String,
+        /// What went wrong.
+        #[source]
+        source: HandshakeError,
+    },
+    /// The ttrpc client could not be set up on the connected stream.
+    #[error("setting up the ttrpc client on {target}: {source}")]
+    Setup {
+        /// What was dialled.
+        target: String,
+        /// ttrpc's error.
+        #[source]
+        source: ttrpc::Error,
+    },
+    /// An RPC got no reply within its timeout.
+    #[error("{method} got no reply within {timeout:?}: {source}")]
+    CallTimeout {
+        /// The RPC, e.g. `Health.Check`.
+        method: &'static str,
+        /// The per-call timeout.
+        timeout: Duration,
+        /// ttrpc's error.
+        #[source]
+        source: ttrpc::Error,
+    },
+    /// An RPC failed (transport error or a non-OK status from the agent).
+    #[error("{method} failed: {source}")]
+    Rpc {
+        /// The RPC, e.g. `Health.Check`.
+        method: &'static str,
+        /// ttrpc's error.
+        #[source]
+        source: ttrpc::Error,
+    },
+    /// The agent replied with a value this client does not understand.
+    #[error("{method}: unexpected reply from the agent: {detail}")]
+    BadReply {
+        /// The RPC.
+        method: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A connected client of `moat-agent`'s services. Cheap to share by reference across threads
+/// (the underlying ttrpc client multiplexes calls on one connection).
+pub struct AgentClient {
+    health: HealthClient,
+    agent: AgentServiceClient,
+    call_timeout: Duration,
+    target: String,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("target", &self.target)
+            .field("call_timeout", &self.call_timeout)
+            .finish()
+    }
+}
+
+/// The outcome of one failed connection attempt.
+enum AttemptError {
+    /// Try again after a pause (socket missing, refused, closed by the VMM...).
+    Transient(String),
+    /// Give up now.
+    Fatal(ClientError),
+}
+
+impl AgentClient {
+    /// Connects through the VMM's hybrid vsock unix socket `uds_path` to guest vsock `port`
+    /// (normally [`crate::AGENT_VSOCK_PORT`]), retrying with backoff until the handshake
+    /// succeeds and the agent answers `Health.Check` with `SERVING`, or `timeout` passes.
+    ///
+    /// A reply other than `OK <port>` fails at once with [`ClientError::Handshake`]; a missing
+    /// socket, a refused connection, the VMM closing the stream (no listener in the guest yet)
+    /// or an unanswered `Health.Check` are retried, and end as [`ClientError::ConnectTimeout`].
+    pub fn connect_hybrid_vsock(
+        uds_path: impl AsRef<Path>,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let path = uds_path.as_ref().to_path_buf();
+        let target = format!("{} (hybrid vsock port {port})", path.display());
+        retry(&target, timeout, |remaining| {
+            let mut stream = connect_stream(&path)?;
+            let budget = remaining.clamp(Duration::from_millis(1), ATTEMPT_TIMEOUT);
+            match handshake::handshake(&mut stream, port, budget) {
+                Ok(_host_port) => {}
+                Err(e) if e.is_transient() => return Err(AttemptError::Transient(e.to_string())),
+                Err(e) => {
+                    return Err(AttemptError::Fatal(ClientError::Handshake {
+                        target: target.clone(),
+                        source: e,
+                    }))
+                }
+            }
+            probe(stream, &target, budget)
+        })
+    }
+
+    /// Connects to an agent serving on the unix socket `path` (`moat-agent --listen
+    /// unix:PATH`), retrying with backoff until it answers `Health.Check` or `timeout` passes.
+    pub fn connect_unix(path: impl AsRef<Path>, timeout: Duration) -> Result<Self, ClientError> {
+        let path = path.as_ref().to_path_buf();
+        let target = path.display().to_string();
+        retry(&target, timeout, |remaining| {
+            let stream = connect_stream(&path)?;
+            probe(
+                stream,
+                &target,
+                remaining.clamp(Duration::from_millis(1), ATTEMPT_TIMEOUT),
+            )
+        })
+    }
+
+    /// Wraps an already connected stream (after any handshake); `target` names it in errors.
+    pub fn from_stream(stream: UnixStream, target: String) -> Result<Self, ClientError> {
+        let client =
+            ttrpc::Client::new(stream.into_raw_fd()).map_err(|source| ClientError::Setup {
+                target: target.clone(),
+                source,
+            })?;
+        Ok(AgentClient {
+            health: HealthClient::new(client.clone()),
+            agent: AgentServiceClient::new(client),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            target,
+        })
+    }
+
+    /// Sets the timeout of every later RPC (default [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// What this client is connected to, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// `Health.Check`: the agent's serving status.
+    pub fn check(&self) -> Result<ServingStatus, ClientError> {
+        const METHOD: &str = "Health.Check";
+        let resp = self.call(METHOD, |ctx| self.health.check(ctx, &CheckRequest::new()))?;
+        resp.status.enum_value().map_err(|v| ClientError::BadReply {
+            method: METHOD,
+            detail: format!("unknown serving status {v}"),
+        })
+    }
+
+    /// `Health.Version`: the agent's version and protocol version.
+    pub fn version(&self) -> Result<VersionResponse, ClientError> {
+        self.call("Health.Version", |ctx| {
+            self.health.version(ctx, &VersionRequest::new())
+        })
+    }
+
+    /// `AgentService.GetGuestDetails`: kernel release, memory, CPUs, agent version.
+    pub fn guest_details(&self) -> Result<GuestDetailsResponse, ClientError> {
+        self.call("AgentService.GetGuestDetails", |ctx| {
+            self.agent
+                .get_guest_details(ctx, &GuestDetailsRequest::new())
+        })
+    }
+
+    fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl FnOnce(ttrpc::context::Context) -> ttrpc::Result<T>,
+    ) -> Result<T, ClientError> {
+        let start = Instant::now();
+        f(ttrpc::context::with_duration(self.call_timeout)).map_err(|source| {
+            if start.elapsed() >= self.call_timeout {
+                ClientError::CallTimeout {
+                    method,
+                    timeout: self.call_timeout,
+                    source,
+                }
+            } else {
+                ClientError::Rpc { method, source }
+            }
+        })
+    }
+}
+
+/// Sets up a client on a connected `stream` and asks `Health.Check` (within `timeout`): only an
+/// agent that answers `SERVING` ends the retries. Whether the VMM's `OK` means "the guest
+/// accepted" or merely "connection queued", this way the caller gets a client that works.
+fn probe(stream: UnixStream, target: &str, timeout: Duration) -> Result<AgentClient, AttemptError> {
+    let client = AgentClient::from_stream(stream, target.to_string())
+        .map_err(AttemptError::Fatal)?
+        .with_call_timeout(timeout);
+    match client.check() {
+        Ok(ServingStatus::SERVING_STATUS_SERVING) => {
+            Ok(client.with_call_timeout(DEFAULT_CALL_TIMEOUT))
+        }
+        Ok(status) => Err(AttemptError::Transient(format!("agent reports {status:?}"))),
+        Err(e) => Err(AttemptError::Transient(e.to_string())),
+    }
+}
+
+/// One `connect(2)` to a unix socket; every failure is transient (the socket may not exist yet).
+fn connect_stream(path: &PathBuf) -> Result<UnixStream, AttemptError> {
+    UnixStream::connect(path)
+        .map_err(|e| AttemptError::Transient(format!("connect {}: {e}", path.display())))
+}
+
+/// Runs `attempt(remaining)` until it succeeds, fails fatally or `timeout` passes, pausing with
+/// exponential backoff (never past the deadline) between attempts.
+fn retry<T>(
+    target: &str,
+    timeout: Duration,
+    mut attempt: impl FnMut(Duration) -> Result<T, AttemptError>,
+) -> Result<T, ClientError> {
+    let start = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let remaining = timeout.saturating_sub(start.elapsed());
+        let last = match attempt(remaining) {
+            Ok(v) => return Ok(v),
+            Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(AttemptError::Transient(msg)) => msg,
+        };
+        let remaining = timeout.saturating_sub(start.elapsed());
+        if remaining.is_zero() {
+            return Err(ClientError::ConnectTimeout {
+                target: target.to_string(),
+                timeout,
+                attempts,
+                last,
+            });
+        }
+        std::thread::sleep(backoff.min(remaining));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_gives_up_after_timeout_with_last_error() {
+        let start = Instant::now();
+        let err = retry::<()>("t", Duration::from_millis(100), |_| {
+            Err(AttemptError::Transient("nope".into()))
+        })
+        .unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(1),
+            "{took:?}"
+        );
+        match err {
+            ClientError::ConnectTimeout { attempts, last, .. } => {
+                assert!(attempts > 2, "{attempts}");
+                assert_eq!(last, "nope");
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn retry_stops_on_fatal() {
+        let mut n = 0;
+        let err = retry::<()>("t", Duration::from_secs(10), |_| {
+            n += 1;
+            Err(AttemptError::Fatal(ClientError::BadReply {
+                method: "m",
+                detail: "d".into(),
+            }))
+        })
+        .unwrap_err();
+        assert_eq!(n, 1);
+        assert!(matches!(err, ClientError::BadReply { .. }));
+    }
+}

@@ -1,0 +1,217 @@
+//! Zombie reaping for PID 1, without stealing exit statuses the agent needs.
+//!
+//! As PID 1 the agent inherits every orphaned process of the guest and must `wait` for them,
+//! or they stay zombies forever. But a blanket `waitpid(-1)` also collects the children the
+//! agent itself started (container processes, from issue 4), whose exit status a client waits
+//! for. The [`Reaper`] resolves this:
+//!
+//! - It is the **only** place in the agent that calls `wait*`. Nothing else may call
+//!   `std::process::Child::wait`/`try_wait` (they would race with the reaper and lose).
+//! - Whoever starts a process whose status it wants spawns it inside [`Reaper::spawn_watched`]:
+//!   the spawn and the registration of its pid happen under the reaper's lock, so the reaper
+//!   cannot record the exit of a process before it is known to be watched.
+//! - The main thread calls [`Reaper::reap_all`] on every `SIGCHLD` (and once a second, in case
+//!   a signal was coalesced). Statuses of watched pids go into a `pid → status` map until
+//!   [`Reaper::wait`] or [`Reaper::try_take`] takes them out; statuses of unwatched pids
+//!   (orphans) are logged at debug level and dropped, so the map stays bounded by the number of
+//!   watched processes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a reaped process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    /// Pids whose exit status someone will ask for, not yet exited.
+    watched: HashSet<i32>,
+    /// Exit statuses of watched pids, until taken.
+    exited: HashMap<i32, ExitStatus>,
+}
+
+/// Reaps every child of the agent and keeps the statuses of watched ones for their waiters.
+#[derive(Default)]
+pub struct Reaper {
+    state: Mutex<State>,
+    exited_cv: Condvar,
+}
+
+impl Reaper {
+    /// A reaper with nothing watched.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock aborts the agent (panic = abort as PID 1); in tests
+        // the state is still consistent, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // Used by container processes from issue 4; unit-tested below.
+    #[allow(dead_code)]
+    /// Runs `spawn` (which starts a process and returns its pid with a value for the caller)
+    /// and registers the pid as watched, both under the reaper's lock.
+    pub fn spawn_watched<T, E>(
+        &self,
+        spawn: impl FnOnce() -> Result<(T, u32), E>,
+    ) -> Result<(T, u32), E> {
+        let mut state = self.lock();
+        let (value, pid) = spawn()?;
+        state.watched.insert(pid as i32);
+        Ok((value, pid))
+    }
+
+    /// Reaps every exited child without blocking. Returns how many were reaped.
+    pub fn reap_all(&self) -> usize {
+        let mut reaped = 0;
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return reaped,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("waitpid(-1) failed: {e}");
+                    return reaped;
+                }
+                Ok(s) => s,
+            };
+            let (pid, exit) = match status {
+                WaitStatus::Exited(pid, code) => (pid, ExitStatus::Exited(code)),
+                WaitStatus::Signaled(pid, sig, core_dumped) => (
+                    pid,
+                    ExitStatus::Signaled {
+                        signal: sig as i32,
+                        core_dumped,
+                    },
+                ),
+                // Stop/continue reports only come with WUNTRACED/WCONTINUED, not asked for.
+                _ => continue,
+            };
+            reaped += 1;
+            self.record(pid.as_raw(), exit);
+        }
+    }
+
+    fn record(&self, pid: i32, status: ExitStatus) {
+        let mut state = self.lock();
+        if state.watched.remove(&pid) {
+            tracing::debug!("reaped watched pid {pid}: {status:?}");
+            state.exited.insert(pid, status);
+            drop(state);
+            self.exited_cv.notify_all();
+        } else {
+            tracing::debug!("reaped orphan pid {pid}: {status:?}");
+        }
+    }
+
+    // Used by container processes from issue 4; unit-tested below.
+    #[allow(dead_code)]
+    /// Takes the exit status of watched `pid` if it has exited.
+    pub fn try_take(&self, pid: u32) -> Option<ExitStatus> {
+        self.lock().exited.remove(&(pid as i32))
+    }
+
+    // Used by container processes from issue 4; unit-tested below.
+    #[allow(dead_code)]
+    /// Waits up to `timeout` (forever with `None`) for watched `pid` to exit and takes its
+    /// status. `None` on timeout, or at once if `pid` is neither watched nor exited.
+    pub fn wait(&self, pid: u32, timeout: Option<Duration>) -> Option<ExitStatus> {
+        let pid = pid as i32;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        loop {
+            if let Some(status) = state.exited.remove(&pid) {
+                return Some(status);
+            }
+            if !state.watched.contains(&pid) {
+                return None;
+            }
+            state = match deadline {
+                None => self
+                    .exited_cv
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.exited_cv
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::sync::Arc;
+
+    // The only test of this binary that spawns children: `reap_all` collects every child of
+    // the test process.
+    #[test]
+    fn watched_statuses_reach_waiters_and_orphans_are_dropped() {
+        let reaper = Arc::new(Reaper::new());
+        let (_, pid) = reaper
+            .spawn_watched(|| {
+                let c = Command::new("sh").args(["-c", "exit 7"]).spawn()?;
+                let id = c.id();
+                Ok::<_, std::io::Error>((c, id))
+            })
+            .unwrap();
+        let (_, killed) = reaper
+            .spawn_watched(|| {
+                let c = Command::new("sh").args(["-c", "kill -9 $$"]).spawn()?;
+                let id = c.id();
+                Ok::<_, std::io::Error>((c, id))
+            })
+            .unwrap();
+        let orphan = Command::new("true").spawn().unwrap().id();
+
+        let r = reaper.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let pump = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                r.reap_all();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        assert_eq!(
+            reaper.wait(pid, Some(Duration::from_secs(10))),
+            Some(ExitStatus::Exited(7))
+        );
+        assert_eq!(
+            reaper.wait(killed, Some(Duration::from_secs(10))),
+            Some(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            })
+        );
+        // Taken once only; an unwatched pid never waits.
+        assert_eq!(reaper.try_take(pid), None);
+        assert_eq!(reaper.wait(orphan, None), None);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pump.join().unwrap();
+        assert!(reaper.lock().exited.is_empty());
+    }
+}

@@ -1,0 +1,270 @@
+//! Configuration parsing and validation tests.
+
+use super::*;
+use std::io::Write;
+
+fn fake_kernel(dir: &Path) -> PathBuf {
+    let path = dir.join("vmlinux");
+    let mut header = vec![0u8; 64];
+    header[0..4].copy_from_slice(b"\x7fELF");
+    header[4] = 2;
+    header[18] = 62;
+    File::create(&path).unwrap().write_all(&header).unwrap();
+    path
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moat-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn defaults_validate_with_a_kernel() {
+    let dir = tmpdir("defaults");
+    let cfg = VmConfig {
+        kernel: Some(fake_kernel(&dir)),
+        ..Default::default()
+    };
+    let valid = cfg.validate().unwrap();
+    assert_eq!(valid.vcpus, 1);
+    assert_eq!(valid.memory_bytes, 128 << 20);
+    assert_eq!(valid.cmdline, build_cmdline(None, None).unwrap());
+    assert!(valid.cmdline.contains("reboot=k,c,panic_w"));
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    let err = VmConfig::default().validate().unwrap_err();
+    assert!(matches!(err, ConfigError::MissingKernel));
+    let err = VmConfig {
+        kernel: Some("/nonexistent/vmlinux".into()),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err
+        .to_string()
+        .starts_with("kernel: cannot open /nonexistent/vmlinux"));
+}
+
+#[test]
+fn bzimage_or_directory_is_refused() {
+    let dir = tmpdir("notelf");
+    let path = dir.join("bzImage");
+    std::fs::write(&path, b"MZ not an elf at all, but long enough").unwrap();
+    let err = VmConfig {
+        kernel: Some(path),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::NotElf { .. }), "{err}");
+    let err = VmConfig {
+        kernel: Some(dir.clone()),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::NotAFile { .. }), "{err}");
+}
+
+#[test]
+fn ranges_are_enforced() {
+    let dir = tmpdir("ranges");
+    let kernel = Some(fake_kernel(&dir));
+    for (vcpus, mem, field) in [(0, 128, "vcpus"), (65, 128, "vcpus"), (1, 16, "memory_mib")] {
+        let err = VmConfig {
+            kernel: kernel.clone(),
+            vcpus,
+            memory_mib: mem,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        match err {
+            ConfigError::OutOfRange { field: f, .. } => assert_eq!(f, field),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+#[test]
+fn initrd_must_exist_and_fit() {
+    let dir = tmpdir("initrd");
+    let kernel = Some(fake_kernel(&dir));
+    let err = VmConfig {
+        kernel: kernel.clone(),
+        initrd: Some(dir.join("missing.cpio")),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().starts_with("initrd: cannot open"), "{err}");
+    let big = dir.join("big.cpio");
+    File::create(&big).unwrap().set_len(40 << 20).unwrap();
+    let err = VmConfig {
+        kernel,
+        initrd: Some(big),
+        memory_mib: 64,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::InitrdTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn json_rejects_unknown_fields_and_bad_types() {
+    let dir = tmpdir("json");
+    let path = dir.join("vm.json");
+    std::fs::write(&path, r#"{"kernel": "/k", "memory": 12}"#).unwrap();
+    let err = VmConfig::from_json_file(&path).unwrap_err();
+    assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+    std::fs::write(&path, r#"{"vcpus": "two"}"#).unwrap();
+    assert!(VmConfig::from_json_file(&path).is_err());
+    std::fs::write(
+        &path,
+        r#"{"kernel": "/k", "vcpus": 2, "serial": {"output": {"file": "/tmp/x"}}}"#,
+    )
+    .unwrap();
+    let cfg = VmConfig::from_json_file(&path).unwrap();
+    assert_eq!(cfg.vcpus, 2);
+    assert_eq!(cfg.serial.output, SerialOutput::File("/tmp/x".into()));
+}
+
+#[test]
+fn kernel_args_go_before_init_args() {
+    let a = vec!["x=1".to_string(), "y=2".to_string()];
+    assert_eq!(insert_kernel_args("quiet", &a), "quiet x=1 y=2");
+    assert_eq!(
+        insert_kernel_args("quiet -- blk a", &a),
+        "quiet x=1 y=2 -- blk a"
+    );
+    assert_eq!(insert_kernel_args("-- rng", &a), "x=1 y=2 -- rng");
+    assert_eq!(insert_kernel_args("a--b", &a), "a--b x=1 y=2");
+    assert_eq!(insert_kernel_args("", &a), "x=1 y=2");
+    assert_eq!(insert_kernel_args("q", &[]), "q");
+}
+
+#[test]
+fn cmdline_rules() {
+    assert_eq!(build_cmdline(Some("a"), Some(" b ")).unwrap(), "a b");
+    assert_eq!(build_cmdline(Some(""), Some("b")).unwrap(), "b");
+    assert!(build_cmdline(Some("a\0b"), None).is_err());
+    assert!(build_cmdline(Some(&"x".repeat(2000)), None).is_err());
+}
+
+#[test]
+fn block_devices_are_checked() {
+    let dir = tmpdir("block");
+    let kernel = Some(fake_kernel(&dir));
+    let disk = |path: PathBuf, read_only| BlockDeviceConfig { path, read_only };
+    let with = |disks: Vec<BlockDeviceConfig>| VmConfig {
+        kernel: kernel.clone(),
+        block_devices: disks,
+        ..Default::default()
+    };
+    let img = dir.join("disk.img");
+    File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    let valid = with(vec![disk(img.clone(), false), disk(img.clone(), true)])
+        .validate()
+        .unwrap();
+    assert_eq!(valid.block_devices.len(), 2);
+    assert!(valid.rng, "rng is on by default");
+    let err = with(vec![disk(dir.join("nope.img"), true)])
+        .validate()
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("block_devices: cannot open"),
+        "{err}"
+    );
+    let err = with(vec![disk(dir.clone(), true)]).validate().unwrap_err();
+    assert!(matches!(err, ConfigError::NotADisk { .. }), "{err}");
+    let err = with(vec![disk(img.clone(), true); MAX_BLOCK_DEVICES + 1])
+        .validate()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
+    // Root may open a 0444 file for writing, so only an unprivileged run sees the refusal.
+    if unsafe { libc::geteuid() } != 0 {
+        let ro = dir.join("ro.img");
+        File::create(&ro).unwrap();
+        let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+        std::fs::set_permissions(&ro, perms).unwrap();
+        let err = with(vec![disk(ro, false)]).validate().unwrap_err();
+        assert!(matches!(err, ConfigError::DiskNotWritable { .. }), "{err}");
+    }
+}
+
+#[test]
+fn json_block_devices_and_rng() {
+    let dir = tmpdir("json-block");
+    let path = dir.join("vm.json");
+    std::fs::write(
+        &path,
+        r#"{"block_devices": [{"path": "/a.img"}, {"path": "/b.img", "read_only": true}], "rng": false}"#,
+    )
+    .unwrap();
+    let cfg = VmConfig::from_json_file(&path).unwrap();
+    assert!(!cfg.rng);
+    assert_eq!(
+        cfg.block_devices,
+        vec![
+            BlockDeviceConfig {
+                path: "/a.img".into(),
+                read_only: false
+            },
+            BlockDeviceConfig {
+                path: "/b.img".into(),
+                read_only: true
+            },
+        ]
+    );
+    std::fs::write(&path, r#"{"block_devices": [{"path": "/a", "ro": true}]}"#).unwrap();
+    let err = VmConfig::from_json_file(&path).unwrap_err();
+    assert!(err.to_string().contains("unknown field `ro`"), "{err}");
+}
+
+#[test]
+fn vsock_is_checked() {
+    let dir = tmpdir("vsock");
+    let kernel = Some(fake_kernel(&dir));
+    let with = |guest_cid, uds_path: PathBuf| VmConfig {
+        kernel: kernel.clone(),
+        vsock: Some(VsockDeviceConfig {
+            guest_cid,
+            uds_path,
+        }),
+        ..Default::default()
+    };
+    let ok = with(3, dir.join("v.sock")).validate().unwrap();
+    assert_eq!(ok.vsock.unwrap().guest_cid, 3);
+    for cid in [0, 1, 2, u32::MAX] {
+        let err = with(cid, dir.join("v.sock")).validate().unwrap_err();
+        assert!(err.to_string().starts_with("vsock.guest_cid"), "{err}");
+    }
+    let err = with(3, dir.join("missing/v.sock")).validate().unwrap_err();
+    assert!(
+        err.to_string().contains("directory does not exist"),
+        "{err}"
+    );
+    let err = with(3, dir.join("x".repeat(120))).validate().unwrap_err();
+    assert!(err.to_string().contains("bytes long"), "{err}");
+}
+
+#[test]
+fn json_vsock() {
+    let dir = tmpdir("json-vsock");
+    let path = dir.join("vm.json");
+    std::fs::write(
+        &path,
+        r#"{"vsock": {"guest_cid": 7, "uds_path": "/run/moat/v.sock"}}"#,
+    )
+    .unwrap();
+    let cfg = VmConfig::from_json_file(&path).unwrap();
+    assert_eq!(cfg.vsock.unwrap().guest_cid, 7);
+    std::fs::write(&path, r#"{"vsock": {"cid": 7, "uds_path": "/x"}}"#).unwrap();
+    let err = VmConfig::from_json_file(&path).unwrap_err();
+    assert!(err.to_string().contains("unknown field `cid`"), "{err}");
+}
