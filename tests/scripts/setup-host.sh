@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages moat's build and test suite need (idempotent, quiet when done).
-# Kernel source, qemu (the nested-KVM test host), busybox (tiny initramfs), kernel build tools.
+# Kernel source, qemu (the nested-KVM test host), busybox (tiny initramfs), kernel build tools,
+# binutils + libc6-dev (static moat-agent for the guest image).
 set -euo pipefail
 
 PACKAGES=(linux-source-6.12 qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev
-          cpio xz-utils gzip kmod)
+          cpio xz-utils gzip kmod binutils libc6-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -12,9 +12,10 @@ step() { printf '\n=== %s ===\n' "$*" >&2; }
 step "host packages"
 tests/scripts/setup-host.sh
 
-step "kernels"
+step "kernels and guest image"
 guest-kernel/build.sh guest >/dev/null
 guest-kernel/build.sh test-host >/dev/null
+agent/build-image.sh >/dev/null
 
 step "format and lints"
 cargo fmt --all -- --check

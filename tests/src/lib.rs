@@ -245,32 +245,40 @@ pub fn target_dir() -> PathBuf {
 /// says what failed.
 pub fn kernel_path(flavor: &str) -> Result<PathBuf, String> {
     let var = format!("MOAT_{}_KERNEL", flavor.to_uppercase().replace('-', "_"));
-    if let Some(k) = std::env::var_os(&var) {
-        let k = PathBuf::from(k);
-        return match k.is_file() {
-            true => Ok(k),
-            false => Err(format!("{var}={} does not exist", k.display())),
+    cached_artifact(&var, "guest-kernel/build.sh", &[flavor])
+}
+
+/// Path of the moat-agent guest initramfs: `$MOAT_AGENT_INITRAMFS` if set, else what
+/// `agent/build-image.sh --print-path` prints (build it with `agent/build-image.sh`).
+pub fn agent_initramfs_path() -> Result<PathBuf, String> {
+    cached_artifact("MOAT_AGENT_INITRAMFS", "agent/build-image.sh", &[])
+}
+
+/// A build output cached outside the clone: the file in `$env_var` if set, else the path
+/// `<workspace>/<script> --print-path <args>` prints (such scripts never build in that mode).
+fn cached_artifact(env_var: &str, script: &str, args: &[&str]) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => Err(format!("{env_var}={} does not exist", p.display())),
         };
     }
-    let script = workspace_root().join("guest-kernel/build.sh");
+    let script = workspace_root().join(script);
+    let shown = format!("{} --print-path {}", script.display(), args.join(" "));
     let out = Command::new(&script)
-        .args(["--print-path", flavor])
+        .arg("--print-path")
+        .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            format!(
-                "cannot run `{} --print-path {flavor}`: {e}",
-                script.display()
-            )
-        })?;
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let path = stdout.lines().rev().map(str::trim).find(|l| !l.is_empty());
     match path {
         Some(p) if out.status.success() && Path::new(p).is_file() => Ok(PathBuf::from(p)),
         _ => Err(format!(
-            "`{} --print-path {flavor}` exited {} (stdout {:?}, stderr {:?}); \
-             build it with `guest-kernel/build.sh {flavor}`",
-            script.display(),
+            "`{shown}` exited {} (stdout {:?}, stderr {:?}); build it by running the script \
+             without --print-path",
             out.status,
             stdout.trim(),
             String::from_utf8_lossy(&out.stderr).trim()

@@ -75,6 +75,13 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
+    /// The agent image: the guest kernel + the moat-agent initramfs (`agent/build-image.sh`).
+    pub fn agent_image() -> Result<GuestImage, MicrovmError> {
+        let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;
+        let initrd = crate::agent_initramfs_path().map_err(MicrovmError::Initramfs)?;
+        Ok(GuestImage { kernel, initrd })
+    }
+
     /// The default image: `guest-kernel/build.sh --print-path guest` + the busybox initramfs.
     pub fn default_image() -> Result<GuestImage, MicrovmError> {
         let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;

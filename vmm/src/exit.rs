@@ -7,7 +7,10 @@
 //! | 2      | invalid configuration or command line                                |
 //! | 3      | the guest kernel panicked (warm-reset flag set before the reset)     |
 //! | 4      | the guest crashed (triple fault, KVM emulation failure, entry failure)|
+//! | 128+N  | the host stopped the VM with signal N (SIGTERM, SIGINT, SIGHUP)       |
 
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -36,6 +39,8 @@ pub enum ExitReason {
     GuestCrash(String),
     /// The VMM failed while the guest ran.
     VmmError(String),
+    /// The host asked the VMM to stop with this signal.
+    Signal(i32),
 }
 
 impl ExitReason {
@@ -46,6 +51,7 @@ impl ExitReason {
             ExitReason::GuestPanic => EXIT_GUEST_PANIC,
             ExitReason::GuestCrash(_) => EXIT_GUEST_CRASH,
             ExitReason::VmmError(_) => EXIT_VMM_ERROR,
+            ExitReason::Signal(sig) => 128 + sig,
         }
     }
 }
@@ -57,6 +63,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::GuestPanic => write!(f, "guest kernel panicked"),
             ExitReason::GuestCrash(why) => write!(f, "guest crashed: {why}"),
             ExitReason::VmmError(why) => write!(f, "VMM error: {why}"),
+            ExitReason::Signal(sig) => write!(f, "stopped by signal {sig}"),
         }
     }
 }
@@ -94,9 +101,52 @@ impl ExitSignal {
         lock(&self.reason).clone()
     }
 
+    /// Makes SIGTERM, SIGINT and SIGHUP stop the VM through this signal (one per process):
+    /// the handler only records the signal and writes the event fd (async-signal-safe), and
+    /// the event loop turns it into [`ExitReason::Signal`] for a normal teardown.
+    pub fn install_stop_signals(&self) -> std::io::Result<()> {
+        STOP_EVENT_FD.store(self.event.as_raw_fd(), Ordering::SeqCst);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            // SAFETY: a zeroed sigaction is valid; we set a handler that only touches atomics
+            // and calls write(2), both async-signal-safe.
+            let rc = unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = on_stop_signal as *const () as usize;
+                act.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut act.sa_mask);
+                libc::sigaction(sig, &act, std::ptr::null_mut())
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a pending stop signal, if one arrived, as the exit reason.
+    pub fn take_stop_signal(&self) {
+        let sig = STOP_SIGNAL.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            self.request(ExitReason::Signal(sig));
+        }
+    }
+
     /// The event fd the event loop watches.
     pub fn event_fd(&self) -> &EventFd {
         &self.event
+    }
+}
+
+static STOP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = STOP_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) on an eventfd with an 8-byte buffer we own; async-signal-safe.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
     }
 }
 
@@ -121,6 +171,7 @@ mod tests {
             ExitReason::GuestPanic.exit_code(),
             ExitReason::GuestCrash(String::new()).exit_code(),
             ExitReason::VmmError(String::new()).exit_code(),
+            ExitReason::Signal(libc::SIGTERM).exit_code(),
             EXIT_BAD_CONFIG,
         ];
         let mut sorted = codes.to_vec();

@@ -105,6 +105,7 @@ impl MutEventSubscriber for ExitWatcher {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.exit.event_fd().read();
+        self.exit.take_stop_signal();
     }
 }
 
@@ -262,6 +263,10 @@ impl Vmm {
     /// Starts the vCPUs and serves events until the guest stops; then stops every vCPU.
     pub fn run(mut self) -> Result<ExitReason, VmmError> {
         install_kick_handler().map_err(io_err("install vCPU kick handler"))?;
+        self.ctx
+            .exit
+            .install_stop_signals()
+            .map_err(io_err("install stop signal handlers"))?;
         let mut handles: Vec<JoinHandle<()>> = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
             match vcpu.spawn(self.ctx.clone()) {

@@ -316,3 +316,38 @@ fn kernel_without_pvh_note_is_refused() {
     assert!(stderr.contains("no PVH entry note"), "{stderr}");
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+#[test]
+fn sigterm_stops_the_vm_cleanly_and_removes_its_socket() {
+    assert_kvm();
+    let dir = scratch("sigterm");
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, pvh_elf(&Asm::default().print(b"up\n").spin().0)).unwrap();
+    let sock = dir.join("vm.sock");
+    let metrics = dir.join("metrics.json");
+    let serial = dir.join("serial.out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--memory-mib", "64"])
+        .arg(format!("--vsock=3,{}", sock.display()))
+        .arg(format!("--serial=file:{}", serial.display()))
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read(&serial).unwrap_or_default() != b"up\n" {
+        assert!(std::time::Instant::now() < deadline, "guest never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "vsock socket was not created");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!sock.exists(), "vsock socket left behind");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    assert_eq!(m["exit_reason"], "stopped by signal 15");
+    let _ = std::fs::remove_dir_all(&dir);
+}
