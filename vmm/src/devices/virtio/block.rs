@@ -350,17 +350,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(ActiveQueues {
-            mem,
-            interrupt,
-            queues,
-        });
+        self.active = Some(ActiveQueues::new(mem, interrupt, queues, 1)?);
         self.events.rekick(0);
         Ok(())
     }

@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::VirtioInterrupt;
+use super::{ActivateError, VirtioInterrupt};
 
 /// One descriptor chain as handed to a device's request handler.
 pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
@@ -74,6 +74,27 @@ pub struct ActiveQueues {
 }
 
 impl ActiveQueues {
+    /// What a device's `activate` stores: checks that the transport handed over exactly
+    /// `expected` queues.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+        expected: usize,
+    ) -> Result<ActiveQueues, ActivateError> {
+        if queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        Ok(ActiveQueues {
+            mem,
+            interrupt,
+            queues,
+        })
+    }
+
     /// Pops at most `max_chains` chains from queue `index`, hands each to `handle` (which
     /// returns the number of bytes it wrote into the chain), puts them on the used ring and
     /// raises the used-ring interrupt if anything was used. Returns true when it stopped at

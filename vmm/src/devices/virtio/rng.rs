@@ -125,17 +125,7 @@ impl VirtioDevice for Rng {
         interrupt: Arc<VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(ActiveQueues {
-            mem,
-            interrupt,
-            queues,
-        });
+        self.active = Some(ActiveQueues::new(mem, interrupt, queues, 1)?);
         // Buffers may have been posted before DRIVER_OK.
         self.events.rekick(0);
         Ok(())

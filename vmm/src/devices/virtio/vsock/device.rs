@@ -268,17 +268,7 @@ impl VirtioDevice for VsockDevice {
         interrupt: Arc<VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(ActiveQueues {
-            mem,
-            interrupt,
-            queues,
-        });
+        self.active = Some(ActiveQueues::new(mem, interrupt, queues, NUM_QUEUES)?);
         // Buffers may have been posted before DRIVER_OK.
         self.events.rekick(RXQ_INDEX);
         Ok(())
