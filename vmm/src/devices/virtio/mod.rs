@@ -133,14 +133,19 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     /// when the driver sets FEATURES_OK.
     ///
     /// [`avail_features`]: VirtioDevice::avail_features
-    fn ack_features(&mut self, features: u64);
+    /// The default ignores them (for devices whose behaviour doesn't depend on features).
+    fn ack_features(&mut self, features: u64) {
+        let _ = features;
+    }
 
     /// Reads device config space at `offset` (from 0x100 of the MMIO slot). Bytes past the
     /// end of the config read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
 
-    /// Writes device config space; ignored where the device has nothing writable.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes device config space; the default ignores writes (nothing writable).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
 
     /// One event fd per queue, in queue order: written by KVM (ioeventfd) or by the transport
     /// when the guest writes the queue's index to QueueNotify.

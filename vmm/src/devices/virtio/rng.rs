@@ -107,13 +107,9 @@ impl VirtioDevice for Rng {
         FEATURE_VERSION_1
     }
 
-    fn ack_features(&mut self, _features: u64) {}
-
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn queue_events(&self) -> &[EventFd] {
         self.events.fds()

@@ -250,13 +250,9 @@ impl VirtioDevice for VsockDevice {
         FEATURE_VERSION_1
     }
 
-    fn ack_features(&mut self, _features: u64) {}
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         crate::devices::virtio::read_config_bytes(&self.config_space, offset, data);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn queue_events(&self) -> &[EventFd] {
         self.events.fds()
