@@ -1,6 +1,6 @@
 //! Guest RAM: anonymous, lazily-populated host mappings laid out by `arch`.
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch;
 

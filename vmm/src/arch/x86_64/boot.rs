@@ -10,7 +10,7 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use thiserror::Error;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::layout::{
     BOOT_STACK_POINTER, HIMEM_START, MEMMAP_START, MMIO_GAP_START, MODLIST_START, PVH_INFO_START,

@@ -334,7 +334,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
         return Err(MptableError::TooLarge(size));
     }
     let base = GuestAddress(EBDA_START);
-    if !vm_memory::GuestMemoryBackend::check_range(mem, base, size) {
+    if !vm_memory::GuestMemory::check_range(mem, base, size) {
         return Err(MptableError::NotEnoughMemory(size));
     }
     let table = build_mptable(EBDA_START, num_cpus);
