@@ -42,6 +42,14 @@ case "$1" in
        echo "vdb_write=$?"
        echo "moat-blk-marker" | /bin/busybox dd of=/dev/vda bs=512 count=1 conv=sync,notrunc,fsync 2>&1
        echo "vda_write=$?" ;;
+  virtiofs) /bin/busybox mkdir -p /mnt
+       /bin/busybox mount -t virtiofs moatfs /mnt; echo "fs_mount=$?"
+       echo "fs_hello=$(/bin/busybox cat /mnt/hello.txt)"
+       echo "moat-from-guest" > /mnt/from-guest.txt; echo "fs_write=$?"
+       echo "fs_link=$(/bin/busybox cat /mnt/link-to-secret 2>&1)"
+       echo "fs_dotdot=$(/bin/busybox cat /mnt/../secret 2>&1)"
+       echo "fs_ls=$(/bin/busybox ls -a /mnt/.. /mnt | /bin/busybox tr '\n' ' ')"
+       /bin/busybox umount /mnt; echo "fs_umount=$?" ;;
 esac
 /bin/busybox reboot -f
 "#;

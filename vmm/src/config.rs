@@ -19,6 +19,8 @@ pub const MAX_INITRD_BYTES: u64 = 2 << 30;
 /// Most virtio-blk disks one VM may have (each takes an MMIO slot, an IRQ and room on the
 /// kernel command line).
 pub const MAX_BLOCK_DEVICES: usize = 8;
+/// Most virtio-fs shares per VM.
+pub const MAX_SHARED_DIRS: usize = 4;
 /// Default cap on bytes written from the guest's serial port to a file or stdout.
 pub const DEFAULT_SERIAL_LIMIT_BYTES: u64 = 64 << 20;
 
@@ -130,6 +132,14 @@ pub enum ConfigError {
     /// The kernel command line is too long or contains a NUL byte.
     #[error("cmdline: {0}")]
     Cmdline(String),
+    /// A virtio-fs share is unusable (bad or duplicate tag, not a directory).
+    #[error("shared_dirs: {tag:?}: {why}")]
+    SharedDir {
+        /// The share's tag.
+        tag: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// Where the guest's serial console goes.
@@ -190,6 +200,17 @@ pub struct VsockDeviceConfig {
     pub uds_path: PathBuf,
 }
 
+/// A host directory shared with the guest over virtio-fs (`mount -t virtiofs TAG DIR`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedDirConfig {
+    /// The mount tag the guest uses: 1..=36 bytes of `[A-Za-z0-9_-]`, unique per VM.
+    pub tag: String,
+    /// The host directory; the guest sees only what is below it (symlinks are not followed
+    /// on the host).
+    pub path: PathBuf,
+}
+
 /// Full configuration of one microVM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,6 +237,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// A virtio-vsock device with a hybrid unix-socket backend.
     pub vsock: Option<VsockDeviceConfig>,
+    /// virtio-fs shares (at most [`MAX_SHARED_DIRS`]).
+    pub shared_dirs: Vec<SharedDirConfig>,
 }
 
 impl Default for VmConfig {
@@ -232,6 +255,7 @@ impl Default for VmConfig {
             block_devices: Vec::new(),
             rng: true,
             vsock: None,
+            shared_dirs: Vec::new(),
         }
     }
 }
@@ -259,6 +283,8 @@ pub struct ValidConfig {
     pub rng: bool,
     /// The vsock device (checked: valid CID, socket path fits `sun_path`, parent exists).
     pub vsock: Option<VsockDeviceConfig>,
+    /// virtio-fs shares (checked: valid unique tags, paths are directories; canonical paths).
+    pub shared_dirs: Vec<SharedDirConfig>,
 }
 
 impl VmConfig {
@@ -325,6 +351,7 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             check_vsock(vsock)?;
         }
+        let shared_dirs = check_shared_dirs(&self.shared_dirs)?;
         Ok(ValidConfig {
             kernel,
             initrd,
@@ -336,8 +363,47 @@ impl VmConfig {
             block_devices: self.block_devices.clone(),
             rng: self.rng,
             vsock: self.vsock.clone(),
+            shared_dirs,
         })
     }
+}
+
+/// Checks the virtio-fs shares; returns them with canonical paths.
+fn check_shared_dirs(dirs: &[SharedDirConfig]) -> Result<Vec<SharedDirConfig>, ConfigError> {
+    check_range(
+        "shared_dirs (count)",
+        dirs.len() as u64,
+        0,
+        MAX_SHARED_DIRS as u64,
+    )?;
+    let mut out: Vec<SharedDirConfig> = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        let bad = |why: String| ConfigError::SharedDir {
+            tag: dir.tag.clone(),
+            why,
+        };
+        if !crate::devices::virtio::fs::valid_tag(&dir.tag) {
+            return Err(bad("tag must be 1..=36 bytes of [A-Za-z0-9_-]".into()));
+        }
+        if out.iter().any(|d| d.tag == dir.tag) {
+            return Err(bad("tag used twice".into()));
+        }
+        let path = dir
+            .path
+            .canonicalize()
+            .map_err(|e| bad(format!("{}: {e}", dir.path.display())))?;
+        if !path.is_dir() {
+            return Err(bad(format!("{} is not a directory", dir.path.display())));
+        }
+        if path.to_str().is_none() {
+            return Err(bad(format!("{} is not valid UTF-8", dir.path.display())));
+        }
+        out.push(SharedDirConfig {
+            tag: dir.tag.clone(),
+            path,
+        });
+    }
+    Ok(out)
 }
 
 /// Longest unix socket path (`sun_path` is 108 bytes with the NUL) leaving room for the

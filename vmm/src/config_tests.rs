@@ -268,3 +268,60 @@ fn json_vsock() {
     let err = VmConfig::from_json_file(&path).unwrap_err();
     assert!(err.to_string().contains("unknown field `cid`"), "{err}");
 }
+
+#[test]
+fn shared_dirs_are_checked() {
+    let dir = tmpdir("fs-shares");
+    let kernel = Some(fake_kernel(&dir));
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let with = |shares: Vec<(&str, PathBuf)>| VmConfig {
+        kernel: kernel.clone(),
+        shared_dirs: shares
+            .into_iter()
+            .map(|(tag, path)| SharedDirConfig {
+                tag: tag.into(),
+                path,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let ok = with(vec![("moat_fs-1", share.clone())]).validate().unwrap();
+    assert_eq!(ok.shared_dirs[0].path, share.canonicalize().unwrap());
+    let err_of = |shares| with(shares).validate().unwrap_err().to_string();
+    let long = "t".repeat(37);
+    for tag in ["", "a b", "a/b", "tag.x", long.as_str()] {
+        let err = err_of(vec![(tag, share.clone())]);
+        assert!(err.contains("tag must be"), "{tag:?}: {err}");
+    }
+    let max = "t".repeat(36);
+    assert!(with(vec![(max.as_str(), share.clone())]).validate().is_ok());
+    let err = err_of(vec![("a", share.clone()), ("a", share.clone())]);
+    assert!(err.contains("tag used twice"), "{err}");
+    let err = err_of(vec![("a", dir.join("missing"))]);
+    assert!(err.starts_with("shared_dirs: \"a\""), "{err}");
+    let err = err_of(vec![("a", dir.join("vmlinux"))]);
+    assert!(err.contains("not a directory"), "{err}");
+    let five = (0..5).map(|_| ("x", share.clone())).collect();
+    let err = err_of(five);
+    assert!(err.starts_with("shared_dirs (count)"), "{err}");
+}
+
+#[test]
+fn json_shared_dirs() {
+    let dir = tmpdir("json-fs");
+    let path = dir.join("vm.json");
+    std::fs::write(
+        &path,
+        r#"{"shared_dirs": [{"tag": "data", "path": "/srv/data"}]}"#,
+    )
+    .unwrap();
+    let cfg = VmConfig::from_json_file(&path).unwrap();
+    assert_eq!(
+        cfg.shared_dirs,
+        vec![SharedDirConfig {
+            tag: "data".into(),
+            path: "/srv/data".into()
+        }]
+    );
+}

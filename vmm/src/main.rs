@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use moat_vmm::config::{BlockDeviceConfig, SerialOutput, VmConfig, VsockDeviceConfig};
+use moat_vmm::config::{
+    BlockDeviceConfig, SerialOutput, SharedDirConfig, VmConfig, VsockDeviceConfig,
+};
 use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
 use moat_vmm::metrics::Metrics;
 use moat_vmm::vmm::Vmm;
@@ -51,6 +53,10 @@ struct Cli {
     /// A hybrid vsock device: guest CID and the host unix socket path.
     #[arg(long, value_name = "CID,UDS_PATH", value_parser = parse_vsock)]
     vsock: Option<VsockDeviceConfig>,
+    /// Share host directory PATH with the guest over virtio-fs under mount tag TAG
+    /// (`mount -t virtiofs TAG /mnt` in the guest); repeat for more shares.
+    #[arg(long = "share", value_name = "TAG=PATH", value_parser = parse_share)]
+    share: Vec<SharedDirConfig>,
     /// Do not give the guest a virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
@@ -103,6 +109,16 @@ fn parse_vsock(s: &str) -> Result<VsockDeviceConfig, String> {
     })
 }
 
+fn parse_share(s: &str) -> Result<SharedDirConfig, String> {
+    match s.split_once('=') {
+        Some((tag, path)) if !tag.is_empty() && !path.is_empty() => Ok(SharedDirConfig {
+            tag: tag.into(),
+            path: path.into(),
+        }),
+        _ => Err(format!("expected TAG=PATH, got {s:?}")),
+    }
+}
+
 impl Cli {
     fn into_config(self) -> anyhow::Result<VmConfig> {
         let mut cfg = match &self.config {
@@ -121,6 +137,7 @@ impl Cli {
         cfg.serial.stdin |= self.stdin;
         cfg.metrics_file = self.metrics_file.or(cfg.metrics_file);
         cfg.block_devices.extend(self.block);
+        cfg.shared_dirs.extend(self.share);
         cfg.rng &= !self.no_rng;
         cfg.vsock = self.vsock.or(cfg.vsock);
         Ok(cfg)

@@ -22,6 +22,7 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{open_sink, SerialDevice, StdinInput, COM1_PORT, COM1_PORTS};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{FsError, VirtioFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
@@ -77,6 +78,9 @@ pub enum VmmError {
     /// The vsock device could not be set up (socket bind, CID).
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A virtio-fs share could not be set up.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// More virtio devices than free interrupt lines.
     #[error("too many virtio devices: no interrupt line left")]
     OutOfIrqs,
@@ -215,6 +219,10 @@ impl Vmm {
             let cfg = VsockConfig::new(v.guest_cid.into(), v.uds_path.clone());
             let vsock = VsockDevice::new(cfg)?;
             slots.attach(&vm, &mem, &mut mmio, &mut event_manager, vsock)?;
+        }
+        for share in &config.shared_dirs {
+            let fs = VirtioFs::new(&share.tag, &share.path)?;
+            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, fs)?;
         }
         if config.rng {
             let rng = Rng::new().map_err(io_err("create virtio-rng"))?;

@@ -13,6 +13,7 @@
 //!   Both lock the device's mutex, so a device never sees two callers at once.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
