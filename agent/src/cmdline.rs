@@ -6,6 +6,7 @@
 //! | parameter | meaning |
 //! |---|---|
 //! | `moat.log=FILTER` | log filter (`debug`, `moat_agent=trace`...), like `--log-level` |
+//! | `moat.share=TAG[:/MOUNT/POINT]` | mount the virtio-fs share `TAG` (default mount point `/run/moat/shares/TAG`); repeatable |
 //!
 //! Unknown `moat.*` parameters are reported (logged as warnings), everything else is ignored.
 
@@ -17,8 +18,28 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 pub struct CmdlineOptions {
     /// `moat.log=`: log filter.
     pub log: Option<String>,
-    /// `moat.*` parameters this agent does not know, as written.
+    /// `moat.share=`: virtio-fs shares to mount, as (tag, absolute mount point).
+    pub shares: Vec<(String, String)>,
+    /// `moat.*` parameters this agent does not know (or can't use), as written.
     pub unknown: Vec<String>,
+}
+
+/// Where `moat.share=TAG` is mounted when no mount point is given.
+pub const DEFAULT_SHARE_DIR: &str = "/run/moat/shares";
+
+/// Parses `TAG[:/MOUNT/POINT]`: the tag is 1..=36 bytes of `[A-Za-z0-9_-]` (the virtio-fs
+/// limit), the mount point absolute without `..`.
+pub fn parse_share(value: &str) -> Option<(String, String)> {
+    let (tag, mount_point) = match value.split_once(':') {
+        Some((tag, mp)) => (tag, mp.to_string()),
+        None => (value, format!("{DEFAULT_SHARE_DIR}/{value}")),
+    };
+    let tag_ok = (1..=36).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let mp_ok = mount_point.starts_with('/') && !mount_point.split('/').any(|c| c == "..");
+    (tag_ok && mp_ok).then(|| (tag.to_string(), mount_point))
 }
 
 impl CmdlineOptions {
@@ -68,6 +89,10 @@ pub fn parse(cmdline: &str) -> CmdlineOptions {
         };
         match rest.split_once('=') {
             Some(("log", v)) if !v.is_empty() => opts.log = Some(v.to_string()),
+            Some(("share", v)) => match parse_share(v) {
+                Some(share) => opts.shares.push(share),
+                None => opts.unknown.push(word),
+            },
             _ => opts.unknown.push(word),
         }
     }
@@ -77,6 +102,20 @@ pub fn parse(cmdline: &str) -> CmdlineOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_are_parsed_and_checked() {
+        let o = parse("moat.share=pod moat.share=data:/mnt/data moat.share=bad/tag moat.share=x:rel moat.share=y:/a/../b");
+        assert_eq!(
+            o.shares,
+            vec![
+                ("pod".to_string(), "/run/moat/shares/pod".to_string()),
+                ("data".to_string(), "/mnt/data".to_string()),
+            ]
+        );
+        assert_eq!(o.unknown.len(), 3, "{:?}", o.unknown);
+        assert_eq!(parse_share(&"t".repeat(37)), None);
+    }
 
     #[test]
     fn finds_log_level() {

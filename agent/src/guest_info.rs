@@ -107,9 +107,40 @@ pub fn parse_cpu_list(list: &str) -> Option<u32> {
     Some(n)
 }
 
+/// The virtio-fs mounts of the guest as (tag, mount point), from `/proc/self/mounts`.
+pub fn virtiofs_mounts() -> Result<Vec<(String, String)>, GuestInfoError> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").map_err(|source| GuestInfoError::Read {
+            path: "/proc/self/mounts",
+            source,
+        })?;
+    Ok(parse_virtiofs_mounts(&mounts))
+}
+
+/// Picks the `virtiofs` entries out of a mounts table (`source target fstype ...` lines).
+pub fn parse_virtiofs_mounts(mounts: &str) -> Vec<(String, String)> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (source, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "virtiofs").then(|| (source.to_string(), target.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtiofs_mounts_are_picked_out() {
+        let table = "proc /proc proc rw 0 0\npod /run/moat/shares/pod virtiofs rw,nosuid,nodev 0 0\nbad line\n";
+        assert_eq!(
+            parse_virtiofs_mounts(table),
+            vec![("pod".to_string(), "/run/moat/shares/pod".to_string())]
+        );
+    }
 
     #[test]
     fn mem_total() {

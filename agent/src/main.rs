@@ -104,6 +104,12 @@ fn main() {
     if let Some(w) = logging::init(&filter) {
         early.notes.push(w);
     }
+    for (tag, mount_point) in &kernel_opts.shares {
+        match pid1::mount_share(tag, mount_point) {
+            Ok(()) => info!("mounted virtio-fs share {tag:?} at {mount_point}"),
+            Err(e) => error!("cannot mount virtio-fs share {tag:?} at {mount_point}: {e}"),
+        }
+    }
     for opt in &kernel_opts.unknown {
         early
             .notes

@@ -141,6 +141,20 @@ pub fn mount_all() -> Vec<(&'static MountSpec, MountOutcome)> {
     MOUNTS.iter().map(|m| (m, mount_one(m))).collect()
 }
 
+/// Mounts the virtio-fs share `tag` at `mount_point` (created if missing), nosuid + nodev:
+/// the share holds files from the host, never device nodes or setuid binaries for the guest.
+pub fn mount_share(tag: &str, mount_point: &str) -> io::Result<()> {
+    std::fs::create_dir_all(mount_point)?;
+    nix::mount::mount(
+        Some(tag),
+        mount_point,
+        Some("virtiofs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
 /// Makes sure fds 0, 1 and 2 are open, on `/dev/console` where the kernel left them closed
 /// (an initramfs without a `/dev/console` node). Returns which fds were reopened.
 pub fn ensure_console_fds() -> io::Result<Vec<i32>> {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use moat_agent_protocol::agent::{
-    create_agent_service, AgentService, GuestDetailsRequest, GuestDetailsResponse,
+    create_agent_service, AgentService, GuestDetailsRequest, GuestDetailsResponse, SharedDir,
 };
 use moat_agent_protocol::health::{
     create_health, CheckRequest, CheckResponse, Health, ServingStatus, VersionRequest,
@@ -51,6 +51,16 @@ impl AgentService for Services {
         resp.memory_total_bytes = guest_info::memory_total_bytes().map_err(internal)?;
         resp.online_cpus = guest_info::online_cpus().map_err(internal)?;
         resp.agent_version = AGENT_VERSION.to_string();
+        resp.shares = guest_info::virtiofs_mounts()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(tag, mount_point)| {
+                let mut dir = SharedDir::new();
+                dir.tag = tag;
+                dir.mount_point = mount_point;
+                dir
+            })
+            .collect();
         Ok(resp)
     }
 }

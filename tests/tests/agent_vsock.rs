@@ -33,7 +33,8 @@ fn start_vm(image: &GuestImage, dir: &Path, vcpus: u8, memory_mib: u64) -> Vm {
         .arg(format!("--serial=file:{}", dir.join("console").display()))
         .arg("--metrics-file")
         .arg(dir.join("metrics.json"))
-        .arg("--append=moat.log=debug")
+        .arg(format!("--share=moatfs={}", dir.join("share").display()))
+        .arg("--append=moat.log=debug moat.share=moatfs")
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn moat-vmm");
@@ -46,7 +47,7 @@ fn agent_answers_over_hybrid_vsock() {
     moat_tests::on_kvm("agent_answers_over_hybrid_vsock", || {
         // Unix sockets can't live on the test host's 9p shares: use its tmpfs /tmp.
         let dir = std::env::temp_dir().join(format!("moat-agent-{}", moat_tests::unique_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("share")).unwrap();
         let started = Instant::now();
         let mut vm = start_vm(&image, &dir, 2, 256);
         let uds = dir.join("vm.sock");
