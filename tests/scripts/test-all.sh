@@ -16,6 +16,7 @@ step "kernels and guest image"
 guest-kernel/build.sh guest >/dev/null
 guest-kernel/build.sh test-host >/dev/null
 agent/build-image.sh >/dev/null
+tests/scripts/build-guest-tools.sh >/dev/null
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -254,6 +254,16 @@ pub fn agent_initramfs_path() -> Result<PathBuf, String> {
     cached_artifact("MOAT_AGENT_INITRAMFS", "agent/build-image.sh", &[])
 }
 
+/// Path of the static guest tool `moat-vsock-echo`: `$MOAT_VSOCK_ECHO_BIN` if set, else what
+/// `tests/scripts/build-guest-tools.sh --print-path` prints (build it with that script).
+pub fn vsock_echo_bin_path() -> Result<PathBuf, String> {
+    cached_artifact(
+        "MOAT_VSOCK_ECHO_BIN",
+        "tests/scripts/build-guest-tools.sh",
+        &[],
+    )
+}
+
 /// A build output cached outside the clone: the file in `$env_var` if set, else the path
 /// `<workspace>/<script> --print-path <args>` prints (such scripts never build in that mode).
 fn cached_artifact(env_var: &str, script: &str, args: &[&str]) -> Result<PathBuf, String> {

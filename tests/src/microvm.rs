@@ -20,6 +20,8 @@ pub const INIT_MARKER: &str = "moat-test-init: reached /init";
 
 /// The test /init: mount devtmpfs, write the boot-timer magic (123 at 0xd000_0000), print
 /// the marker, run what the kernel command line asks after `--`, and stop the VM.
+/// `vsock-echo` (image from [`GuestImage::with_vsock_echo`]) serves an AF_VSOCK echo on port
+/// [`VSOCK_ECHO_PORT`] and keeps the VM up for an hour, until the host stops it.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t proc proc /proc
@@ -50,9 +52,17 @@ case "$1" in
        echo "fs_dotdot=$(/bin/busybox cat /mnt/../secret 2>&1)"
        echo "fs_ls=$(/bin/busybox ls -a /mnt/.. /mnt | /bin/busybox tr '\n' ' ')"
        /bin/busybox umount /mnt; echo "fs_umount=$?" ;;
+  vsock-echo) /bin/moat-vsock-echo 5000 &
+       /bin/busybox sleep 3600 ;;
 esac
 /bin/busybox reboot -f
 "#;
+
+/// The AF_VSOCK port the `vsock-echo` init case serves `moat-vsock-echo` on.
+pub const VSOCK_ECHO_PORT: u32 = 5000;
+
+/// Where `moat-vsock-echo` lands in the image from [`GuestImage::with_vsock_echo`].
+pub const VSOCK_ECHO_GUEST_PATH: &str = "bin/moat-vsock-echo";
 
 /// Errors preparing or running a guest.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +106,21 @@ impl GuestImage {
         let initrd = test_initramfs(&crate::target_dir().join("moat-test-images"))?;
         Ok(GuestImage { kernel, initrd })
     }
+
+    /// The default image plus the static `moat-vsock-echo` as `/bin/moat-vsock-echo` (boot
+    /// it with `-- vsock-echo`). The tool comes from `$MOAT_VSOCK_ECHO_BIN` or
+    /// `tests/scripts/build-guest-tools.sh --print-path`; build it with that script.
+    pub fn with_vsock_echo() -> Result<GuestImage, MicrovmError> {
+        let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;
+        let tool = crate::vsock_echo_bin_path().map_err(MicrovmError::Initramfs)?;
+        let bytes = std::fs::read(&tool)
+            .map_err(|e| MicrovmError::Initramfs(format!("{}: {e}", tool.display())))?;
+        let initrd = test_initramfs_with(
+            &crate::target_dir().join("moat-test-images"),
+            &[(VSOCK_ECHO_GUEST_PATH, bytes)],
+        )?;
+        Ok(GuestImage { kernel, initrd })
+    }
 }
 
 /// The default image for a program named `prog`, or the exit code after reporting why not.
@@ -109,11 +134,22 @@ pub fn default_image_for(prog: &str) -> Result<GuestImage, std::process::ExitCod
 
 /// Builds (once per content hash) the busybox test initramfs under `dir`.
 pub fn test_initramfs(dir: &Path) -> Result<PathBuf, MicrovmError> {
+    test_initramfs_with(dir, &[])
+}
+
+/// [`test_initramfs`] plus `extra_files`: (path inside the image under an existing top-level
+/// directory such as `bin/`, contents) pairs, added as executable files. The cache name
+/// hashes them too.
+pub fn test_initramfs_with(
+    dir: &Path,
+    extra_files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf, MicrovmError> {
     let busybox =
         crate::initramfs::busybox_bytes().map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
     let mut h = DefaultHasher::new();
     GUEST_INIT.hash(&mut h);
     busybox.hash(&mut h);
+    extra_files.hash(&mut h);
     let path = dir.join(format!("guest-test-{:016x}.cpio.gz", h.finish()));
     if path.exists() {
         return Ok(path);
@@ -124,6 +160,9 @@ pub fn test_initramfs(dir: &Path) -> Result<PathBuf, MicrovmError> {
         a.dir(d, 0o755).map_err(err)?;
     }
     a.file("bin/busybox", 0o755, busybox).map_err(err)?;
+    for (name, bytes) in extra_files {
+        a.file(name, 0o755, bytes.clone()).map_err(err)?;
+    }
     a.file("init", 0o755, GUEST_INIT.as_bytes().to_vec())
         .map_err(err)?;
     std::fs::create_dir_all(dir).map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
