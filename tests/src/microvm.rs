@@ -314,6 +314,71 @@ pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, MicrovmError> {
     run_console(cmd, spec.timeout, true)
 }
 
+/// A moat-vmm process running the agent image with a hybrid vsock socket at `<dir>/vm.sock`,
+/// console in `<dir>/console`, VMM stderr in `<dir>/vmm.stderr`; killed on drop.
+pub struct AgentVm {
+    /// The VMM process.
+    pub child: std::process::Child,
+    /// The hybrid vsock unix socket.
+    pub uds: PathBuf,
+    /// The guest console file.
+    pub console: PathBuf,
+}
+
+impl AgentVm {
+    /// Starts moat-vmm (`vmm_bin`) on `spec.image` with vsock CID 3 and `spec.extra_args`;
+    /// `spec.append` goes on the kernel command line.
+    pub fn start(vmm_bin: &Path, spec: &BootSpec, dir: &Path) -> Result<AgentVm, MicrovmError> {
+        let uds = dir.join("vm.sock");
+        let console = dir.join("console");
+        let mut cmd = Command::new(vmm_bin);
+        cmd.arg("--kernel")
+            .arg(&spec.image.kernel)
+            .arg("--initrd")
+            .arg(&spec.image.initrd)
+            .args(["--vcpus", &spec.vcpus.to_string()])
+            .args(["--memory-mib", &spec.memory_mib.to_string()])
+            .arg(format!("--vsock=3,{}", uds.display()))
+            .arg(format!("--serial=file:{}", console.display()))
+            .args(&spec.extra_args)
+            .stdin(Stdio::null());
+        if !spec.append.is_empty() {
+            cmd.arg(format!("--append={}", spec.append));
+        }
+        if let Ok(log) = std::fs::File::create(dir.join("vmm.stderr")) {
+            cmd.stderr(log);
+        }
+        let child = cmd.spawn().map_err(|source| MicrovmError::Spawn {
+            what: vmm_bin.display().to_string(),
+            source,
+        })?;
+        Ok(AgentVm {
+            child,
+            uds,
+            console,
+        })
+    }
+
+    /// Stops the VMM with SIGTERM and returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().ok()?.code()
+    }
+
+    /// The guest console so far.
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `cmd` with the guest console on its stdout, timing the /init marker; with
 /// `stop_at_marker` the process is killed once the marker is seen (status stays `None`).
 fn run_console(

@@ -1,45 +1,12 @@
 //! moat-agent as the guest's PID 1, reached from the host over moat-vmm's hybrid vsock with
-//! ttrpc: the whole host → VMM → guest kernel → agent path (inside the test host here).
+//! ttrpc: the whole host → VMM → guest kernel → agent path (inside the test host here), with
+//! a virtio-fs share the agent mounts and virtio-rng (on by default).
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moat_agent_protocol::health::ServingStatus;
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
-use moat_tests::microvm::GuestImage;
-
-struct Vm {
-    child: Child,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_vm(image: &GuestImage, dir: &Path, vcpus: u8, memory_mib: u64) -> Vm {
-    let vmm = moat_tests::cargo_bin("moat-vmm");
-    let child = Command::new(vmm)
-        .arg("--kernel")
-        .arg(&image.kernel)
-        .arg("--initrd")
-        .arg(&image.initrd)
-        .args(["--vcpus", &vcpus.to_string()])
-        .args(["--memory-mib", &memory_mib.to_string()])
-        .arg(format!("--vsock=3,{}", dir.join("vm.sock").display()))
-        .arg(format!("--serial=file:{}", dir.join("console").display()))
-        .arg("--metrics-file")
-        .arg(dir.join("metrics.json"))
-        .arg(format!("--share=moatfs={}", dir.join("share").display()))
-        .arg("--append=moat.log=debug moat.share=moatfs")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn moat-vmm");
-    Vm { child }
-}
+use moat_tests::microvm::{AgentVm, BootSpec, GuestImage};
 
 #[test]
 fn agent_answers_over_hybrid_vsock() {
@@ -48,14 +15,20 @@ fn agent_answers_over_hybrid_vsock() {
         // Unix sockets can't live on the test host's 9p shares: use its tmpfs /tmp.
         let dir = std::env::temp_dir().join(format!("moat-agent-{}", moat_tests::unique_suffix()));
         std::fs::create_dir_all(dir.join("share")).unwrap();
+        let mut spec = BootSpec::new(image);
+        spec.vcpus = 2;
+        spec.extra_args = vec![format!("--share=moatfs={}", dir.join("share").display())];
+        spec.append = "moat.log=debug moat.share=moatfs".into();
         let started = Instant::now();
-        let mut vm = start_vm(&image, &dir, 2, 256);
-        let uds = dir.join("vm.sock");
+        let vmm = moat_tests::cargo_bin("moat-vmm");
+        let mut vm = AgentVm::start(&vmm, &spec, &dir).expect("start moat-vmm");
         let client =
-            AgentClient::connect_hybrid_vsock(&uds, AGENT_VSOCK_PORT, Duration::from_secs(90))
+            AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(90))
                 .unwrap_or_else(|e| {
-                    let console = std::fs::read_to_string(dir.join("console")).unwrap_or_default();
-                    panic!("agent not reachable: {e}\n--- guest console ---\n{console}")
+                    panic!(
+                        "agent not reachable: {e}\n--- guest console ---\n{}",
+                        vm.console_text()
+                    )
                 });
         let ready = started.elapsed();
         assert_eq!(
@@ -73,19 +46,30 @@ fn agent_answers_over_hybrid_vsock() {
             (180..=256).contains(&mib),
             "MemTotal {mib} MiB of 256: {details:?}"
         );
+        // The agent mounted the virtio-fs share named by `moat.share=` on the kernel cmdline.
+        let shares: Vec<_> = details
+            .shares
+            .iter()
+            .map(|s| (s.tag.as_str(), s.mount_point.as_str()))
+            .collect();
+        assert_eq!(
+            shares,
+            [("moatfs", "/run/moat/shares/moatfs")],
+            "{details:?}"
+        );
         println!(
-            "agent ready (first successful Check) {:.0} ms after moat-vmm spawn; guest {details:?}",
+            "agent ready (first successful Check) {:.0} ms after moat-vmm spawn",
             ready.as_secs_f64() * 1000.0
         );
 
         // Stopping the VMM (as a shim would) tears the VM down and removes its socket.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
-        let status = vm.child.wait().unwrap();
-        assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-        assert!(!uds.exists(), "vsock socket left behind");
-        let console = std::fs::read_to_string(dir.join("console")).unwrap_or_default();
-        assert!(console.contains("moat-agent:"), "{console}");
+        assert_eq!(vm.stop(), Some(128 + libc::SIGTERM));
+        assert!(!vm.uds.exists(), "vsock socket left behind");
+        assert!(
+            vm.console_text().contains("moat-agent:"),
+            "{}",
+            vm.console_text()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -2,12 +2,18 @@
 //! kernel and initramfs on the same KVM, in the same run (inside the test host unless the
 //! machine has hardware KVM). Reports medians and moat/qemu ratios; asserts nothing.
 //!
+//! Then the agent: boots of the moat-agent image with vsock, timing moat-vmm spawn → first
+//! successful `Health.Check` over hybrid vsock, as a ratio to the bare boot's spawn → /init.
+//!
 //! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_tests::microvm::{boot_moat, boot_qemu, default_image_for, BootRun, BootSpec, GuestImage};
+use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use moat_tests::microvm::{
+    boot_moat, boot_qemu, default_image_for, AgentVm, BootRun, BootSpec, GuestImage,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +30,17 @@ fn main() -> ExitCode {
         Ok(i) => i,
         Err(code) => return code,
     };
-    moat_tests::main_on_kvm(&args, budget, || bench(image, boots))
+    let agent = match GuestImage::agent_image() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("moat-bench: {e} (build it with agent/build-image.sh)");
+            return ExitCode::FAILURE;
+        }
+    };
+    moat_tests::main_on_kvm(&args, budget, || match bench(image, boots) {
+        Some(bare) => bench_agent(agent, boots, bare),
+        None => ExitCode::FAILURE,
+    })
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
@@ -51,7 +67,8 @@ fn ratio(a: Option<u64>, b: Option<u64>) -> String {
     }
 }
 
-fn bench(image: GuestImage, boots: u32) -> ExitCode {
+/// The VMM benchmark; returns moat's median spawn -> /init marker (None after a failure).
+fn bench(image: GuestImage, boots: u32) -> Option<u64> {
     let vmm = moat_tests::cargo_bin("moat-vmm");
     let spec = BootSpec::new(image);
     let (mut moat, mut qemu) = (Vec::new(), Vec::new());
@@ -71,7 +88,7 @@ fn bench(image: GuestImage, boots: u32) -> ExitCode {
             (Ok(m), Ok(q)) => (m, q),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("moat-bench: {e}");
-                return ExitCode::FAILURE;
+                return None;
             }
         };
         for (name, ok, run) in [
@@ -80,7 +97,7 @@ fn bench(image: GuestImage, boots: u32) -> ExitCode {
         ] {
             if !ok {
                 eprintln!("moat-bench: {name} boot failed\n{}", run.describe());
-                return ExitCode::FAILURE;
+                return None;
             }
         }
         if i > 0 {
@@ -122,6 +139,51 @@ fn bench(image: GuestImage, boots: u32) -> ExitCode {
         kib(m_rss),
         kib(q_rss),
         ratio(m_rss, q_rss)
+    );
+    m_marker
+}
+
+/// Median spawn → first successful Check of the agent image, against the bare boot's median
+/// spawn → /init measured just before.
+fn bench_agent(image: GuestImage, boots: u32, bare_init_us: u64) -> ExitCode {
+    let vmm = moat_tests::cargo_bin("moat-vmm");
+    let spec = BootSpec::new(image);
+    let mut ready = Vec::new();
+    for i in 0..=boots {
+        let dir = std::env::temp_dir().join(format!("moat-bench-{}", moat_tests::unique_suffix()));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("moat-bench: {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        let start = std::time::Instant::now();
+        let mut vm = match AgentVm::start(&vmm, &spec, &dir) {
+            Ok(vm) => vm,
+            Err(e) => {
+                eprintln!("moat-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let client =
+            AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(90));
+        let elapsed = start.elapsed().as_micros() as u64;
+        vm.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = client {
+            eprintln!(
+                "moat-bench: agent not reachable: {e}\n{}",
+                vm.console_text()
+            );
+            return ExitCode::FAILURE;
+        }
+        if i > 0 {
+            ready.push(elapsed);
+        }
+    }
+    let ready = median(ready);
+    println!(
+        "  moat-vmm spawn -> agent answers Check over vsock: {}  ratio to bare /init {}",
+        ms(ready),
+        ratio(ready, Some(bare_init_us))
     );
     ExitCode::SUCCESS
 }
