@@ -21,7 +21,8 @@ pub const INIT_MARKER: &str = "moat-test-init: reached /init";
 /// The test /init: mount devtmpfs, write the boot-timer magic (123 at 0xd000_0000), print
 /// the marker, run what the kernel command line asks after `--`, and stop the VM.
 /// `vsock-echo` (image from [`GuestImage::with_vsock_echo`]) serves an AF_VSOCK echo on port
-/// [`VSOCK_ECHO_PORT`] and keeps the VM up for an hour, until the host stops it.
+/// [`VSOCK_ECHO_PORT`] (an optional second argument caps its write size) and keeps the VM
+/// up for an hour, until the host stops it.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t proc proc /proc
@@ -52,7 +53,7 @@ case "$1" in
        echo "fs_dotdot=$(/bin/busybox cat /mnt/../secret 2>&1)"
        echo "fs_ls=$(/bin/busybox ls -a /mnt/.. /mnt | /bin/busybox tr '\n' ' ')"
        /bin/busybox umount /mnt; echo "fs_umount=$?" ;;
-  vsock-echo) /bin/moat-vsock-echo 5000 &
+  vsock-echo) /bin/moat-vsock-echo 5000 $2 &
        /bin/busybox sleep 3600 ;;
 esac
 /bin/busybox reboot -f

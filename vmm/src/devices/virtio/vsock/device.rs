@@ -19,7 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
-use super::packet::{Header, HEADER_SIZE, OP_RW};
+use super::packet::{read_tx_chain, HEADER_SIZE, OP_RW};
 use super::{
     VsockConfig, VsockError, EVQ_INDEX, MAX_PKT_DATA, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX,
 };
@@ -131,15 +131,10 @@ impl VsockDevice {
                 break;
             };
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => {
-                    let hdr = Header::from_packet(&pkt);
-                    let mut len = 0;
-                    if hdr.op == OP_RW {
-                        if let Some(slice) = pkt.data_slice() {
-                            len = slice.copy_to(&mut self.scratch[..]);
-                        }
-                    }
+            match read_tx_chain(mem, &mut chain, &mut self.scratch) {
+                Ok((hdr, len)) => {
+                    // Only data packets carry a payload; other ops' bytes are ignored.
+                    let len = if hdr.op == OP_RW { len } else { 0 };
                     self.muxer
                         .handle_guest_packet(&hdr, &self.scratch[..len], now);
                 }
