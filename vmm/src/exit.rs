@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::register_signal_handler;
 
 use crate::bus::lock;
 
@@ -107,18 +108,8 @@ impl ExitSignal {
     pub fn install_stop_signals(&self) -> std::io::Result<()> {
         STOP_EVENT_FD.store(self.event.as_raw_fd(), Ordering::SeqCst);
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            // SAFETY: a zeroed sigaction is valid; we set a handler that only touches atomics
-            // and calls write(2), both async-signal-safe.
-            let rc = unsafe {
-                let mut act: libc::sigaction = std::mem::zeroed();
-                act.sa_sigaction = on_stop_signal as *const () as usize;
-                act.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut act.sa_mask);
-                libc::sigaction(sig, &act, std::ptr::null_mut())
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            register_signal_handler(sig, on_stop_signal)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         }
         Ok(())
     }
@@ -140,7 +131,7 @@ impl ExitSignal {
 static STOP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
+extern "C" fn on_stop_signal(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
     let fd = STOP_EVENT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
