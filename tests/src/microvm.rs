@@ -252,6 +252,23 @@ impl BootRun {
     }
 }
 
+/// The moat-vmm command line for `spec`: kernel, initramfs, vCPUs, memory, `--append` and
+/// the extra arguments.
+fn vmm_command(vmm_bin: &Path, spec: &BootSpec) -> Command {
+    let mut cmd = Command::new(vmm_bin);
+    cmd.arg("--kernel")
+        .arg(&spec.image.kernel)
+        .arg("--initrd")
+        .arg(&spec.image.initrd)
+        .args(["--vcpus", &spec.vcpus.to_string()])
+        .args(["--memory-mib", &spec.memory_mib.to_string()])
+        .args(&spec.extra_args);
+    if !spec.append.is_empty() {
+        cmd.arg(format!("--append={}", spec.append));
+    }
+    cmd
+}
+
 /// Boots `spec` under `moat-vmm` (binary `vmm_bin`), serial on stdout.
 pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmError> {
     let scratch = std::env::temp_dir().join(format!(
@@ -264,19 +281,8 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmErro
         source,
     })?;
     let metrics = scratch.join("metrics.json");
-    let mut cmd = Command::new(vmm_bin);
-    cmd.arg("--kernel")
-        .arg(&spec.image.kernel)
-        .arg("--initrd")
-        .arg(&spec.image.initrd)
-        .args(["--vcpus", &spec.vcpus.to_string()])
-        .args(["--memory-mib", &spec.memory_mib.to_string()])
-        .arg("--metrics-file")
-        .arg(&metrics);
-    if !spec.append.is_empty() {
-        cmd.arg(format!("--append={}", spec.append));
-    }
-    cmd.args(&spec.extra_args);
+    let mut cmd = vmm_command(vmm_bin, spec);
+    cmd.arg("--metrics-file").arg(&metrics);
     let mut run = run_console(cmd, spec.timeout, false)?;
     run.metrics = std::fs::read(&metrics)
         .ok()
@@ -332,20 +338,10 @@ impl AgentVm {
     pub fn start(vmm_bin: &Path, spec: &BootSpec, dir: &Path) -> Result<AgentVm, MicrovmError> {
         let uds = dir.join("vm.sock");
         let console = dir.join("console");
-        let mut cmd = Command::new(vmm_bin);
-        cmd.arg("--kernel")
-            .arg(&spec.image.kernel)
-            .arg("--initrd")
-            .arg(&spec.image.initrd)
-            .args(["--vcpus", &spec.vcpus.to_string()])
-            .args(["--memory-mib", &spec.memory_mib.to_string()])
-            .arg(format!("--vsock=3,{}", uds.display()))
+        let mut cmd = vmm_command(vmm_bin, spec);
+        cmd.arg(format!("--vsock=3,{}", uds.display()))
             .arg(format!("--serial=file:{}", console.display()))
-            .args(&spec.extra_args)
             .stdin(Stdio::null());
-        if !spec.append.is_empty() {
-            cmd.arg(format!("--append={}", spec.append));
-        }
         if let Ok(log) = std::fs::File::create(dir.join("vmm.stderr")) {
             cmd.stderr(log);
         }
