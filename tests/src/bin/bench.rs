@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use moat_tests::microvm::{
-    boot_moat, boot_qemu, default_image_for, AgentVm, BootRun, BootSpec, GuestImage,
+    boot_moat, boot_qemu, default_image_for, min_median_max, AgentVm, BootRun, BootSpec, GuestImage,
 };
 
 fn main() -> ExitCode {
@@ -44,8 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied()
+    min_median_max(&mut v).map(|(_, median, _)| median)
 }
 
 fn collect(runs: &[BootRun], f: impl Fn(&BootRun) -> Option<u64>) -> Option<u64> {
