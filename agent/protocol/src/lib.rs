@@ -30,10 +30,13 @@ pub mod handshake;
 pub use client::{AgentClient, ClientError};
 
 /// Version of the protocol defined by `protos/`: bumped on every incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The vsock port of the agent's process stdio streams ([`stdio`]).
+pub const STDIO_VSOCK_PORT: u32 = 1025;
 
 /// `moat.health.v1`: messages and ttrpc stubs of the health service.
 pub mod health {
