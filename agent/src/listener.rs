@@ -27,6 +27,19 @@ impl Default for ListenAddr {
     }
 }
 
+impl ListenAddr {
+    /// Where process stdio streams are served when the agent serves ttrpc here: vsock
+    /// [`moat_agent_protocol::STDIO_VSOCK_PORT`], or `PATH.stdio` next to a unix socket.
+    pub fn stdio_default(&self) -> ListenAddr {
+        match self {
+            ListenAddr::Vsock(_) => ListenAddr::Vsock(moat_agent_protocol::STDIO_VSOCK_PORT),
+            ListenAddr::Unix(path) => {
+                ListenAddr::Unix(moat_agent_protocol::stdio::stdio_socket_path(path))
+            }
+        }
+    }
+}
+
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -116,5 +129,13 @@ mod tests {
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("tcp:1".parse::<ListenAddr>().is_err());
         assert_eq!(ListenAddr::default().to_string(), "vsock:1024");
+        assert_eq!(
+            ListenAddr::default().stdio_default().to_string(),
+            "vsock:1025"
+        );
+        assert_eq!(
+            ListenAddr::Unix("/tmp/a.sock".into()).stdio_default(),
+            ListenAddr::Unix("/tmp/a.sock.stdio".into())
+        );
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! As PID 1 it mounts the base filesystems, signals the boot timer, reaps orphans and never
 //! exits: when it must stop it logs why and reboots the guest (moat-vmm exit status 0).
-//! Not as PID 1 (tests: `moat-agent --listen unix:PATH`) it skips all of that and stops on
-//! SIGTERM/SIGINT.
+//! Not as PID 1, or with `--no-guest-init` (tests: `moat-agent --listen unix:PATH`), it skips
+//! all of that and stops on SIGTERM/SIGINT.
 
 #![warn(missing_docs)]
 
 mod cmdline;
+mod container;
+mod files;
 mod guest_info;
 mod listener;
 mod logging;
@@ -16,11 +18,16 @@ mod pid1;
 mod reaper;
 mod service;
 mod signals;
+mod stats;
+mod stdio;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use tracing::{debug, error, info, warn};
 
+use std::sync::Arc;
+
+use crate::container::registry::Runtime;
 use crate::listener::ListenAddr;
 use crate::pid1::MountOutcome;
 use crate::reaper::Reaper;
@@ -32,11 +39,25 @@ struct Cli {
     /// Where to serve ttrpc: vsock:PORT (any CID) or unix:PATH.
     #[arg(long, default_value_t = ListenAddr::default())]
     listen: ListenAddr,
+    /// Where to serve process stdio streams; default: vsock:1025, or unix:PATH.stdio with
+    /// --listen unix:PATH.
+    #[arg(long)]
+    stdio_listen: Option<ListenAddr>,
     /// Log filter (`info`, `debug`, `moat_agent=trace`...). Overrides `moat.log=` of the
     /// kernel command line; default `info`.
     #[arg(long, env = "MOAT_AGENT_LOG")]
     log_level: Option<String>,
+    /// Act as a plain service even as PID 1: no guest mounts, boot timer or reboot (tests
+    /// run the agent as PID 1 of fresh user/pid/mount/net namespaces on a host).
+    #[arg(long)]
+    no_guest_init: bool,
+    /// Where the agent keeps its files (sandbox DNS files, CopyFile's tree).
+    #[arg(long, default_value = "/run/moat")]
+    state_dir: std::path::PathBuf,
 }
+
+/// The flag of [`Cli::no_guest_init`], checked before arguments are parsed.
+const NO_GUEST_INIT: &str = "--no-guest-init";
 
 /// What PID 1 did before logging worked, to be logged afterwards.
 #[derive(Default)]
@@ -48,7 +69,15 @@ struct EarlyBoot {
 }
 
 fn main() {
-    let pid1 = std::process::id() == 1;
+    // A container's init process is this binary re-executed: nothing of the agent runs there.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == container::init::INIT_ARG)
+    {
+        container::init::main();
+    }
+    // Tests run the agent as PID 1 of fresh namespaces on a host: no guest duties there.
+    let pid1 = std::process::id() == 1 && !std::env::args().any(|a| a == NO_GUEST_INIT);
     let mut early = EarlyBoot::default();
     // First, before any thread exists: every thread inherits this mask.
     if let Err(e) = signals::block_handled() {
@@ -80,7 +109,10 @@ fn main() {
             ));
             Cli {
                 listen: ListenAddr::default(),
+                stdio_listen: None,
                 log_level: None,
+                no_guest_init: false,
+                state_dir: container::sandbox::default_state_dir(),
             }
         }
         Err(e) => e.exit(),
@@ -181,19 +213,43 @@ fn report_early(early: &EarlyBoot) -> bool {
 
 /// Serves ttrpc until a stop signal (not PID 1) or an error.
 fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
-    let reaper = Reaper::new();
+    let reaper = Arc::new(Reaper::new());
+    if !pid1 {
+        // Container processes are grandchildren: they must be re-parented to the agent.
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            warn!(
+                "PR_SET_CHILD_SUBREAPER: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let stdio_addr = cli
+        .stdio_listen
+        .clone()
+        .unwrap_or_else(|| cli.listen.stdio_default());
+    let stdio_fd =
+        listener::bind(&stdio_addr).with_context(|| format!("listening on {stdio_addr}"))?;
+    let hub = stdio::StdioHub::new();
+    hub.serve(stdio_fd)
+        .context("starting the stdio stream listener")?;
+    info!("serving process stdio streams on {stdio_addr}");
+    let runtime = Runtime::new(reaper.clone(), hub);
+    let services = service::Services::new(runtime, cli.state_dir.clone());
     let fd = listener::bind(&cli.listen).with_context(|| format!("listening on {}", cli.listen))?;
     let mut server =
-        service::server(listener::into_raw(fd)).context("creating the ttrpc server")?;
+        service::server(listener::into_raw(fd), services).context("creating the ttrpc server")?;
     server.start().context("starting the ttrpc server")?;
     info!("serving ttrpc on {}", cli.listen);
 
     let stop = signals::run_loop(&reaper, pid1).context("signal loop")?;
     info!("{stop}: shutting down");
     server.shutdown();
-    if let ListenAddr::Unix(path) = &cli.listen {
-        if let Err(e) = std::fs::remove_file(path) {
-            warn!("removing {}: {e}", path.display());
+    for addr in [&cli.listen, &stdio_addr] {
+        if let ListenAddr::Unix(path) = addr {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("removing {}: {e}", path.display());
+            }
         }
     }
     if pid1 {

@@ -7,16 +7,19 @@
 //!
 //! - It is the **only** place in the agent that calls `wait*`. Nothing else may call
 //!   `std::process::Child::wait`/`try_wait` (they would race with the reaper and lose).
-//! - Whoever starts a process whose status it wants spawns it inside [`Reaper::spawn_watched`]:
-//!   the spawn and the registration of its pid happen under the reaper's lock, so the reaper
-//!   cannot record the exit of a process before it is known to be watched.
+//! - Whoever starts a process whose status it wants spawns it inside [`Reaper::spawn_watched`]
+//!   (the spawn and the registration of its pid happen under the reaper's lock), or calls
+//!   [`Reaper::watch`] as soon as it learns the pid (a container process is a grandchild: its
+//!   pid arrives over the sync socket). The statuses of the last [`RECENT_ORPHANS`] unwatched
+//!   processes are kept, so a process that died before `watch` still has its status.
 //! - The main thread calls [`Reaper::reap_all`] on every `SIGCHLD` (and once a second, in case
 //!   a signal was coalesced). Statuses of watched pids go into a `pid → status` map until
-//!   [`Reaper::wait`] or [`Reaper::try_take`] takes them out; statuses of unwatched pids
-//!   (orphans) are logged at debug level and dropped, so the map stays bounded by the number of
-//!   watched processes.
+//!   [`Reaper::forget`] or [`Reaper::try_take`] takes them out ([`Reaper::wait`] only reads
+//!   them, so every waiter of a process gets its status); statuses of unwatched pids (orphans)
+//!   are logged at debug level and only the most recent few kept, so the maps stay bounded by
+//!   the number of watched processes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,12 +41,17 @@ pub enum ExitStatus {
     },
 }
 
+/// How many statuses of unwatched processes are kept for a late [`Reaper::watch`].
+pub const RECENT_ORPHANS: usize = 256;
+
 #[derive(Default)]
 struct State {
     /// Pids whose exit status someone will ask for, not yet exited.
     watched: HashSet<i32>,
     /// Exit statuses of watched pids, until taken.
     exited: HashMap<i32, ExitStatus>,
+    /// The latest statuses of unwatched pids, oldest first.
+    orphans: VecDeque<(i32, ExitStatus)>,
 }
 
 /// Reaps every child of the agent and keeps the statuses of watched ones for their waiters.
@@ -65,10 +73,9 @@ impl Reaper {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    // Used by container processes from issue 4; unit-tested below.
-    #[allow(dead_code)]
     /// Runs `spawn` (which starts a process and returns its pid with a value for the caller)
     /// and registers the pid as watched, both under the reaper's lock.
+    #[cfg(test)]
     pub fn spawn_watched<T, E>(
         &self,
         spawn: impl FnOnce() -> Result<(T, u32), E>,
@@ -77,6 +84,32 @@ impl Reaper {
         let (value, pid) = spawn()?;
         state.watched.insert(pid as i32);
         Ok((value, pid))
+    }
+
+    /// Watches `pid`, a process that may already have exited (then its recent status is used).
+    pub fn watch(&self, pid: u32) {
+        let pid = pid as i32;
+        let mut state = self.lock();
+        if let Some(i) = state.orphans.iter().rposition(|(p, _)| *p == pid) {
+            let (_, status) = state.orphans.remove(i).expect("index from rposition");
+            state.exited.insert(pid, status);
+            drop(state);
+            self.exited_cv.notify_all();
+        } else {
+            state.watched.insert(pid);
+        }
+    }
+
+    /// Stops watching `pid` and drops its status.
+    pub fn forget(&self, pid: u32) {
+        let mut state = self.lock();
+        state.watched.remove(&(pid as i32));
+        state.exited.remove(&(pid as i32));
+    }
+
+    /// Whether watched `pid` has exited (its status is known).
+    pub fn has_exited(&self, pid: u32) -> bool {
+        self.lock().exited.contains_key(&(pid as i32))
     }
 
     /// Reaps every exited child without blocking. Returns how many were reaped.
@@ -118,27 +151,29 @@ impl Reaper {
             self.exited_cv.notify_all();
         } else {
             tracing::debug!("reaped orphan pid {pid}: {status:?}");
+            if state.orphans.len() == RECENT_ORPHANS {
+                state.orphans.pop_front();
+            }
+            state.orphans.push_back((pid, status));
         }
     }
 
-    // Used by container processes from issue 4; unit-tested below.
-    #[allow(dead_code)]
     /// Takes the exit status of watched `pid` if it has exited.
+    #[cfg(test)]
     pub fn try_take(&self, pid: u32) -> Option<ExitStatus> {
         self.lock().exited.remove(&(pid as i32))
     }
 
-    // Used by container processes from issue 4; unit-tested below.
-    #[allow(dead_code)]
-    /// Waits up to `timeout` (forever with `None`) for watched `pid` to exit and takes its
-    /// status. `None` on timeout, or at once if `pid` is neither watched nor exited.
+    /// Waits up to `timeout` (forever with `None`) for watched `pid` to exit and returns its
+    /// status (kept for other waiters until [`Reaper::forget`]). `None` on timeout, or at once
+    /// if `pid` is neither watched nor exited.
     pub fn wait(&self, pid: u32, timeout: Option<Duration>) -> Option<ExitStatus> {
         let pid = pid as i32;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut state = self.lock();
         loop {
-            if let Some(status) = state.exited.remove(&pid) {
-                return Some(status);
+            if let Some(status) = state.exited.get(&pid) {
+                return Some(*status);
             }
             if !state.watched.contains(&pid) {
                 return None;
@@ -207,9 +242,29 @@ mod tests {
                 core_dumped: false
             })
         );
-        // Taken once only; an unwatched pid never waits.
+        // Every waiter sees the status until it is taken; an unwatched pid never waits.
+        assert_eq!(
+            reaper.wait(pid, Some(Duration::ZERO)),
+            Some(ExitStatus::Exited(7))
+        );
+        assert_eq!(reaper.try_take(pid), Some(ExitStatus::Exited(7)));
         assert_eq!(reaper.try_take(pid), None);
+        reaper.forget(killed);
         assert_eq!(reaper.wait(orphan, None), None);
+        // An orphan's status is kept for a late watcher.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reaper
+            .lock()
+            .orphans
+            .iter()
+            .any(|(p, _)| *p == orphan as i32)
+        {
+            assert!(Instant::now() < deadline, "orphan {orphan} never reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reaper.watch(orphan);
+        assert!(reaper.has_exited(orphan));
+        assert_eq!(reaper.try_take(orphan), Some(ExitStatus::Exited(0)));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         pump.join().unwrap();
         assert!(reaper.lock().exited.is_empty());

@@ -1,25 +1,97 @@
 //! The ttrpc services the agent serves: `Health` and `AgentService`.
+//!
+//! Container RPCs are thin: they check and convert the request and call the container
+//! [`Runtime`]; its typed errors become ttrpc status codes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use moat_agent_protocol::agent::{
-    create_agent_service, AgentService, GuestDetailsRequest, GuestDetailsResponse, SharedDir,
-};
+use moat_agent_protocol::agent::*;
 use moat_agent_protocol::health::{
     create_health, CheckRequest, CheckResponse, Health, ServingStatus, VersionRequest,
     VersionResponse,
 };
-use moat_agent_protocol::ttrpc::{self, TtrpcContext};
+use moat_agent_protocol::ttrpc::{self, Code, TtrpcContext};
 use moat_agent_protocol::PROTOCOL_VERSION;
 
+use crate::container::registry::{Runtime, RuntimeError};
+use crate::container::sandbox::SandboxConfig;
+use crate::files;
 use crate::guest_info;
+use crate::reaper::ExitStatus;
+use crate::stats;
+use crate::stdio::Channels;
 
 /// This agent's version (the crate version).
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Implements every service; stateless today (containers come in issue 4).
-#[derive(Debug, Default, Clone)]
-pub struct Services;
+/// Implements every service.
+#[derive(Clone)]
+pub struct Services {
+    runtime: Arc<Runtime>,
+    state_dir: PathBuf,
+    files_root: PathBuf,
+}
+
+impl Services {
+    /// Services over `runtime`, keeping files under `state_dir` (`/run/moat` in the guest).
+    pub fn new(runtime: Arc<Runtime>, state_dir: PathBuf) -> Self {
+        let files_root = state_dir.join("files");
+        Services {
+            runtime,
+            state_dir,
+            files_root,
+        }
+    }
+}
+
+fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn rpc_error(method: &str, e: RuntimeError) -> ttrpc::Error {
+    let code = match &e {
+        RuntimeError::Invalid(_) => Code::INVALID_ARGUMENT,
+        RuntimeError::NotFound(_) => Code::NOT_FOUND,
+        RuntimeError::Exists(_) => Code::ALREADY_EXISTS,
+        RuntimeError::State(_) => Code::FAILED_PRECONDITION,
+        RuntimeError::Timeout(_) => Code::DEADLINE_EXCEEDED,
+        RuntimeError::Internal(_) => Code::INTERNAL,
+    };
+    if code == Code::INTERNAL {
+        tracing::error!("{method}: {e}");
+    } else {
+        tracing::info!("{method}: {e}");
+    }
+    status(code, e.to_string())
+}
+
+/// The deadline a ttrpc client gave the call, if any.
+fn call_timeout(ctx: &TtrpcContext) -> Option<Duration> {
+    (ctx.timeout_nano > 0).then(|| Duration::from_nanos(ctx.timeout_nano as u64))
+}
+
+/// A little less than the caller's deadline, so the reply (not the caller's timer) ends it.
+fn server_wait(ctx: &TtrpcContext) -> Option<Duration> {
+    call_timeout(ctx).map(|t| t.saturating_sub(t / 10).max(Duration::from_millis(1)))
+}
+
+fn channels(c: &protobuf::MessageField<StdioChannels>) -> Channels {
+    c.as_ref()
+        .map(|c| Channels {
+            stdin: c.stdin,
+            stdout: c.stdout,
+            stderr: c.stderr,
+        })
+        .unwrap_or_default()
+}
+
+fn empty(method: &str, r: Result<(), RuntimeError>) -> ttrpc::Result<Empty> {
+    r.map(|()| Empty::new()).map_err(|e| rpc_error(method, e))
+}
+
+use moat_agent_protocol::protobuf;
 
 impl Health for Services {
     fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<CheckResponse> {
@@ -44,7 +116,7 @@ impl AgentService for Services {
     ) -> ttrpc::Result<GuestDetailsResponse> {
         let internal = |e: guest_info::GuestInfoError| {
             tracing::error!("GetGuestDetails: {e}");
-            ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, e.to_string()))
+            status(Code::INTERNAL, e.to_string())
         };
         let mut resp = GuestDetailsResponse::new();
         resp.kernel_release = guest_info::kernel_release().map_err(internal)?;
@@ -63,12 +135,273 @@ impl AgentService for Services {
             .collect();
         Ok(resp)
     }
+
+    fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        let cfg = SandboxConfig {
+            id: req.sandbox_id,
+            hostname: req.hostname,
+            dns_servers: req.dns_servers,
+            dns_searches: req.dns_searches,
+            dns_options: req.dns_options,
+            pidns: req.sandbox_pidns,
+            resources_json: req.resources_json,
+        };
+        empty(
+            "CreateSandbox",
+            self.runtime.create_sandbox(&cfg, &self.state_dir),
+        )
+    }
+
+    fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        empty(
+            "DestroySandbox",
+            self.runtime
+                .destroy_sandbox(&req.sandbox_id, Duration::from_secs(10)),
+        )
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let pid = self
+            .runtime
+            .create(
+                &req.container_id,
+                &req.spec_json,
+                channels(&req.stdio),
+                req.sandbox_pidns,
+            )
+            .map_err(|e| rpc_error("CreateContainer", e))?;
+        let mut resp = CreateContainerResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        empty("StartContainer", self.runtime.start(&req.container_id))
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let pid = self
+            .runtime
+            .exec(
+                &req.container_id,
+                &req.exec_id,
+                &req.process_json,
+                channels(&req.stdio),
+            )
+            .map_err(|e| rpc_error("ExecProcess", e))?;
+        let mut resp = ExecProcessResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        empty(
+            "SignalProcess",
+            self.runtime
+                .signal(&req.container_id, &req.exec_id, req.signal, req.all),
+        )
+    }
+
+    fn wait_process(
+        &self,
+        ctx: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let st = self
+            .runtime
+            .wait(&req.container_id, &req.exec_id, server_wait(ctx))
+            .map_err(|e| rpc_error("WaitProcess", e))?;
+        let mut resp = WaitProcessResponse::new();
+        match st {
+            ExitStatus::Exited(code) => resp.status = code,
+            ExitStatus::Signaled { signal, .. } => {
+                resp.status = 128 + signal;
+                resp.signaled = true;
+            }
+        }
+        Ok(resp)
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let timeout = match req.timeout_secs {
+            0 => Duration::from_secs(10),
+            s => Duration::from_secs(u64::from(s.min(600))),
+        };
+        empty(
+            "RemoveContainer",
+            self.runtime.remove(&req.container_id, timeout),
+        )
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let mut resp = ListProcessesResponse::new();
+        resp.pids = self
+            .runtime
+            .pids(&req.container_id)
+            .map_err(|e| rpc_error("ListProcesses", e))?;
+        Ok(resp)
+    }
+
+    fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let clamp = |v: u32| v.min(u32::from(u16::MAX)) as u16;
+        self.runtime
+            .stdio()
+            .resize(
+                &req.container_id,
+                &req.exec_id,
+                clamp(req.rows),
+                clamp(req.cols),
+            )
+            .map(|()| Empty::new())
+            .map_err(|e| status(Code::NOT_FOUND, format!("TtyWinResize: {e}")))
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let c = self
+            .runtime
+            .get(&req.container_id)
+            .map_err(|e| rpc_error("StatsContainer", e))?;
+        let cg = self
+            .runtime
+            .cgroup_of(&c)
+            .map_err(|e| rpc_error("StatsContainer", e))?;
+        let s = cg
+            .stats()
+            .map_err(|e| status(Code::INTERNAL, format!("StatsContainer: {e}")))?;
+        Ok(stats::to_proto(&s))
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        empty(
+            "UpdateContainer",
+            self.runtime.update(&req.container_id, &req.resources_json),
+        )
+    }
+
+    fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        empty(
+            "PauseContainer",
+            self.runtime.freeze(&req.container_id, true),
+        )
+    }
+
+    fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        empty(
+            "ResumeContainer",
+            self.runtime.freeze(&req.container_id, false),
+        )
+    }
+
+    fn get_oom_event(
+        &self,
+        ctx: &TtrpcContext,
+        _req: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
+        let Some(oom) = self.runtime.oom() else {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "no cgroup v2 in this guest: OOM events are not available",
+            ));
+        };
+        match oom.next_event(server_wait(ctx)) {
+            Some(id) => {
+                let mut ev = OOMEvent::new();
+                ev.container_id = id;
+                Ok(ev)
+            }
+            None => Err(status(Code::DEADLINE_EXCEEDED, "no OOM event")),
+        }
+    }
+
+    fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        if req.sec < 0 || !(0..1_000_000).contains(&req.usec) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("bad time {}.{:06}", req.sec, req.usec),
+            ));
+        }
+        let ts = nix::sys::time::TimeSpec::new(req.sec, req.usec * 1000);
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+            .map(|()| Empty::new())
+            .map_err(|e| status(Code::INTERNAL, format!("clock_settime: {e}")))
+    }
+
+    fn copy_file(&self, _ctx: &TtrpcContext, req: CopyFileRequest) -> ttrpc::Result<Empty> {
+        let r = files::CopyRequest {
+            path: &req.path,
+            data: &req.data,
+            file_mode: req.file_mode,
+            dir_mode: req.dir_mode,
+            uid: req.uid,
+            gid: req.gid,
+        };
+        files::copy_file(&self.files_root, &r)
+            .map(|()| Empty::new())
+            .map_err(|e| {
+                let code = match e {
+                    files::FileError::Io { .. } => Code::INTERNAL,
+                    _ => Code::INVALID_ARGUMENT,
+                };
+                status(code, format!("CopyFile: {e}"))
+            })
+    }
 }
 
 /// A ttrpc server with every service registered, listening on `listener_fd` (taken over).
-pub fn server(listener_fd: std::os::unix::io::RawFd) -> ttrpc::Result<ttrpc::Server> {
-    let services = Arc::new(Services);
+/// Calls like WaitProcess block a server thread each, so the pool is large.
+pub fn server(
+    listener_fd: std::os::unix::io::RawFd,
+    services: Services,
+) -> ttrpc::Result<ttrpc::Server> {
+    let services = Arc::new(services);
     Ok(ttrpc::Server::new()
+        .set_thread_count_min(2)
+        .set_thread_count_default(8)
+        .set_thread_count_max(256)
         .add_listener(listener_fd)?
         .register_service(create_health(services.clone()))
         .register_service(create_agent_service(services)))

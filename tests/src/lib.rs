@@ -5,11 +5,14 @@
 //! elsewhere (PVM `/dev/kvm`, or none) the test binary re-runs that one test
 //! inside an L1 Linux booted in qemu TCG with nested SVM (see [`testhost`]).
 
+pub mod containers;
 pub mod cpio;
 pub mod guards;
 pub mod initramfs;
 pub mod kvm_host;
 pub mod microvm;
+pub mod ns_agent;
+pub mod oci;
 pub mod testhost;
 pub mod tsc;
 

@@ -6,7 +6,14 @@
 //! until the agent answers `Health.Check` with `SERVING` or the timeout passes, since the
 //! microVM may still be booting.
 //! Every RPC has its own timeout ([`AgentClient::with_call_timeout`]).
+//!
+//! Process stdio travels on separate streams ([`crate::stdio`]): [`AgentClient::open_stdio`]
+//! dials the agent's stdio port the way the client itself was connected. The typed wrappers of
+//! the container RPCs live in `rpcs.rs`.
 
+mod rpcs;
+
+use std::io;
 use std::os::unix::io::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -15,6 +22,8 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentServiceClient, GuestDetailsRequest, GuestDetailsResponse};
 use crate::handshake::{self, HandshakeError};
 use crate::health::{CheckRequest, HealthClient, ServingStatus, VersionRequest, VersionResponse};
+use crate::stdio::{self, stdio_socket_path, Channel, StdioError, StreamHeader};
+use crate::STDIO_VSOCK_PORT;
 
 /// Per-RPC timeout unless [`AgentClient::with_call_timeout`] sets another.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,6 +98,66 @@ pub enum ClientError {
         /// What was wrong.
         detail: String,
     },
+    /// The client was built by [`AgentClient::from_stream`]: it does not know where the
+    /// agent's stdio port is.
+    #[error("{target}: no stdio address known (client made from a bare stream)")]
+    NoStdioAddress {
+        /// What the client is connected to.
+        target: String,
+    },
+    /// Connecting a stdio stream failed.
+    #[error("connecting the stdio stream {target}: {source}")]
+    StdioConnect {
+        /// What was dialled.
+        target: String,
+        /// The connect error.
+        #[source]
+        source: io::Error,
+    },
+    /// The stdio stream's header exchange failed or the agent refused the attachment.
+    #[error("stdio stream {target}: {source}")]
+    Stdio {
+        /// What was dialled.
+        target: String,
+        /// What went wrong.
+        #[source]
+        source: StdioError,
+    },
+}
+
+impl ClientError {
+    /// The ttrpc status code the agent answered with, if the error is a non-OK status.
+    pub fn rpc_code(&self) -> Option<ttrpc::Code> {
+        match self {
+            ClientError::Rpc {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            }
+            | ClientError::CallTimeout {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether the call ran out of time: no reply within the client's timeout, or the agent
+    /// answered `DEADLINE_EXCEEDED`.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ClientError::CallTimeout { .. })
+            || self.rpc_code() == Some(ttrpc::Code::DEADLINE_EXCEEDED)
+    }
+}
+
+/// How the client reached the agent, so that stdio streams can be dialled the same way.
+#[derive(Debug, Clone)]
+enum StdioAddress {
+    /// Through the VMM's hybrid vsock socket, to [`STDIO_VSOCK_PORT`].
+    HybridVsock(PathBuf),
+    /// A plain unix socket (`PATH.stdio` of an agent serving on `unix:PATH`).
+    Unix(PathBuf),
+    /// Unknown ([`AgentClient::from_stream`]).
+    None,
 }
 
 /// A connected client of `moat-agent`'s services. Cheap to share by reference across threads
@@ -98,6 +167,7 @@ pub struct AgentClient {
     agent: AgentServiceClient,
     call_timeout: Duration,
     target: String,
+    stdio: StdioAddress,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -147,6 +217,7 @@ impl AgentClient {
             }
             probe(stream, &target, budget)
         })
+        .map(|client| client.with_stdio(StdioAddress::HybridVsock(path.clone())))
     }
 
     /// Connects to an agent serving on the unix socket `path` (`moat-agent --listen
@@ -162,9 +233,11 @@ impl AgentClient {
                 remaining.clamp(Duration::from_millis(1), ATTEMPT_TIMEOUT),
             )
         })
+        .map(|client| client.with_stdio(StdioAddress::Unix(stdio_socket_path(&path))))
     }
 
     /// Wraps an already connected stream (after any handshake); `target` names it in errors.
+    /// Such a client cannot [`open_stdio`](Self::open_stdio).
     pub fn from_stream(stream: UnixStream, target: String) -> Result<Self, ClientError> {
         let client =
             ttrpc::Client::new(stream.into_raw_fd()).map_err(|source| ClientError::Setup {
@@ -176,7 +249,13 @@ impl AgentClient {
             agent: AgentServiceClient::new(client),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             target,
+            stdio: StdioAddress::None,
         })
+    }
+
+    fn with_stdio(mut self, stdio: StdioAddress) -> Self {
+        self.stdio = stdio;
+        self
     }
 
     /// Sets the timeout of every later RPC (default [`DEFAULT_CALL_TIMEOUT`]).
@@ -215,22 +294,88 @@ impl AgentClient {
         })
     }
 
+    /// Opens the `channel` stream of process (`container_id`, `exec_id`) on the agent's stdio
+    /// port, dialled the way this client was connected (hybrid vsock: the VMM's socket and
+    /// `CONNECT` [`STDIO_VSOCK_PORT`]; unix: `PATH.stdio`). The connect, handshake and header
+    /// exchange each get the call timeout; the returned stream is blocking, without timeouts,
+    /// and carries raw bytes (see [`crate::stdio`]). Ask for each channel once, after the
+    /// `CreateContainer`/`ExecProcess` that requested it.
+    pub fn open_stdio(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        channel: Channel,
+    ) -> Result<UnixStream, ClientError> {
+        let (path, hybrid) = match &self.stdio {
+            StdioAddress::HybridVsock(path) => (path, true),
+            StdioAddress::Unix(path) => (path, false),
+            StdioAddress::None => {
+                return Err(ClientError::NoStdioAddress {
+                    target: self.target.clone(),
+                })
+            }
+        };
+        let target = if hybrid {
+            format!(
+                "{} (hybrid vsock port {STDIO_VSOCK_PORT}) for {container_id:?}/{exec_id:?} {channel}",
+                path.display()
+            )
+        } else {
+            format!(
+                "{} for {container_id:?}/{exec_id:?} {channel}",
+                path.display()
+            )
+        };
+        let mut stream = UnixStream::connect(path).map_err(|source| ClientError::StdioConnect {
+            target: target.clone(),
+            source,
+        })?;
+        if hybrid {
+            handshake::handshake(&mut stream, STDIO_VSOCK_PORT, self.call_timeout).map_err(
+                |source| ClientError::Handshake {
+                    target: target.clone(),
+                    source,
+                },
+            )?;
+        }
+        let header = StreamHeader {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            channel,
+        };
+        stdio::open_stream(stream, &header, self.call_timeout)
+            .map_err(|source| ClientError::Stdio { target, source })
+    }
+
+    /// Runs one RPC with the client's call timeout.
     fn call<T>(
         &self,
         method: &'static str,
         f: impl FnOnce(ttrpc::context::Context) -> ttrpc::Result<T>,
     ) -> Result<T, ClientError> {
+        self.call_with(method, Some(self.call_timeout), f)
+    }
+
+    /// Runs one RPC with `timeout` (at least 1 ms), or without a deadline for `None`.
+    fn call_with<T>(
+        &self,
+        method: &'static str,
+        timeout: Option<Duration>,
+        f: impl FnOnce(ttrpc::context::Context) -> ttrpc::Result<T>,
+    ) -> Result<T, ClientError> {
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        let ctx = match timeout {
+            Some(t) => ttrpc::context::with_duration(t),
+            None => ttrpc::context::Context::default(),
+        };
         let start = Instant::now();
-        f(ttrpc::context::with_duration(self.call_timeout)).map_err(|source| {
-            if start.elapsed() >= self.call_timeout {
-                ClientError::CallTimeout {
-                    method,
-                    timeout: self.call_timeout,
-                    source,
-                }
-            } else {
-                ClientError::Rpc { method, source }
-            }
+        f(ctx).map_err(|source| match timeout {
+            Some(timeout) if start.elapsed() >= timeout => ClientError::CallTimeout {
+                method,
+                timeout,
+                source,
+            },
+            _ => ClientError::Rpc { method, source },
         })
     }
 }
@@ -312,6 +457,14 @@ mod tests {
             }
             e => panic!("unexpected {e}"),
         }
+    }
+
+    #[test]
+    fn from_stream_has_no_stdio_address() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let client = AgentClient::from_stream(a, "pair".into()).unwrap();
+        let err = client.open_stdio("c", "", Channel::Stdout).unwrap_err();
+        assert!(matches!(err, ClientError::NoStdioAddress { .. }), "{err}");
     }
 
     #[test]

@@ -1,0 +1,657 @@
+//! The containers and processes the agent manages, and their lifecycle.
+//!
+//! [`Runtime`] holds every container by id. Each container has an init process (exec id
+//! `""`) and exec processes by exec id; all are watched by the [`Reaper`], whose statuses
+//! are kept until the container is removed, so any number of waiters get them.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+
+use super::cgroup::{self, Cgroup};
+use super::init::{InitConfig, InitKind, NamespaceStep};
+use super::oom::OomWatcher;
+use super::seccomp::{self, SeccompProgram};
+use super::spawn::{self, ChildFds, IdMaps, Pending};
+use super::{rootfs, sandbox::Sandbox};
+use crate::reaper::{ExitStatus, Reaper};
+use crate::stdio::{Channels, StdioHub};
+
+/// How long StartContainer/ExecProcess wait for `execve`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pod's cgroup, relative to the cgroup root; containers are its children.
+pub const POD_CGROUP: &str = "moat";
+
+/// Errors of container operations, each with the ttrpc code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The request or spec is invalid (INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such container or process (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The id is taken (ALREADY_EXISTS).
+    #[error("{0}")]
+    Exists(String),
+    /// Not possible in the current state (FAILED_PRECONDITION).
+    #[error("{0}")]
+    State(String),
+    /// The wait timed out (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    Timeout(String),
+    /// The guest could not do it (INTERNAL).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    fn internal(what: &str, e: impl std::fmt::Display) -> Self {
+        RuntimeError::Internal(format!("{what}: {e}"))
+    }
+}
+
+/// Checks a container or exec id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
+pub fn validate_id(kind: &str, id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!(
+            "invalid {kind} id {id:?}: want [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}"
+        )))
+    }
+}
+
+/// One container.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    cgroup: Option<Cgroup>,
+    seccomp: Option<SeccompProgram>,
+    init_pid: u32,
+    /// The init process until StartContainer.
+    pending: Mutex<Option<Pending>>,
+    execs: Mutex<HashMap<String, u32>>,
+}
+
+/// Every container of the guest.
+pub struct Runtime {
+    reaper: Arc<Reaper>,
+    stdio: Arc<StdioHub>,
+    oom: Option<Arc<OomWatcher>>,
+    cgroup_root: Option<PathBuf>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// The pod, after CreateSandbox.
+    pub sandbox: Mutex<Option<Sandbox>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runtime {
+    /// A runtime using cgroup v2 at `/sys/fs/cgroup` if mounted there (else containers get no
+    /// cgroup and resource requests are refused).
+    pub fn new(reaper: Arc<Reaper>, stdio: Arc<StdioHub>) -> Arc<Self> {
+        let root = Path::new(cgroup::CGROUP_ROOT);
+        let cgroup_root = cgroup::is_cgroup2(root).then(|| root.to_path_buf());
+        let oom = cgroup_root
+            .as_ref()
+            .and_then(|_| match OomWatcher::start() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!("OOM watcher: {e}; OOM kills will not be reported");
+                    None
+                }
+            });
+        if cgroup_root.is_none() {
+            tracing::warn!(
+                "no cgroup v2 at {}: containers get no cgroup",
+                root.display()
+            );
+        }
+        Arc::new(Runtime {
+            reaper,
+            stdio,
+            oom,
+            cgroup_root,
+            containers: Mutex::new(HashMap::new()),
+            sandbox: Mutex::new(None),
+        })
+    }
+
+    /// The reaper all processes are watched by.
+    pub fn reaper(&self) -> &Arc<Reaper> {
+        &self.reaper
+    }
+
+    /// The stdio hub.
+    pub fn stdio(&self) -> &Arc<StdioHub> {
+        &self.stdio
+    }
+
+    /// The OOM watcher, if cgroup v2 is there.
+    pub fn oom(&self) -> Option<&Arc<OomWatcher>> {
+        self.oom.as_ref()
+    }
+
+    /// A cgroup under the pod's, created; `None` without cgroup v2.
+    pub fn make_cgroup(&self, name: &str) -> Result<Option<Cgroup>, RuntimeError> {
+        let Some(root) = &self.cgroup_root else {
+            return Ok(None);
+        };
+        let rel = Path::new(POD_CGROUP).join(name);
+        Cgroup::create(root, &rel)
+            .map(Some)
+            .map_err(|e| RuntimeError::internal("creating the cgroup", e))
+    }
+
+    /// Looks up a container.
+    pub fn get(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("no container {id:?}")))
+    }
+
+    /// CreateContainer: validates everything, then starts the init process up to `Ready`.
+    pub fn create(
+        &self,
+        id: &str,
+        spec_json: &str,
+        channels: Channels,
+        sandbox_pidns: bool,
+    ) -> Result<u32, RuntimeError> {
+        validate_id("container", id)?;
+        let spec: Spec = serde_json::from_str(spec_json)
+            .map_err(|e| RuntimeError::Invalid(format!("container {id}: bad OCI spec: {e}")))?;
+        if lock(&self.containers).contains_key(id) {
+            return Err(RuntimeError::Exists(format!("container {id:?} exists")));
+        }
+        rootfs::validate(&spec)
+            .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {id}: spec has no process")))?;
+        validate_process(&process)?;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let seccomp = seccomp::compile(linux.seccomp().as_ref())
+            .map_err(|e| RuntimeError::Invalid(format!("container {id}: seccomp: {e}")))?;
+        let (namespaces, id_maps) = self.container_namespaces(&spec, sandbox_pidns)?;
+        let rootfs = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {id}: spec has no root")))?;
+
+        let cgroup = self.make_cgroup(id)?;
+        let cleanup = |cg: &Option<Cgroup>| {
+            if let Some(cg) = cg {
+                let _ = cg.remove(Duration::from_secs(5));
+            }
+        };
+        if let (Some(res), Some(cg)) = (linux.resources().as_ref(), &cgroup) {
+            if let Err(e) = cg.apply(res) {
+                cleanup(&cgroup);
+                return Err(RuntimeError::Invalid(format!(
+                    "container {id}: resources: {e}"
+                )));
+            }
+        } else if linux.resources().as_ref().is_some_and(has_limits) && cgroup.is_none() {
+            return Err(RuntimeError::Invalid(format!(
+                "container {id}: resource limits need cgroup v2, which this guest lacks"
+            )));
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let cfg = InitConfig {
+            kind: InitKind::Container {
+                spec: Box::new(spec.clone()),
+                rootfs,
+            },
+            process,
+            namespaces,
+            cgroup_procs: cgroup.as_ref().map(|c| c.path().join("cgroup.procs")),
+            seccomp: seccomp.clone(),
+            terminal,
+        };
+        let pending = match self.spawn_process(id, "", &cfg, channels, id_maps.as_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup(&cgroup);
+                return Err(e);
+            }
+        };
+        let pid = pending.pid;
+        if let (Some(oom), Some(cg)) = (&self.oom, &cgroup) {
+            if let Err(e) = oom.watch(id, cg) {
+                tracing::warn!("container {id}: OOM events will not be reported: {e}");
+            }
+        }
+        let c = Container {
+            id: id.to_string(),
+            cgroup,
+            seccomp,
+            init_pid: pid,
+            pending: Mutex::new(Some(pending)),
+            execs: Mutex::new(HashMap::new()),
+        };
+        lock(&self.containers).insert(id.to_string(), Arc::new(c));
+        tracing::info!("container {id}: created, init pid {pid}");
+        Ok(pid)
+    }
+
+    /// Stdio + spawn; on failure the stdio registration is dropped again.
+    fn spawn_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        cfg: &InitConfig,
+        channels: Channels,
+        id_maps: Option<&IdMaps>,
+    ) -> Result<Pending, RuntimeError> {
+        let stdio = self
+            .stdio
+            .prepare(id, exec_id, channels, cfg.terminal)
+            .map_err(|e| RuntimeError::Invalid(format!("container {id}: stdio: {e}")))?;
+        debug_assert_eq!(stdio.terminal, cfg.terminal);
+        let fds = ChildFds {
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+        };
+        spawn::spawn(cfg, fds, id_maps, &self.reaper).map_err(|e| {
+            self.stdio.remove(id, exec_id);
+            RuntimeError::Invalid(format!("container {id}: {e}"))
+        })
+    }
+
+    /// The namespace steps of a container and the id maps of a new user namespace.
+    fn container_namespaces(
+        &self,
+        spec: &Spec,
+        sandbox_pidns: bool,
+    ) -> Result<(Vec<NamespaceStep>, Option<IdMaps>), RuntimeError> {
+        let linux = spec.linux().clone().unwrap_or_default();
+        let mut steps = Vec::new();
+        for ns in linux.namespaces().iter().flatten() {
+            if ns.typ() == LinuxNamespaceType::Pid && sandbox_pidns {
+                continue;
+            }
+            if let Some(path) = ns.path() {
+                if !path.exists() {
+                    return Err(RuntimeError::Invalid(format!(
+                        "{} namespace path {} does not exist in the guest",
+                        ns.typ(),
+                        path.display()
+                    )));
+                }
+            }
+            if steps.iter().any(|s: &NamespaceStep| s.typ == ns.typ()) {
+                return Err(RuntimeError::Invalid(format!(
+                    "{} namespace listed twice",
+                    ns.typ()
+                )));
+            }
+            steps.push(NamespaceStep {
+                typ: ns.typ(),
+                join: ns.path().clone(),
+            });
+        }
+        if sandbox_pidns {
+            let holder = lock(&self.sandbox)
+                .as_ref()
+                .and_then(|s| s.pid_holder())
+                .ok_or_else(|| {
+                    RuntimeError::State("the sandbox has no pod-wide PID namespace".into())
+                })?;
+            steps.push(NamespaceStep {
+                typ: LinuxNamespaceType::Pid,
+                join: Some(PathBuf::from(format!("/proc/{holder}/ns/pid"))),
+            });
+        }
+        if !steps
+            .iter()
+            .any(|s| s.typ == LinuxNamespaceType::Mount && s.join.is_none())
+        {
+            return Err(RuntimeError::Invalid(
+                "the spec must ask for a new mount namespace".into(),
+            ));
+        }
+        let id_maps = steps
+            .iter()
+            .any(|s| s.typ == LinuxNamespaceType::User && s.join.is_none())
+            .then(|| IdMaps {
+                uid: linux.uid_mappings().clone().unwrap_or_default(),
+                gid: linux.gid_mappings().clone().unwrap_or_default(),
+            });
+        if id_maps
+            .as_ref()
+            .is_some_and(|m| m.uid.is_empty() || m.gid.is_empty())
+        {
+            return Err(RuntimeError::Invalid(
+                "a new user namespace needs uidMappings and gidMappings".into(),
+            ));
+        }
+        Ok((steps, id_maps))
+    }
+
+    /// StartContainer.
+    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self.get(id)?;
+        let pending = lock(&c.pending)
+            .take()
+            .ok_or_else(|| RuntimeError::State(format!("container {id} was already started")))?;
+        pending
+            .start(START_TIMEOUT)
+            .map_err(|e| RuntimeError::Invalid(format!("container {id}: start: {e}")))?;
+        tracing::info!("container {id}: started");
+        Ok(())
+    }
+
+    /// ExecProcess: a new process in the running container's namespaces and cgroup.
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &str,
+        channels: Channels,
+    ) -> Result<u32, RuntimeError> {
+        validate_id("exec", exec_id)?;
+        let c = self.get(id)?;
+        let process: Process = serde_json::from_str(process_json)
+            .map_err(|e| RuntimeError::Invalid(format!("exec {exec_id}: bad OCI process: {e}")))?;
+        validate_process(&process)?;
+        if lock(&c.pending).is_some() || self.reaper.has_exited(c.init_pid) {
+            return Err(RuntimeError::State(format!(
+                "container {id} is not running"
+            )));
+        }
+        if lock(&c.execs).contains_key(exec_id) {
+            return Err(RuntimeError::Exists(format!(
+                "exec id {exec_id:?} exists in {id}"
+            )));
+        }
+        let namespaces = namespaces_of(c.init_pid)?;
+        let cfg = InitConfig {
+            kind: InitKind::Exec,
+            terminal: process.terminal().unwrap_or(false),
+            process,
+            namespaces,
+            cgroup_procs: c.cgroup.as_ref().map(|cg| cg.path().join("cgroup.procs")),
+            seccomp: c.seccomp.clone(),
+        };
+        let pending = self.spawn_process(id, exec_id, &cfg, channels, None)?;
+        let pid = pending.pid;
+        lock(&c.execs).insert(exec_id.to_string(), pid);
+        if let Err(e) = pending.start(START_TIMEOUT) {
+            lock(&c.execs).remove(exec_id);
+            self.reaper.forget(pid);
+            self.stdio.remove(id, exec_id);
+            return Err(RuntimeError::Invalid(format!(
+                "exec {exec_id} in {id}: {e}"
+            )));
+        }
+        tracing::info!("container {id}: exec {exec_id} pid {pid}");
+        Ok(pid)
+    }
+
+    /// The pid of a process of a container.
+    pub fn pid_of(&self, c: &Container, exec_id: &str) -> Result<u32, RuntimeError> {
+        if exec_id.is_empty() {
+            return Ok(c.init_pid);
+        }
+        lock(&c.execs)
+            .get(exec_id)
+            .copied()
+            .ok_or_else(|| RuntimeError::NotFound(format!("no exec {exec_id:?} in {}", c.id)))
+    }
+
+    /// SignalProcess.
+    pub fn signal(&self, id: &str, exec_id: &str, sig: u32, all: bool) -> Result<(), RuntimeError> {
+        let c = self.get(id)?;
+        let signal = Signal::try_from(sig as i32)
+            .map_err(|_| RuntimeError::Invalid(format!("bad signal number {sig}")))?;
+        if all {
+            if let Some(cg) = &c.cgroup {
+                return cg
+                    .signal_all(signal as i32)
+                    .map_err(|e| RuntimeError::internal("signalling the cgroup", e));
+            }
+            for pid in self.live_pids(&c) {
+                let _ = kill(Pid::from_raw(pid as i32), signal);
+            }
+            return Ok(());
+        }
+        let pid = self.pid_of(&c, exec_id)?;
+        if self.reaper.has_exited(pid) {
+            return Err(RuntimeError::NotFound(format!(
+                "process {exec_id:?} of {id} has already exited"
+            )));
+        }
+        kill(Pid::from_raw(pid as i32), signal)
+            .map_err(|e| RuntimeError::internal(&format!("kill {pid}"), e))
+    }
+
+    fn live_pids(&self, c: &Container) -> Vec<u32> {
+        let mut pids = vec![c.init_pid];
+        pids.extend(lock(&c.execs).values().copied());
+        pids.retain(|p| !self.reaper.has_exited(*p));
+        pids
+    }
+
+    /// WaitProcess: the exit status, `None` on timeout.
+    pub fn wait(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ExitStatus, RuntimeError> {
+        let c = self.get(id)?;
+        let pid = self.pid_of(&c, exec_id)?;
+        self.reaper
+            .wait(pid, timeout)
+            .ok_or_else(|| RuntimeError::Timeout(format!("process {exec_id:?} of {id} still runs")))
+    }
+
+    /// RemoveContainer: kills what is left, waits, removes the cgroup and forgets it all.
+    pub fn remove(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        let c = self.get(id)?;
+        drop(lock(&c.pending).take());
+        match &c.cgroup {
+            Some(cg) => {
+                let _ = cg.freeze(false, Duration::from_secs(1));
+                cg.remove(timeout)
+                    .map_err(|e| RuntimeError::internal(&format!("removing container {id}"), e))?;
+            }
+            None => {
+                for pid in self.live_pids(&c) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+        if self.reaper.wait(c.init_pid, Some(timeout)).is_none() {
+            return Err(RuntimeError::Timeout(format!(
+                "container {id}: init pid {} did not die within {timeout:?}",
+                c.init_pid
+            )));
+        }
+        if let Some(oom) = &self.oom {
+            oom.unwatch(id);
+        }
+        self.stdio.remove_container(id);
+        self.reaper.forget(c.init_pid);
+        for pid in lock(&c.execs).values() {
+            self.reaper.forget(*pid);
+        }
+        lock(&self.containers).remove(id);
+        tracing::info!("container {id}: removed");
+        Ok(())
+    }
+
+    /// Ids of every container.
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.containers).keys().cloned().collect()
+    }
+
+    /// ListProcesses.
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>, RuntimeError> {
+        let c = self.get(id)?;
+        match &c.cgroup {
+            Some(cg) => Ok(cg
+                .procs()
+                .map_err(|e| RuntimeError::internal("reading cgroup.procs", e))?
+                .into_iter()
+                .map(|p| p as u32)
+                .collect()),
+            None => Ok(self.live_pids(&c)),
+        }
+    }
+
+    /// The container's cgroup, or an error saying there is none.
+    pub fn cgroup_of<'a>(&self, c: &'a Container) -> Result<&'a Cgroup, RuntimeError> {
+        c.cgroup.as_ref().ok_or_else(|| {
+            RuntimeError::State(format!("container {} has no cgroup (no cgroup v2)", c.id))
+        })
+    }
+
+    /// UpdateContainer.
+    pub fn update(&self, id: &str, resources_json: &str) -> Result<(), RuntimeError> {
+        let c = self.get(id)?;
+        let res: LinuxResources = serde_json::from_str(resources_json)
+            .map_err(|e| RuntimeError::Invalid(format!("bad LinuxResources: {e}")))?;
+        self.cgroup_of(&c)?
+            .apply(&res)
+            .map_err(|e| RuntimeError::Invalid(format!("container {id}: resources: {e}")))
+    }
+
+    /// PauseContainer / ResumeContainer.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+        let c = self.get(id)?;
+        self.cgroup_of(&c)?
+            .freeze(frozen, Duration::from_secs(10))
+            .map_err(|e| RuntimeError::internal(&format!("container {id}: freeze"), e))
+    }
+}
+
+fn has_limits(r: &LinuxResources) -> bool {
+    r.memory().is_some()
+        || r.cpu().is_some()
+        || r.pids().is_some()
+        || r.block_io().is_some()
+        || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
+        || r.unified().as_ref().is_some_and(|u| !u.is_empty())
+}
+
+/// Checks the parts of a process the init process cannot check early.
+fn validate_process(p: &Process) -> Result<(), RuntimeError> {
+    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(RuntimeError::Invalid("process.args is empty".into()));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(RuntimeError::Invalid(format!(
+            "process.cwd {} is not absolute",
+            p.cwd().display()
+        )));
+    }
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    for rl in p.rlimits().iter().flatten() {
+        if rl.soft() > rl.hard() {
+            return Err(RuntimeError::Invalid(format!(
+                "rlimit {:?}: soft {} above hard {}",
+                rl.typ(),
+                rl.soft(),
+                rl.hard()
+            )));
+        }
+        if rl.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile && rl.hard() > nr_open {
+            return Err(RuntimeError::Invalid(format!(
+                "rlimit RLIMIT_NOFILE hard {} above the kernel's nr_open {nr_open}",
+                rl.hard()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The namespaces of `pid` that differ from the agent's, to join for an exec.
+fn namespaces_of(pid: u32) -> Result<Vec<NamespaceStep>, RuntimeError> {
+    use LinuxNamespaceType::*;
+    let mut steps = Vec::new();
+    for (typ, name) in [
+        (User, "user"),
+        (Ipc, "ipc"),
+        (Uts, "uts"),
+        (Network, "net"),
+        (Pid, "pid"),
+        (Cgroup, "cgroup"),
+        (Time, "time"),
+        (Mount, "mnt"),
+    ] {
+        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        let Ok(t) = ino(&theirs) else {
+            if typ == Mount {
+                return Err(RuntimeError::State(format!("process {pid} is gone")));
+            }
+            continue;
+        };
+        if ino(Path::new(&format!("/proc/self/ns/{name}"))).ok() != Some(t) {
+            steps.push(NamespaceStep {
+                typ,
+                join: Some(theirs),
+            });
+        }
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("container", "abc-1.2_3").is_ok());
+        for bad in ["", "-a", "a/b", "a b", &"x".repeat(129)] {
+            assert!(validate_id("container", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_rlimits_are_refused() {
+        let p: Process = serde_json::from_str(
+            r#"{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0},
+                "rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":5}]}"#,
+        )
+        .unwrap();
+        assert!(validate_process(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("soft 10 above hard 5"));
+        let p: Process = serde_json::from_str(
+            r#"{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0},
+                "rlimits":[{"type":"RLIMIT_NOFILE","soft":1,"hard":18446744073709551615}]}"#,
+        )
+        .unwrap();
+        assert!(validate_process(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("nr_open"));
+    }
+}

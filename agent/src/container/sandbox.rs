@@ -1,0 +1,245 @@
+//! The pod: CreateSandbox / DestroySandbox.
+//!
+//! One guest runs one pod. CreateSandbox sets the guest's hostname, writes the pod's DNS files
+//! under the agent's state directory (`<state>/sandbox/{hostname,resolv.conf}`, for the host
+//! to bind into containers), applies pod-level resources to the pod cgroup (`moat`), and, when
+//! the pod shares one PID namespace, starts its holder: PID 1 of that namespace, which reaps
+//! the pod's orphans and which containers created with `sandbox_pidns` join.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process};
+
+use super::cgroup::Cgroup;
+use super::init::{InitConfig, InitKind, NamespaceStep};
+use super::registry::{validate_id, Runtime, RuntimeError};
+use super::spawn::{self, ChildFds};
+
+/// What CreateSandbox asks for.
+#[derive(Debug, Default, Clone)]
+pub struct SandboxConfig {
+    /// The pod id.
+    pub id: String,
+    /// Hostname of the guest (empty: unchanged).
+    pub hostname: String,
+    /// resolv.conf nameservers.
+    pub dns_servers: Vec<String>,
+    /// resolv.conf search domains.
+    pub dns_searches: Vec<String>,
+    /// resolv.conf options.
+    pub dns_options: Vec<String>,
+    /// Start a pod-wide PID namespace.
+    pub pidns: bool,
+    /// Pod cgroup resources (OCI LinuxResources JSON; empty: none).
+    pub resources_json: String,
+}
+
+/// A created pod.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    holder: Option<u32>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Sandbox {
+    /// The pid of the PID-namespace holder, if the pod has one.
+    pub fn pid_holder(&self) -> Option<u32> {
+        self.holder
+    }
+}
+
+/// The resolv.conf text for the pod.
+pub fn resolv_conf(cfg: &SandboxConfig) -> String {
+    let mut s = String::new();
+    for ns in &cfg.dns_servers {
+        s.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !cfg.dns_searches.is_empty() {
+        s.push_str(&format!("search {}\n", cfg.dns_searches.join(" ")));
+    }
+    if !cfg.dns_options.is_empty() {
+        s.push_str(&format!("options {}\n", cfg.dns_options.join(" ")));
+    }
+    s
+}
+
+fn check_line(what: &str, v: &str) -> Result<(), RuntimeError> {
+    if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RuntimeError::Invalid(format!("bad {what} {v:?}")));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// CreateSandbox.
+    pub fn create_sandbox(
+        self: &Arc<Self>,
+        cfg: &SandboxConfig,
+        state_dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        validate_id("sandbox", &cfg.id)?;
+        for v in cfg
+            .dns_servers
+            .iter()
+            .chain(&cfg.dns_searches)
+            .chain(&cfg.dns_options)
+        {
+            check_line("DNS entry", v)?;
+        }
+        if !cfg.hostname.is_empty() {
+            check_line("hostname", &cfg.hostname)?;
+        }
+        let resources: Option<LinuxResources> = if cfg.resources_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&cfg.resources_json)
+                    .map_err(|e| RuntimeError::Invalid(format!("bad pod LinuxResources: {e}")))?,
+            )
+        };
+        let mut slot = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = slot.as_ref() {
+            return Err(RuntimeError::Exists(format!("sandbox {:?} exists", s.id)));
+        }
+        let dir = state_dir.join("sandbox");
+        let write = |name: &str, data: &str| {
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(dir.join(name), data))
+                .map_err(|e| {
+                    RuntimeError::Internal(format!("writing {}/{name}: {e}", dir.display()))
+                })
+        };
+        write("resolv.conf", &resolv_conf(cfg))?;
+        if !cfg.hostname.is_empty() {
+            nix::unistd::sethostname(&cfg.hostname)
+                .map_err(|e| RuntimeError::Internal(format!("sethostname: {e}")))?;
+            write("hostname", &format!("{}\n", cfg.hostname))?;
+        }
+        let cgroup = match &resources {
+            Some(res) => {
+                let cg = self.make_cgroup("")?.ok_or_else(|| {
+                    RuntimeError::Invalid(
+                        "pod resources need cgroup v2, which this guest lacks".into(),
+                    )
+                })?;
+                cg.apply(res)
+                    .map_err(|e| RuntimeError::Invalid(format!("pod resources: {e}")))?;
+                Some(cg)
+            }
+            None => None,
+        };
+        let holder = if cfg.pidns {
+            Some(self.start_pid_holder()?)
+        } else {
+            None
+        };
+        *slot = Some(Sandbox {
+            id: cfg.id.clone(),
+            holder,
+            cgroup,
+        });
+        tracing::info!("sandbox {}: created (pid holder {holder:?})", cfg.id);
+        Ok(())
+    }
+
+    fn start_pid_holder(&self) -> Result<u32, RuntimeError> {
+        let null = |w: bool| {
+            std::fs::OpenOptions::new()
+                .read(!w)
+                .write(w)
+                .open("/dev/null")
+                .map(Into::into)
+                .map_err(|e| RuntimeError::Internal(format!("opening /dev/null: {e}")))
+        };
+        let fds = ChildFds {
+            stdin: null(false)?,
+            stdout: null(true)?,
+            stderr: null(true)?,
+        };
+        let mut process = Process::default();
+        process.set_args(Some(vec!["moat-pid-holder".into()]));
+        let cfg = InitConfig {
+            kind: InitKind::PidHolder,
+            process,
+            namespaces: vec![NamespaceStep {
+                typ: LinuxNamespaceType::Pid,
+                join: None,
+            }],
+            cgroup_procs: None,
+            seccomp: None,
+            terminal: false,
+        };
+        let pending = spawn::spawn(&cfg, fds, None, self.reaper())
+            .map_err(|e| RuntimeError::Internal(format!("starting the pod PID namespace: {e}")))?;
+        Ok(pending.pid)
+    }
+
+    /// DestroySandbox: removes every container, the PID holder and the pod cgroup.
+    pub fn destroy_sandbox(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        {
+            let slot = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(s) if s.id == id => {}
+                Some(s) => {
+                    return Err(RuntimeError::NotFound(format!(
+                        "sandbox {id:?} is not this guest's ({:?})",
+                        s.id
+                    )))
+                }
+                None => return Err(RuntimeError::NotFound(format!("no sandbox {id:?}"))),
+            }
+        }
+        for cid in self.ids() {
+            self.remove(&cid, timeout)?;
+        }
+        let sandbox = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(s) = sandbox {
+            if let Some(pid) = s.holder {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                self.reaper().wait(pid, Some(timeout));
+                self.reaper().forget(pid);
+            }
+            if let Some(cg) = s.cgroup {
+                cg.remove(timeout)
+                    .map_err(|e| RuntimeError::Internal(format!("removing the pod cgroup: {e}")))?;
+            }
+        }
+        tracing::info!("sandbox {id}: destroyed");
+        Ok(())
+    }
+}
+
+/// Where the agent keeps its files: `/run/moat` in the guest.
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/moat")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_is_written_from_the_request() {
+        let cfg = SandboxConfig {
+            dns_servers: vec!["10.0.0.10".into()],
+            dns_searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            dns_options: vec!["ndots:5".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf(&cfg),
+            "nameserver 10.0.0.10\nsearch ns.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
+        );
+        assert!(check_line("DNS entry", "a b").is_err());
+        assert!(check_line("DNS entry", "a\nnameserver 1.2.3.4").is_err());
+    }
+}
