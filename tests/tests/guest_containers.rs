@@ -1,0 +1,218 @@
+//! Containers in a real guest: moat-vmm boots the guest kernel with moat-agent as PID 1 (in
+//! the test host here), the container root filesystem comes over virtio-fs, and the host
+//! drives the agent over hybrid vsock. cgroup v2 is real here: limits are enforced.
+
+use std::time::Duration;
+
+use moat_agent_protocol::agent::CreateSandboxRequest;
+use moat_agent_protocol::stdio::Channels;
+use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use moat_tests::containers::{self, WAIT};
+use moat_tests::microvm::{AgentVm, BootSpec, GuestImage};
+use moat_tests::oci;
+use serde_json::json;
+
+/// Where the agent mounts the share `moatfs` in the guest.
+const SHARE_IN_GUEST: &str = "/run/moat/shares/moatfs";
+
+#[test]
+fn containers_in_a_real_guest() {
+    let image = GuestImage::agent_image().unwrap_or_else(|e| panic!("agent image: {e}"));
+    moat_tests::on_kvm("containers_in_a_real_guest", || {
+        let dir = std::env::temp_dir().join(format!("moat-gc-{}", moat_tests::unique_suffix()));
+        let share = dir.join("share");
+        oci::busybox_rootfs(&share.join("rootfs"), std::path::Path::new("/bin/busybox"))
+            .expect("rootfs");
+        let mut spec = BootSpec::new(image);
+        spec.vcpus = 2;
+        spec.memory_mib = 512;
+        spec.extra_args = vec![format!("--share=moatfs={}", share.display())];
+        spec.append = "moat.share=moatfs".into();
+        let vmm = moat_tests::cargo_bin("moat-vmm");
+        let mut vm = AgentVm::start(&vmm, &spec, &dir).expect("start moat-vmm");
+        let client =
+            AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(120))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "agent not reachable: {e}\n--- console ---\n{}",
+                        vm.console_text()
+                    )
+                });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flows(&client)));
+        if let Err(p) = result {
+            eprintln!("--- guest console ---\n{}", vm.console_text());
+            std::panic::resume_unwind(p);
+        }
+        assert_eq!(vm.stop(), Some(128 + libc::SIGTERM));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+fn rootfs_spec(args: &[&str]) -> serde_json::Value {
+    let mut s = oci::default_spec(
+        std::path::Path::new(&format!("{SHARE_IN_GUEST}/rootfs")),
+        args,
+    );
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "cgroup"}));
+    s
+}
+
+fn flows(c: &AgentClient) {
+    let mut sb = CreateSandboxRequest::new();
+    sb.sandbox_id = "pod1".into();
+    sb.hostname = "pod1-host".into();
+    sb.dns_servers = vec!["10.0.0.10".into()];
+    sb.sandbox_pidns = true;
+    c.create_sandbox(&sb).unwrap();
+
+    // Output, exit code, a 1 MiB stdin round trip.
+    let o = containers::run(
+        c,
+        "hello",
+        &rootfs_spec(&["sh", "-c", "echo hello from a microVM; exit 5"]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (o.out().as_str(), o.status),
+        ("hello from a microVM\n", 5),
+        "{}",
+        o.err()
+    );
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    let o = containers::run(c, "cat", &rootfs_spec(&["cat"]), Some(data.clone())).unwrap();
+    assert!(
+        o.stdout == data,
+        "stdin echo differs ({} bytes back)",
+        o.stdout.len()
+    );
+
+    // Memory limit: a hog is OOM-killed and the OOM event names the container.
+    let mut s = rootfs_spec(&[
+        "sh",
+        "-c",
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    s["linux"]["resources"] = json!({"memory": {"limit": 33554432}});
+    let o = containers::run(c, "hog", &s, None).unwrap();
+    assert_eq!(
+        (o.status, o.signaled),
+        (137, true),
+        "hog: {} {}",
+        o.out(),
+        o.err()
+    );
+    assert_eq!(
+        c.get_oom_event(Duration::from_secs(10)).unwrap().as_deref(),
+        Some("hog")
+    );
+
+    // pids limit stops a fork bomb.
+    let mut s = rootfs_spec(&[
+        "sh",
+        "-c",
+        "for i in $(seq 1 64); do sleep 30 & done; sleep 1; ps | wc -l",
+    ]);
+    s["linux"]["resources"] = json!({"pids": {"limit": 16}});
+    let o = containers::run(c, "forks", &s, None).unwrap();
+    assert!(
+        o.err().contains("fork"),
+        "no fork failure: {} / {}",
+        o.out(),
+        o.err()
+    );
+
+    // A busy container: stats move, pause freezes them, resume thaws; update is observed.
+    let mut s = rootfs_spec(&["sh", "-c", "while :; do :; done"]);
+    s["linux"]["resources"] =
+        json!({"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}});
+    c.create_container("busy", &s.to_string(), Channels::default(), false)
+        .unwrap();
+    c.start_container("busy").unwrap();
+    let cpu = || c.stats_container("busy").unwrap().cpu.usage_usec;
+    std::thread::sleep(Duration::from_millis(500));
+    let t1 = cpu();
+    std::thread::sleep(Duration::from_millis(500));
+    let t2 = cpu();
+    assert!(t2 > t1, "cpu usage did not move: {t1} {t2}");
+    c.pause_container("busy").unwrap();
+    let t3 = cpu();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(cpu(), t3, "cpu usage moved while paused");
+    c.resume_container("busy").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cpu() > t3, "cpu usage did not move after resume");
+    let st = c.stats_container("busy").unwrap();
+    assert_eq!(st.memory.limit, 64 << 20);
+    assert!(st.pids.current >= 1);
+    c.update_container("busy", &json!({"memory": {"limit": 134217728}}).to_string())
+        .unwrap();
+    assert_eq!(c.stats_container("busy").unwrap().memory.limit, 128 << 20);
+    let o = containers::exec(
+        c,
+        "busy",
+        "e1",
+        &oci::default_process(&["cat", "/sys/fs/cgroup/memory.max"]),
+    )
+    .unwrap();
+    assert_eq!(o.out(), "134217728\n", "{}", o.err());
+
+    // The pod-wide PID namespace: a container joining it sees the holder as PID 1.
+    let s = rootfs_spec(&[
+        "sh",
+        "-c",
+        "hostname; cat /proc/1/cmdline | head -c 32; echo",
+    ]);
+    let mut s2 = s.clone();
+    s2["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "uts");
+    c.create_container(
+        "shared",
+        &s2.to_string(),
+        Channels {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        },
+        true,
+    )
+    .unwrap();
+    let att = containers::Attached::open(
+        c,
+        "shared",
+        "",
+        Channels {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        },
+    )
+    .unwrap();
+    c.start_container("shared").unwrap();
+    let o = containers::finish(c, "shared", "", att).unwrap();
+    assert!(
+        o.out().starts_with("pod1-host\n"),
+        "{} {}",
+        o.out(),
+        o.err()
+    );
+    assert!(
+        !o.out().contains("sh"),
+        "PID 1 should be the pod's holder: {}",
+        o.out()
+    );
+    c.remove_container("shared", None).unwrap();
+
+    c.signal_process("busy", "", 9, true).unwrap();
+    assert_eq!(c.wait_process("busy", "", Some(WAIT)).unwrap().status, 137);
+    c.destroy_sandbox("pod1").unwrap();
+    assert!(
+        c.list_processes("busy").is_err(),
+        "destroy left the container"
+    );
+}
