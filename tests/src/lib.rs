@@ -5,6 +5,7 @@
 //! elsewhere (PVM `/dev/kvm`, or none) the test binary re-runs that one test
 //! inside an L1 Linux booted in qemu TCG with nested SVM (see [`testhost`]).
 
+pub mod container_suite;
 pub mod containers;
 pub mod cpio;
 pub mod guards;

@@ -2,11 +2,12 @@
 //! the test host here), the container root filesystem comes over virtio-fs, and the host
 //! drives the agent over hybrid vsock. cgroup v2 is real here: limits are enforced.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use moat_agent_protocol::agent::CreateSandboxRequest;
+use moat_agent_protocol::agent::{CopyFileRequest, CreateSandboxRequest};
 use moat_agent_protocol::stdio::Channels;
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use moat_tests::container_suite::{self, Suite};
 use moat_tests::containers::{self, WAIT};
 use moat_tests::microvm::{AgentVm, BootSpec, GuestImage};
 use moat_tests::oci;
@@ -38,7 +39,15 @@ fn containers_in_a_real_guest() {
                         vm.console_text()
                     )
                 });
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flows(&client)));
+        let console = || format!("--- guest console ---\n{}", vm.console_text());
+        let suite = Suite {
+            client: &client,
+            rootfs: format!("{SHARE_IN_GUEST}/rootfs").into(),
+            host_rootfs: share.join("rootfs"),
+            real_guest: true,
+            context: &console,
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flows(&suite)));
         if let Err(p) = result {
             eprintln!("--- guest console ---\n{}", vm.console_text());
             std::panic::resume_unwind(p);
@@ -60,13 +69,17 @@ fn rootfs_spec(args: &[&str]) -> serde_json::Value {
     s
 }
 
-fn flows(c: &AgentClient) {
+fn flows(suite: &Suite) {
+    let c = suite.client;
     let mut sb = CreateSandboxRequest::new();
     sb.sandbox_id = "pod1".into();
     sb.hostname = "pod1-host".into();
     sb.dns_servers = vec!["10.0.0.10".into()];
     sb.sandbox_pidns = true;
     c.create_sandbox(&sb).unwrap();
+
+    // The flows of the fast rung, now in a real guest.
+    container_suite::all(suite);
 
     // Output, exit code, a 1 MiB stdin round trip.
     let o = containers::run(
@@ -207,6 +220,40 @@ fn flows(c: &AgentClient) {
         o.out()
     );
     c.remove_container("shared", None).unwrap();
+
+    // Guest clock and files from the host: CopyFile + a bind mount of it in the spec.
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    c.set_guest_date_time(t).unwrap();
+    let mut f = CopyFileRequest::new();
+    f.path = "/run/moat/files/etc/motd".into();
+    f.data = b"hello motd\n".to_vec();
+    c.copy_file(&f).unwrap();
+    let mut s = rootfs_spec(&["sh", "-c", "date -u +%Y; cat /etc/motd"]);
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/etc/motd", "type": "bind",
+        "source": "/run/moat/files/etc/motd", "options": ["rbind", "ro"]}));
+    let o = containers::run(c, "clock", &s, None).unwrap();
+    assert_eq!(o.out(), "2030\nhello motd\n", "{}", o.err());
+    c.set_guest_date_time(SystemTime::now()).unwrap();
+
+    // Nothing left of removed or refused containers: only busy's cgroup and the lister's.
+    let s = oci::default_spec(
+        std::path::Path::new(&format!("{SHARE_IN_GUEST}/rootfs")),
+        &[
+            "sh",
+            "-c",
+            "find /sys/fs/cgroup/moat -mindepth 1 -maxdepth 1 -type d | sort",
+        ],
+    );
+    let o = containers::run(c, "lister", &s, None).unwrap();
+    assert_eq!(
+        o.out(),
+        "/sys/fs/cgroup/moat/busy\n/sys/fs/cgroup/moat/lister\n",
+        "{}",
+        o.err()
+    );
 
     c.signal_process("busy", "", 9, true).unwrap();
     assert_eq!(c.wait_process("busy", "", Some(WAIT)).unwrap().status, 137);
