@@ -55,7 +55,7 @@ pub fn output_exit_codes_and_signals(s: &Suite) {
     assert!(!o.signaled);
 
     // A signal death: 128 + signal, for init (SIGKILL) and for an exec (SIGTERM).
-    let c = &s.client;
+    let c = s.client;
     c.create_container(
         "c2",
         &s.spec(&["sleep", "1000"]).to_string(),
@@ -96,7 +96,7 @@ pub fn stdio_is_byte_exact_for_10_mib_with_stdin_eof(s: &Suite) {
     let data: Vec<u8> = (0..10u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let o = containers::run(&s.client, "cat", &s.spec(&["cat"]), Some(data.clone())).unwrap();
+    let o = containers::run(s.client, "cat", &s.spec(&["cat"]), Some(data.clone())).unwrap();
     assert_eq!(o.status, 0, "{}", o.err());
     assert_eq!(o.stdout.len(), data.len());
     assert!(o.stdout == data, "stdout differs from stdin");
@@ -113,7 +113,7 @@ pub fn stdio_is_byte_exact_for_10_mib_with_stdin_eof(s: &Suite) {
 
 /// exec joins the container namespaces.
 pub fn exec_joins_the_container_namespaces(s: &Suite) {
-    let c = &s.client;
+    let c = s.client;
     c.create_container(
         "box",
         &s.spec(&["sleep", "1000"]).to_string(),
@@ -145,7 +145,7 @@ pub fn exec_joins_the_container_namespaces(s: &Suite) {
 
 /// tty with resize.
 pub fn tty_with_resize(s: &Suite) {
-    let c = &s.client;
+    let c = s.client;
     let mut spec = s.spec(&["sh", "-c", "stty size; read x; echo got:$x"]);
     spec["process"]["terminal"] = json!(true);
     let ch = Channels {
@@ -232,7 +232,7 @@ pub fn seccomp_capabilities_readonly_and_masked_paths(s: &Suite) {
 
 /// bad specs get clear errors and leave nothing.
 pub fn bad_specs_get_clear_errors_and_leave_nothing(s: &Suite) {
-    let c = &s.client;
+    let c = s.client;
     let bad = |id: &str, spec: Value, want: &str| {
         let e = c
             .create_container(id, &spec.to_string(), Channels::default(), false)
