@@ -20,6 +20,7 @@ mod service;
 mod signals;
 mod stats;
 mod stdio;
+mod switch_root;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -66,6 +67,7 @@ struct EarlyBoot {
     console: Option<std::io::Result<Vec<i32>>>,
     boot_timer: Option<std::io::Result<()>>,
     notes: Vec<String>,
+    switched_root: bool,
 }
 
 fn main() {
@@ -92,6 +94,14 @@ fn main() {
         }
     }));
 
+    if pid1 && switch_root::on_initramfs() {
+        // Returns only if the switch failed; then containers are chroot'ed, not pivoted.
+        let e = switch_root::switch_to_tmpfs();
+        early.notes.push(format!(
+            "staying on the initramfs (containers will be chroot'ed): {e}"
+        ));
+    }
+    early.switched_root = pid1 && std::env::var_os("MOAT_SWITCHED_ROOT").is_some();
     if pid1 {
         early.mounts = pid1::mount_all();
         early.console = Some(pid1::ensure_console_fds());
@@ -179,6 +189,9 @@ fn report_early(early: &EarlyBoot) -> bool {
     let mut ok = true;
     for note in &early.notes {
         warn!("{note}");
+    }
+    if early.switched_root {
+        info!("left the initramfs for a tmpfs root (containers get pivot_root)");
     }
     for (spec, outcome) in &early.mounts {
         match outcome {

@@ -50,8 +50,20 @@ fn containers_in_a_real_guest() {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flows(&suite)));
         if let Err(p) = result {
             eprintln!("--- guest console ---\n{}", vm.console_text());
+            eprintln!(
+                "--- moat-vmm {:?}: {}",
+                vm.child.try_wait(),
+                std::fs::read_to_string(dir.join("vmm.stderr")).unwrap_or_default()
+            );
             std::panic::resume_unwind(p);
         }
+        // PID 1 left the initramfs, so containers were pivot_root'ed, not chroot'ed.
+        assert!(
+            vm.console_text()
+                .contains("left the initramfs for a tmpfs root"),
+            "{}",
+            vm.console_text()
+        );
         assert_eq!(vm.stop(), Some(128 + libc::SIGTERM));
         let _ = std::fs::remove_dir_all(&dir);
     });
