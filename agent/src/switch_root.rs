@@ -20,8 +20,6 @@ use nix::mount::{mount, MsFlags};
 const NEW_ROOT: &str = "/.moat-root";
 /// The agent binary on the initramfs (the kernel runs `/init`).
 const INIT: &str = "/init";
-/// `statfs` magic of ramfs, the initramfs filesystem when it is not tmpfs.
-const RAMFS_MAGIC: i64 = 0x858458f6;
 
 /// Set in the environment of the re-executed agent: the switch is done.
 const SWITCHED_ENV: &str = "MOAT_SWITCHED_ROOT";
@@ -32,9 +30,9 @@ pub fn on_initramfs() -> bool {
     let Ok(st) = nix::sys::statfs::statfs("/") else {
         return false;
     };
-    let magic = st.filesystem_type().0 as i64;
+    let fs = st.filesystem_type();
     std::env::var_os(SWITCHED_ENV).is_none()
-        && (magic == RAMFS_MAGIC || magic == nix::sys::statfs::TMPFS_MAGIC.0 as i64)
+        && (fs == nix::sys::statfs::RAMFS_MAGIC || fs == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 fn ctx(what: &str) -> impl FnOnce(nix::Error) -> io::Error + '_ {
