@@ -21,6 +21,9 @@ const NEW_ROOT: &str = "/.moat-root";
 /// The agent binary on the initramfs (the kernel runs `/init`).
 const INIT: &str = "/init";
 
+/// `statfs` magic of ramfs, the initramfs filesystem when it is not tmpfs.
+const RAMFS_MAGIC: libc::__fsword_t = 0x8584_58f6;
+
 /// Set in the environment of the re-executed agent: the switch is done.
 const SWITCHED_ENV: &str = "MOAT_SWITCHED_ROOT";
 
@@ -32,7 +35,7 @@ pub fn on_initramfs() -> bool {
     };
     let fs = st.filesystem_type();
     std::env::var_os(SWITCHED_ENV).is_none()
-        && (fs == nix::sys::statfs::RAMFS_MAGIC || fs == nix::sys::statfs::TMPFS_MAGIC)
+        && (fs == nix::sys::statfs::FsType(RAMFS_MAGIC) || fs == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 fn ctx(what: &str) -> impl FnOnce(nix::Error) -> io::Error + '_ {
