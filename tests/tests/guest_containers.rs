@@ -257,6 +257,18 @@ fn flows(suite: &Suite) {
     );
     c.remove_container("shared", None).unwrap();
 
+    // The guest's wall clock is the host's from boot (kvm-clock's wall clock), before any
+    // SetGuestDateTime.
+    let host_now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let o = containers::run(c, "clock0", &rootfs_spec(&["date", "+%s"]), None).unwrap();
+    let guest_now: u64 = o.out().trim().parse().unwrap_or(0);
+    assert!(
+        guest_now.abs_diff(host_now) < 120,
+        "guest clock {guest_now} vs host {host_now}"
+    );
     // Guest clock and files from the host: CopyFile + a bind mount of it in the spec.
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
     c.set_guest_date_time(t).unwrap();
