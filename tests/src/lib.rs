@@ -114,6 +114,61 @@ pub fn on_kvm_with(test_name: &str, host: TestHostBuilder, body: impl FnOnce()) 
         body();
         return;
     }
+    let out = run_in_test_host(test_name, host).unwrap_or_else(|e| {
+        panic!("on_kvm({test_name}): running the test in the moat test host failed:\n{e}")
+    });
+    check_test_host_output(test_name, &out);
+}
+
+/// Exit status of a test body inside the test host whose *guest* crashed (see
+/// [`on_kvm_retrying`]).
+pub const GUEST_CRASH_STATUS: i32 = 75;
+
+/// [`on_kvm`] for tests whose guest may crash for reasons outside the test (the nested TCG
+/// test host's L2 triple faults; at times the whole L1 dies with them): `body` returns
+/// `Err(why)` when the guest crashed, and is run again — in a fresh test host — up to
+/// `attempts` times. Every crash is printed loudly; any other failure fails at once.
+pub fn on_kvm_retrying(test_name: &str, attempts: usize, body: impl Fn() -> Result<(), String>) {
+    let crash = |attempt: usize, why: &str| {
+        eprintln!("\n!!! GUEST CRASH in {test_name} (attempt {attempt}/{attempts}): {why}\n");
+        if attempt == attempts {
+            panic!("{test_name}: the guest crashed in all {attempts} attempts; last: {why}");
+        }
+    };
+    for attempt in 1..=attempts {
+        if !needs_test_host() {
+            match body() {
+                Ok(()) => return,
+                Err(why) if in_test_host() => {
+                    eprintln!("\n!!! GUEST CRASH: {why}\n");
+                    std::process::exit(GUEST_CRASH_STATUS);
+                }
+                Err(why) => crash(attempt, &why),
+            }
+            continue;
+        }
+        match run_in_test_host(test_name, TestHost::builder()) {
+            Ok(out) if out.status == GUEST_CRASH_STATUS => {
+                print!("{}", out.stdout_str());
+                eprint!("{}", out.stderr_str());
+                crash(attempt, "the guest crashed (see above)");
+            }
+            Ok(out) => return check_test_host_output(test_name, &out),
+            Err(e @ testhost::TestHostError::NoStatus { .. }) => {
+                crash(attempt, &format!("the test host itself died: {e}"))
+            }
+            Err(e) => {
+                panic!("on_kvm({test_name}): running the test in the moat test host failed:\n{e}")
+            }
+        }
+    }
+}
+
+/// Runs this test binary's `test_name` inside a test host built from `host`.
+fn run_in_test_host(
+    test_name: &str,
+    host: TestHostBuilder,
+) -> Result<testhost::RunOutput, testhost::TestHostError> {
     let exe = std::env::current_exe().expect("on_kvm: cannot find the current test binary");
     let mut host = inherit_env(host);
     if !host.has_timeout() {
@@ -139,9 +194,11 @@ pub fn on_kvm_with(test_name: &str, host: TestHostBuilder, body: impl FnOnce()) 
         script.push(b' ');
     }
     let script = String::from_utf8(script).expect("on_kvm: test binary path is not UTF-8");
-    let out = host.run(&script).unwrap_or_else(|e| {
-        panic!("on_kvm({test_name}): running the test in the moat test host failed:\n{e}")
-    });
+    host.run(&script)
+}
+
+/// Echoes a test-host run and panics unless it ran exactly one test that passed.
+fn check_test_host_output(test_name: &str, out: &testhost::RunOutput) {
     print!("{}", out.stdout_str());
     eprint!("{}", out.stderr_str());
     if out.status != 0 {

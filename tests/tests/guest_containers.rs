@@ -16,26 +16,17 @@ use serde_json::json;
 /// Where the agent mounts the share `moatfs` in the guest.
 const SHARE_IN_GUEST: &str = "/run/moat/shares/moatfs";
 
-/// How many fresh VMs the test may use when the *guest* crashes (triple fault, moat-vmm exit
-/// status 4): under the nested TCG test host, L2 guests running this container-heavy flow
-/// triple-fault now and then (about one run in four here; never a failure of the flow
-/// itself). Every crash is reported loudly; any other failure ends the test at once.
+/// How many fresh VMs (and test hosts) the test may use when the *guest* crashes (triple
+/// fault, moat-vmm exit status 4), or the test host dies with it: under the nested TCG test
+/// host this container-heavy L2 triple-faults now and then (about one run in four here; at
+/// times qemu resets the whole L1 instead). Every crash is reported loudly; any other
+/// failure ends the test at once.
 const ATTEMPTS: usize = 3;
 
 #[test]
 fn containers_in_a_real_guest() {
     let image = GuestImage::agent_image().unwrap_or_else(|e| panic!("agent image: {e}"));
-    moat_tests::on_kvm("containers_in_a_real_guest", || {
-        for attempt in 1..=ATTEMPTS {
-            match one_vm(&image) {
-                Ok(()) => return,
-                Err(crash) if attempt < ATTEMPTS => eprintln!(
-                    "\n!!! GUEST CRASH (attempt {attempt}/{ATTEMPTS}), retrying with a fresh VM: {crash}\n"
-                ),
-                Err(crash) => panic!("the guest crashed in all {ATTEMPTS} attempts; last: {crash}"),
-            }
-        }
-    });
+    moat_tests::on_kvm_retrying("containers_in_a_real_guest", ATTEMPTS, || one_vm(&image));
 }
 
 /// Boots one VM and runs every flow. `Err` only when the guest crashed (moat-vmm status 4);
