@@ -158,7 +158,8 @@ mod tests {
 
     #[test]
     fn files_land_under_the_root_and_escapes_are_refused() {
-        let base = std::env::temp_dir().join(format!("moat-files-{}", std::process::id()));
+        let tmp = crate::test_util::TempDir::new("files");
+        let base = tmp.path();
         let root = base.join("root");
         let outside = base.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
@@ -199,6 +200,5 @@ mod tests {
             copy_file(&root, &req(&p, &big)),
             Err(FileError::TooLarge(_))
         ));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

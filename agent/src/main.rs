@@ -21,6 +21,8 @@ mod signals;
 mod stats;
 mod stdio;
 mod switch_root;
+#[cfg(test)]
+mod test_util;
 
 use anyhow::{bail, Context};
 use clap::Parser;

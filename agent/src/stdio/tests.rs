@@ -307,8 +307,8 @@ fn tty_output_survives_the_process() {
 
 #[test]
 fn serve_on_a_real_unix_listener() {
-    let dir = std::env::temp_dir().join(format!("moat-stdio-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = crate::test_util::TempDir::new("stdio");
+    let dir = tmp.path();
     let path = wire::stdio_socket_path(&dir.join("agent.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
@@ -343,5 +343,4 @@ fn serve_on_a_real_unix_listener() {
     assert_eq!(read_all(output), b"HELLO STDIO");
     process.join().unwrap();
     assert!(refusal(connect(Channel::Stdout)).contains("already attached"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
