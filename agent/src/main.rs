@@ -55,7 +55,7 @@ struct Cli {
     #[arg(long)]
     no_guest_init: bool,
     /// Where the agent keeps its files (sandbox DNS files, CopyFile's tree).
-    #[arg(long, default_value = "/run/moat")]
+    #[arg(long, default_value = container::sandbox::DEFAULT_STATE_DIR)]
     state_dir: std::path::PathBuf,
 }
 
@@ -103,7 +103,7 @@ fn main() {
             "staying on the initramfs (containers will be chroot'ed): {e}"
         ));
     }
-    early.switched_root = pid1 && std::env::var_os("MOAT_SWITCHED_ROOT").is_some();
+    early.switched_root = pid1 && switch_root::switched();
     if pid1 {
         early.mounts = pid1::mount_all();
         early.console = Some(pid1::ensure_console_fds());
@@ -124,7 +124,7 @@ fn main() {
                 stdio_listen: None,
                 log_level: None,
                 no_guest_init: false,
-                state_dir: container::sandbox::default_state_dir(),
+                state_dir: container::sandbox::DEFAULT_STATE_DIR.into(),
             }
         }
         Err(e) => e.exit(),

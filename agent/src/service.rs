@@ -12,6 +12,7 @@ use moat_agent_protocol::health::{
     create_health, CheckRequest, CheckResponse, Health, ServingStatus, VersionRequest,
     VersionResponse,
 };
+use moat_agent_protocol::protobuf;
 use moat_agent_protocol::ttrpc::{self, Code, TtrpcContext};
 use moat_agent_protocol::PROTOCOL_VERSION;
 
@@ -90,8 +91,6 @@ fn channels(c: &protobuf::MessageField<StdioChannels>) -> Channels {
 fn empty(method: &str, r: Result<(), RuntimeError>) -> ttrpc::Result<Empty> {
     r.map(|()| Empty::new()).map_err(|e| rpc_error(method, e))
 }
-
-use moat_agent_protocol::protobuf;
 
 impl Health for Services {
     fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<CheckResponse> {

@@ -27,6 +27,11 @@ const RAMFS_MAGIC: libc::__fsword_t = 0x8584_58f6;
 /// Set in the environment of the re-executed agent: the switch is done.
 const SWITCHED_ENV: &str = "MOAT_SWITCHED_ROOT";
 
+/// Whether this is the agent re-executed on the new root.
+pub fn switched() -> bool {
+    std::env::var_os(SWITCHED_ENV).is_some()
+}
+
 /// Whether PID 1 still runs on the initramfs (ramfs or tmpfs root, not yet switched; with
 /// no `/proc` yet, the re-executed agent knows by [`SWITCHED_ENV`]).
 pub fn on_initramfs() -> bool {
@@ -34,7 +39,7 @@ pub fn on_initramfs() -> bool {
         return false;
     };
     let fs = st.filesystem_type();
-    std::env::var_os(SWITCHED_ENV).is_none()
+    !switched()
         && (fs == nix::sys::statfs::FsType(RAMFS_MAGIC) || fs == nix::sys::statfs::TMPFS_MAGIC)
 }
 

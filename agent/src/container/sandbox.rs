@@ -6,7 +6,7 @@
 //! the pod shares one PID namespace, starts its holder: PID 1 of that namespace, which reaps
 //! the pod's orphans and which containers created with `sandbox_pidns` join.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -148,13 +148,8 @@ impl Runtime {
     }
 
     fn start_pid_holder(&self) -> Result<u32, RuntimeError> {
-        let null = |w: bool| {
-            std::fs::OpenOptions::new()
-                .read(!w)
-                .write(w)
-                .open("/dev/null")
-                .map(Into::into)
-                .map_err(|e| RuntimeError::Internal(format!("opening /dev/null: {e}")))
+        let null = |write| {
+            crate::stdio::dev_null(write).map_err(|e| RuntimeError::Internal(e.to_string()))
         };
         let fds = ChildFds {
             stdin: null(false)?,
@@ -218,10 +213,8 @@ impl Runtime {
     }
 }
 
-/// Where the agent keeps its files: `/run/moat` in the guest.
-pub fn default_state_dir() -> PathBuf {
-    PathBuf::from("/run/moat")
-}
+/// Where the agent keeps its files in the guest (`--state-dir`).
+pub const DEFAULT_STATE_DIR: &str = "/run/moat";
 
 #[cfg(test)]
 mod tests {

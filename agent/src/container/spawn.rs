@@ -175,7 +175,8 @@ fn drive_setup(
     }
 }
 
-/// Writes `/proc/PID/{uid_map,setgroups,gid_map}` for a process that created a user namespace.
+/// Writes `/proc/PID/{uid_map,gid_map}` for a process that created a user namespace (the
+/// agent has CAP_SETGID, so `setgroups` stays allowed).
 pub fn write_id_maps(pid: u32, maps: &IdMaps) -> Result<(), SpawnError> {
     let text = |m: &[LinuxIdMapping]| {
         m.iter()

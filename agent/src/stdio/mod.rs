@@ -387,7 +387,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
 }
 
 /// `/dev/null`, for reading or writing (close-on-exec, as std opens every file).
-fn dev_null(write: bool) -> Result<OwnedFd, StdioError> {
+pub(crate) fn dev_null(write: bool) -> Result<OwnedFd, StdioError> {
     OpenOptions::new()
         .read(!write)
         .write(write)
