@@ -7,14 +7,13 @@
 //!
 //! - It is the **only** place in the agent that calls `wait*`. Nothing else may call
 //!   `std::process::Child::wait`/`try_wait` (they would race with the reaper and lose).
-//! - Whoever starts a process whose status it wants spawns it inside [`Reaper::spawn_watched`]
-//!   (the spawn and the registration of its pid happen under the reaper's lock), or calls
-//!   [`Reaper::watch`] as soon as it learns the pid (a container process is a grandchild: its
-//!   pid arrives over the sync socket). The statuses of the last [`RECENT_ORPHANS`] unwatched
+//! - Whoever starts a process whose status it wants calls [`Reaper::watch`] as soon as it
+//!   learns the pid (a container process is a grandchild: its pid arrives over the sync
+//!   socket). The statuses of the last [`RECENT_ORPHANS`] unwatched
 //!   processes are kept, so a process that died before `watch` still has its status.
 //! - The main thread calls [`Reaper::reap_all`] on every `SIGCHLD` (and once a second, in case
 //!   a signal was coalesced). Statuses of watched pids go into a `pid → status` map until
-//!   [`Reaper::forget`] or [`Reaper::try_take`] takes them out ([`Reaper::wait`] only reads
+//!   [`Reaper::forget`] takes them out ([`Reaper::wait`] only reads
 //!   them, so every waiter of a process gets its status); statuses of unwatched pids (orphans)
 //!   are logged at debug level and only the most recent few kept, so the maps stay bounded by
 //!   the number of watched processes.
@@ -71,19 +70,6 @@ impl Reaper {
         // A panic while holding this lock aborts the agent (panic = abort as PID 1); in tests
         // the state is still consistent, so poisoning is ignored.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `spawn` (which starts a process and returns its pid with a value for the caller)
-    /// and registers the pid as watched, both under the reaper's lock.
-    #[cfg(test)]
-    pub fn spawn_watched<T, E>(
-        &self,
-        spawn: impl FnOnce() -> Result<(T, u32), E>,
-    ) -> Result<(T, u32), E> {
-        let mut state = self.lock();
-        let (value, pid) = spawn()?;
-        state.watched.insert(pid as i32);
-        Ok((value, pid))
     }
 
     /// Watches `pid`, a process that may already have exited (then its recent status is used).
@@ -158,12 +144,6 @@ impl Reaper {
         }
     }
 
-    /// Takes the exit status of watched `pid` if it has exited.
-    #[cfg(test)]
-    pub fn try_take(&self, pid: u32) -> Option<ExitStatus> {
-        self.lock().exited.remove(&(pid as i32))
-    }
-
     /// Waits up to `timeout` (forever with `None`) for watched `pid` to exit and returns its
     /// status (kept for other waiters until [`Reaper::forget`]). `None` on timeout, or at once
     /// if `pid` is neither watched nor exited.
@@ -201,25 +181,32 @@ mod tests {
     use std::process::Command;
     use std::sync::Arc;
 
-    // The only test of this binary that spawns children: `reap_all` collects every child of
-    // the test process.
+    /// Set in the child process that runs the test alone.
+    const ALONE_ENV: &str = "MOAT_REAPER_TEST_CHILD";
+
+    // `reap_all` collects every child of the test process, which would steal the statuses of
+    // other tests' children: the test runs alone in a child process.
     #[test]
     fn watched_statuses_reach_waiters_and_orphans_are_dropped() {
+        if std::env::var_os(ALONE_ENV).is_none() {
+            let name = "reaper::tests::watched_statuses_reach_waiters_and_orphans_are_dropped";
+            let status = crate::test_util::rerun_test(name, &[], (ALONE_ENV, "1".as_ref()));
+            assert!(status.success(), "{name} alone: {status}");
+            return;
+        }
         let reaper = Arc::new(Reaper::new());
-        let (_, pid) = reaper
-            .spawn_watched(|| {
-                let c = Command::new("sh").args(["-c", "exit 7"]).spawn()?;
-                let id = c.id();
-                Ok::<_, std::io::Error>((c, id))
-            })
-            .unwrap();
-        let (_, killed) = reaper
-            .spawn_watched(|| {
-                let c = Command::new("sh").args(["-c", "kill -9 $$"]).spawn()?;
-                let id = c.id();
-                Ok::<_, std::io::Error>((c, id))
-            })
-            .unwrap();
+        let spawn_watched = |script: &str| {
+            // The reaper, not a `Child::wait`, collects it.
+            let pid = Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap()
+                .id();
+            reaper.watch(pid);
+            pid
+        };
+        let pid = spawn_watched("exit 7");
+        let killed = spawn_watched("kill -9 $$");
         let orphan = Command::new("true").spawn().unwrap().id();
 
         let r = reaper.clone();
@@ -247,8 +234,8 @@ mod tests {
             reaper.wait(pid, Some(Duration::ZERO)),
             Some(ExitStatus::Exited(7))
         );
-        assert_eq!(reaper.try_take(pid), Some(ExitStatus::Exited(7)));
-        assert_eq!(reaper.try_take(pid), None);
+        reaper.forget(pid);
+        assert_eq!(reaper.wait(pid, Some(Duration::ZERO)), None);
         reaper.forget(killed);
         assert_eq!(reaper.wait(orphan, None), None);
         // An orphan's status is kept for a late watcher.
@@ -264,7 +251,11 @@ mod tests {
         }
         reaper.watch(orphan);
         assert!(reaper.has_exited(orphan));
-        assert_eq!(reaper.try_take(orphan), Some(ExitStatus::Exited(0)));
+        assert_eq!(
+            reaper.wait(orphan, Some(Duration::ZERO)),
+            Some(ExitStatus::Exited(0))
+        );
+        reaper.forget(orphan);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         pump.join().unwrap();
         assert!(reaper.lock().exited.is_empty());

@@ -47,22 +47,24 @@ fn run_in_namespaces(test: &str, user_ns: bool) {
     let tmp = TempDir::new("ns");
     prepare(&tmp.0);
     let module = module_path!().split_once("::").map_or("", |(_, m)| m);
-    let exe = std::env::current_exe().expect("current_exe");
-    let user: &[&str] = if user_ns {
-        &["--user", "--map-root-user"]
-    } else {
-        &[]
-    };
-    let status = Command::new("unshare")
-        .args(user)
-        .args(["--mount", "--pid", "--fork"])
-        .args(["--net", "--ipc", "--mount-proc", "--"])
-        .arg(exe)
-        .args([&format!("{module}::{test}"), "--exact", "--nocapture"])
-        .args(["--test-threads=1"])
-        .env(CHILD_ENV, &tmp.0)
-        .status()
-        .expect("running unshare");
+    let mut wrapper = vec!["unshare"];
+    if user_ns {
+        wrapper.extend(["--user", "--map-root-user"]);
+    }
+    wrapper.extend([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--net",
+        "--ipc",
+        "--mount-proc",
+        "--",
+    ]);
+    let status = crate::test_util::rerun_test(
+        &format!("{module}::{test}"),
+        &wrapper,
+        (CHILD_ENV, tmp.0.as_os_str()),
+    );
     assert!(
         !Path::new("/").join(ESCAPE_PROBE).exists(),
         "a mount escaped the rootfs"
@@ -541,10 +543,10 @@ fn rootfs_as_real_root() {
     match child_dir() {
         Some(dir) => child_real_root(&dir),
         None => {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("!!!!!!!! rootfs_as_real_root needs root: skipped !!!!!!!!");
-                return;
-            }
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "rootfs_as_real_root needs root (the README's commands run as root)"
+            );
             run_in_namespaces("rootfs_as_real_root", false)
         }
     }
