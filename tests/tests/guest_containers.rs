@@ -83,11 +83,9 @@ fn one_vm(image: &GuestImage) -> Result<(), String> {
     Ok(())
 }
 
-fn rootfs_spec(args: &[&str]) -> serde_json::Value {
-    let mut s = oci::default_spec(
-        std::path::Path::new(&format!("{SHARE_IN_GUEST}/rootfs")),
-        args,
-    );
+/// The suite's default spec with a cgroup namespace (the container sees its own cgroup).
+fn rootfs_spec(suite: &Suite, args: &[&str]) -> serde_json::Value {
+    let mut s = suite.spec(args);
     s["linux"]["namespaces"]
         .as_array_mut()
         .unwrap()
@@ -111,7 +109,7 @@ fn flows(suite: &Suite) {
     let o = containers::run(
         c,
         "hello",
-        &rootfs_spec(&["sh", "-c", "echo hello from a microVM; exit 5"]),
+        &rootfs_spec(suite, &["sh", "-c", "echo hello from a microVM; exit 5"]),
         None,
     )
     .unwrap();
@@ -122,7 +120,7 @@ fn flows(suite: &Suite) {
         o.err()
     );
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
-    let o = containers::run(c, "cat", &rootfs_spec(&["cat"]), Some(data.clone())).unwrap();
+    let o = containers::run(c, "cat", &rootfs_spec(suite, &["cat"]), Some(data.clone())).unwrap();
     assert!(
         o.stdout == data,
         "stdin echo differs ({} bytes back)",
@@ -131,11 +129,14 @@ fn flows(suite: &Suite) {
 
     // Memory limit: a hog is OOM-killed and the OOM event names the container.
     // One 64 MiB read buffer: the charge fails at once, no realloc storm.
-    let mut s = rootfs_spec(&[
-        "sh",
-        "-c",
-        "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
-    ]);
+    let mut s = rootfs_spec(
+        suite,
+        &[
+            "sh",
+            "-c",
+            "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+        ],
+    );
     s["linux"]["resources"] = json!({"memory": {"limit": 33554432}});
     let o = containers::run(c, "hog", &s, None).unwrap();
     assert_eq!(
@@ -151,11 +152,14 @@ fn flows(suite: &Suite) {
     );
 
     // pids limit stops a fork bomb.
-    let mut s = rootfs_spec(&[
-        "sh",
-        "-c",
-        "for i in $(seq 1 64); do sleep 30 & done; sleep 1; ps | wc -l",
-    ]);
+    let mut s = rootfs_spec(
+        suite,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 64); do sleep 30 & done; sleep 1; ps | wc -l",
+        ],
+    );
     s["linux"]["resources"] = json!({"pids": {"limit": 16}});
     let o = containers::run(c, "forks", &s, None).unwrap();
     assert!(
@@ -166,7 +170,7 @@ fn flows(suite: &Suite) {
     );
 
     // A busy container: stats move, pause freezes them, resume thaws; update is observed.
-    let mut s = rootfs_spec(&["sh", "-c", "while :; do :; done"]);
+    let mut s = rootfs_spec(suite, &["sh", "-c", "while :; do :; done"]);
     s["linux"]["resources"] =
         json!({"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}});
     c.create_container("busy", &s.to_string(), Channels::default(), false)
@@ -201,11 +205,14 @@ fn flows(suite: &Suite) {
     assert_eq!(o.out(), "134217728\n", "{}", o.err());
 
     // The pod-wide PID namespace: a container joining it sees the holder as PID 1.
-    let s = rootfs_spec(&[
-        "sh",
-        "-c",
-        "hostname; cat /proc/1/cmdline | head -c 32; echo",
-    ]);
+    let s = rootfs_spec(
+        suite,
+        &[
+            "sh",
+            "-c",
+            "hostname; cat /proc/1/cmdline | head -c 32; echo",
+        ],
+    );
     let mut s2 = s.clone();
     s2["linux"]["namespaces"]
         .as_array_mut()
@@ -254,7 +261,7 @@ fn flows(suite: &Suite) {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let o = containers::run(c, "clock0", &rootfs_spec(&["date", "+%s"]), None).unwrap();
+    let o = containers::run(c, "clock0", &rootfs_spec(suite, &["date", "+%s"]), None).unwrap();
     let guest_now: u64 = o.out().trim().parse().unwrap_or(0);
     assert!(
         guest_now.abs_diff(host_now) < 120,
@@ -267,7 +274,7 @@ fn flows(suite: &Suite) {
     f.path = "/run/moat/files/etc/motd".into();
     f.data = b"hello motd\n".to_vec();
     c.copy_file(&f).unwrap();
-    let mut s = rootfs_spec(&["sh", "-c", "date -u +%Y; cat /etc/motd"]);
+    let mut s = rootfs_spec(suite, &["sh", "-c", "date -u +%Y; cat /etc/motd"]);
     s["mounts"]
         .as_array_mut()
         .unwrap()
@@ -278,14 +285,12 @@ fn flows(suite: &Suite) {
     c.set_guest_date_time(SystemTime::now()).unwrap();
 
     // Nothing left of removed or refused containers: only busy's cgroup and the lister's.
-    let s = oci::default_spec(
-        std::path::Path::new(&format!("{SHARE_IN_GUEST}/rootfs")),
-        &[
-            "sh",
-            "-c",
-            "find /sys/fs/cgroup/moat -mindepth 1 -maxdepth 1 -type d | sort",
-        ],
-    );
+    // (No cgroup namespace: it sees the whole hierarchy.)
+    let s = suite.spec(&[
+        "sh",
+        "-c",
+        "find /sys/fs/cgroup/moat -mindepth 1 -maxdepth 1 -type d | sort",
+    ]);
     let o = containers::run(c, "lister", &s, None).unwrap();
     assert_eq!(
         o.out(),
