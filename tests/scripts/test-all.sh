@@ -26,4 +26,4 @@ step "build"
 cargo build --workspace --all-targets --locked
 
 step "tests"
-cargo test --workspace --locked -- --test-threads="${MOAT_TEST_THREADS:-1}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${MOAT_TEST_THREADS:-1}"

@@ -434,7 +434,7 @@ impl TestHost {
             ),
             (
                 "RUST_BACKTRACE".into(),
-                std::env::var_os("RUST_BACKTRACE").unwrap_or_else(|| "1".into()),
+                std::env::var_os("RUST_BACKTRACE").unwrap_or_else(|| "0".into()),
             ),
             ("MOAT_IN_TEST_HOST".into(), "1".into()),
             ("MOAT_TESTHOST_SCRATCH".into(), SCRATCH_IN_L1.into()),

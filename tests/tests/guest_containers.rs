@@ -21,17 +21,46 @@ const SHARE_IN_GUEST: &str = "/run/moat/shares/moatfs";
 /// host this container-heavy L2 triple-faults now and then (about one run in four here; at
 /// times qemu resets the whole L1 instead). Every crash is reported loudly; any other
 /// failure ends the test at once.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 4;
 
+/// How many lines of the guest console a failure shows (the tail; the agent logs every step).
+const CONSOLE_TAIL: usize = 40;
+
+/// The flows of the fast rung (`container_suite::all`), in a real guest.
 #[test]
-fn containers_in_a_real_guest() {
+fn container_suite_in_a_real_guest() {
     let image = GuestImage::agent_image().unwrap_or_else(|e| panic!("agent image: {e}"));
-    moat_tests::on_kvm_retrying("containers_in_a_real_guest", ATTEMPTS, || one_vm(&image));
+    moat_tests::on_kvm_retrying("container_suite_in_a_real_guest", ATTEMPTS, || {
+        one_vm(&image, suite_flows)
+    });
 }
 
-/// Boots one VM and runs every flow. `Err` only when the guest crashed (moat-vmm status 4);
-/// other failures panic.
-fn one_vm(image: &GuestImage) -> Result<(), String> {
+/// What only a real guest shows: enforced cgroup limits, OOM events, stats, pause, the pod
+/// PID namespace, the guest clock, CopyFile, cgroup leftovers.
+#[test]
+fn cgroups_pods_and_files_in_a_real_guest() {
+    let image = GuestImage::agent_image().unwrap_or_else(|e| panic!("agent image: {e}"));
+    moat_tests::on_kvm_retrying("cgroups_pods_and_files_in_a_real_guest", ATTEMPTS, || {
+        one_vm(&image, guest_flows)
+    });
+}
+
+/// The last [`CONSOLE_TAIL`] lines of `text`.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(CONSOLE_TAIL);
+    let mut out = if skip > 0 {
+        format!("[... {skip} earlier lines]\n")
+    } else {
+        String::new()
+    };
+    out.push_str(&lines[skip..].join("\n"));
+    out
+}
+
+/// Boots one VM and runs `flows` in it. `Err` only when the guest crashed (moat-vmm status
+/// 4); other failures panic.
+fn one_vm(image: &GuestImage, flows: fn(&Suite)) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("moat-gc-{}", moat_tests::unique_suffix()));
     let share = dir.join("share");
     oci::busybox_rootfs(&share.join("rootfs"), std::path::Path::new("/bin/busybox"))
@@ -51,7 +80,7 @@ fn one_vm(image: &GuestImage) -> Result<(), String> {
                     vm.console_text()
                 )
             });
-    let console = || format!("--- guest console ---\n{}", vm.console_text());
+    let console = || format!("--- guest console (tail) ---\n{}", tail(&vm.console_text()));
     let suite = Suite {
         client: &client,
         rootfs: format!("{SHARE_IN_GUEST}/rootfs").into(),
@@ -63,7 +92,7 @@ fn one_vm(image: &GuestImage) -> Result<(), String> {
     if let Err(p) = result {
         let vmm_log = std::fs::read_to_string(dir.join("vmm.stderr")).unwrap_or_default();
         let status = vm.child.try_wait().ok().flatten().and_then(|s| s.code());
-        eprintln!("--- guest console ---\n{}", vm.console_text());
+        eprintln!("--- guest console (tail) ---\n{}", tail(&vm.console_text()));
         eprintln!("--- moat-vmm exit {status:?}: {vmm_log}");
         let _ = std::fs::remove_dir_all(&dir);
         if status == Some(4) {
@@ -93,17 +122,25 @@ fn rootfs_spec(suite: &Suite, args: &[&str]) -> serde_json::Value {
     s
 }
 
-fn flows(suite: &Suite) {
-    let c = suite.client;
+/// Creates the pod every flow runs in.
+fn create_pod(suite: &Suite) {
     let mut sb = CreateSandboxRequest::new();
     sb.sandbox_id = "pod1".into();
     sb.hostname = "pod1-host".into();
     sb.dns_servers = vec!["10.0.0.10".into()];
     sb.sandbox_pidns = true;
-    c.create_sandbox(&sb).unwrap();
+    suite.client.create_sandbox(&sb).unwrap();
+}
 
-    // The flows of the fast rung, now in a real guest.
+fn suite_flows(suite: &Suite) {
+    create_pod(suite);
     container_suite::all(suite);
+    suite.client.destroy_sandbox("pod1").unwrap();
+}
+
+fn guest_flows(suite: &Suite) {
+    let c = suite.client;
+    create_pod(suite);
 
     // Output, exit code, a 1 MiB stdin round trip.
     let o = containers::run(
