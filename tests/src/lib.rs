@@ -6,6 +6,7 @@
 //! inside an L1 Linux booted in qemu TCG with nested SVM (see [`testhost`]).
 
 pub mod container_suite;
+pub mod containerd;
 pub mod containers;
 pub mod cpio;
 pub mod guards;
@@ -14,6 +15,7 @@ pub mod kvm_host;
 pub mod microvm;
 pub mod ns_agent;
 pub mod oci;
+pub mod oci_image;
 pub mod testhost;
 pub mod tsc;
 

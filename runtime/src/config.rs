@@ -1,0 +1,317 @@
+//! The shim's TOML configuration: which VMM, kernel and initramfs boot a pod, how big the VM
+//! is, where pod state lives and what is logged.
+//!
+//! Looked up in this order: the `ConfigPath` runtime option containerd passes (CRI
+//! `options.ConfigPath`, `ctr run --runtime-config-path`), `$MOAT_CONFIG`, then
+//! [`DEFAULT_CONFIG_PATH`]; when none of them names an existing file the built-in defaults
+//! apply. Unknown keys and out-of-range values are errors that name the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration file read when no other is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/moat/configuration.toml";
+
+/// The environment variable naming a configuration file.
+pub const CONFIG_ENV: &str = "MOAT_CONFIG";
+
+/// Where pod state (sockets, the virtio-fs share, mounts) lives by default.
+pub const DEFAULT_STATE_DIR: &str = "/run/moat";
+
+/// Errors reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("moat config {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the key).
+    #[error("moat config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the field.
+        message: String,
+    },
+    /// A value is out of range or otherwise unusable.
+    #[error("moat config {path}: field `{field}`: {why}")]
+    Invalid {
+        /// The file (or `<defaults>`).
+        path: PathBuf,
+        /// The dotted field name.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How each pod's microVM is built.
+    pub vm: VmConfig,
+    /// The shim itself.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[vm]`: the microVM of a pod.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// The `moat-vmm` binary; empty: `moat-vmm` beside the shim binary, else on `$PATH`.
+    pub vmm: PathBuf,
+    /// The guest kernel (vmlinux, PVH ELF).
+    pub kernel: PathBuf,
+    /// The guest initramfs holding moat-agent.
+    pub initrd: PathBuf,
+    /// vCPUs of each pod VM.
+    pub vcpus: u32,
+    /// Guest memory of each pod VM, MiB.
+    pub memory_mib: u64,
+    /// Extra kernel command-line parameters.
+    pub kernel_params: String,
+    /// How long to wait for the agent to answer after the VMM starts, seconds.
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vmm: PathBuf::new(),
+            kernel: PathBuf::from("/usr/share/moat/vmlinux"),
+            initrd: PathBuf::from("/usr/share/moat/moat-agent.cpio.gz"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            boot_timeout_secs: 120,
+        }
+    }
+}
+
+/// `[runtime]`: the shim.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Root of per-pod state: `<state_dir>/<namespace>/<pod id>/`.
+    pub state_dir: PathBuf,
+    /// Shim log level: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Forward the guest's console (kernel and agent logs) to containerd's log.
+    pub guest_console: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            log_level: "info".into(),
+            guest_console: true,
+        }
+    }
+}
+
+/// The largest vCPU count accepted.
+pub const MAX_VCPUS: u32 = 64;
+/// The smallest and largest guest memory accepted, MiB.
+pub const MEMORY_MIB_RANGE: (u64, u64) = (64, 1 << 20);
+
+impl Config {
+    /// Parses and checks `text` read from `path` (used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: match e.span() {
+                Some(span) => {
+                    let start = span.start.min(text.len());
+                    let line_no = text[..start].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!("line {line_no} (`{line}`): {}", e.message())
+                }
+                None => e.message().to_string(),
+            },
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The configuration a shim uses: `explicit` (containerd's `ConfigPath` option) if given,
+    /// else `$MOAT_CONFIG`, else [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
+    /// A named file that is missing is an error; only the default path may be absent.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+            return Config::load(p);
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return Config::load(Path::new(&p));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            return Config::load(default);
+        }
+        let cfg = Config::default();
+        cfg.validate(Path::new("<defaults>"))?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and path shapes; names the first bad field.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, why: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            why,
+        };
+        let vm = &self.vm;
+        if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {
+            return Err(bad(
+                "vm.vcpus",
+                format!("{} is not in 1..={MAX_VCPUS}", vm.vcpus),
+            ));
+        }
+        let (lo, hi) = MEMORY_MIB_RANGE;
+        if vm.memory_mib < lo || vm.memory_mib > hi {
+            return Err(bad(
+                "vm.memory_mib",
+                format!("{} is not in {lo}..={hi}", vm.memory_mib),
+            ));
+        }
+        if vm.boot_timeout_secs == 0 || vm.boot_timeout_secs > 3600 {
+            return Err(bad(
+                "vm.boot_timeout_secs",
+                format!("{} is not in 1..=3600", vm.boot_timeout_secs),
+            ));
+        }
+        for (field, p) in [("vm.kernel", &vm.kernel), ("vm.initrd", &vm.initrd)] {
+            if !p.is_absolute() {
+                return Err(bad(
+                    field,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        if !vm.vmm.as_os_str().is_empty() && !vm.vmm.is_absolute() {
+            return Err(bad(
+                "vm.vmm",
+                format!("{} is not an absolute path", vm.vmm.display()),
+            ));
+        }
+        if vm.kernel_params.contains('\n') {
+            return Err(bad("vm.kernel_params", "contains a newline".into()));
+        }
+        if !self.runtime.state_dir.is_absolute() {
+            return Err(bad(
+                "runtime.state_dir",
+                format!(
+                    "{} is not an absolute path",
+                    self.runtime.state_dir.display()
+                ),
+            ));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.runtime.log_level.as_str()) {
+            return Err(bad(
+                "runtime.log_level",
+                format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.runtime.log_level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The VMM binary to run: `vm.vmm`, else `moat-vmm` beside `shim_exe`, else `moat-vmm`
+    /// (looked up on `$PATH` when spawned).
+    pub fn vmm_binary(&self, shim_exe: Option<&Path>) -> PathBuf {
+        if !self.vm.vmm.as_os_str().is_empty() {
+            return self.vm.vmm.clone();
+        }
+        if let Some(beside) = shim_exe
+            .and_then(Path::parent)
+            .map(|d| d.join("moat-vmm"))
+            .filter(|p| p.is_file())
+        {
+            return beside;
+        }
+        PathBuf::from("moat-vmm")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/moat/test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = parse(
+            r#"
+            [vm]
+            vmm = "/opt/moat/moat-vmm"
+            kernel = "/k"
+            initrd = "/i"
+            vcpus = 2
+            memory_mib = 512
+            kernel_params = "quiet"
+            boot_timeout_secs = 30
+            [runtime]
+            state_dir = "/run/moat-test"
+            log_level = "debug"
+            guest_console = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.vm.vcpus, 2);
+        assert_eq!(cfg.vm.memory_mib, 512);
+        assert_eq!(cfg.runtime.state_dir, Path::new("/run/moat-test"));
+        assert!(!cfg.runtime.guest_console);
+        assert_eq!(cfg.vmm_binary(None), Path::new("/opt/moat/moat-vmm"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("[vm]\nvcpus = 0\n").unwrap_err().to_string();
+        assert!(e.contains("vm.vcpus") && e.contains("test.toml"), "{e}");
+        let e = parse("[vm]\nmemory_mib = 1\n").unwrap_err().to_string();
+        assert!(e.contains("vm.memory_mib"), "{e}");
+        let e = parse("[vm]\nkernel = \"rel/k\"\n").unwrap_err().to_string();
+        assert!(e.contains("vm.kernel"), "{e}");
+        let e = parse("[runtime]\nlog_level = \"loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime.log_level"), "{e}");
+        let e = parse("[vm]\ncpus = 2\n").unwrap_err().to_string();
+        assert!(e.contains("cpus"), "{e}");
+        let e = parse("[vm]\nvcpus = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 2 (`vcpus = \"two\"`)"), "{e}");
+        let e = parse("[vm\n").unwrap_err().to_string();
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_named_file_must_exist() {
+        let e = Config::resolve(Some(Path::new("/nonexistent/moat.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/moat.toml"), "{e}");
+    }
+}

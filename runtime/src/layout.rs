@@ -1,0 +1,145 @@
+//! Where a pod's host-side state lives: `<state_dir>/<namespace>/<pod id>/` holds the VMM's
+//! vsock socket and pid file and `share/`, the directory exported to the guest over
+//! virtio-fs; each container's root filesystem and shared mounts are mounted under
+//! `share/<container id>/`. A bundle records its pod in `moat-pod.json` so `delete` can clean
+//! up after a shim that was killed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::vm::GUEST_SHARE_DIR;
+
+/// The marker a container's bundle gets: which pod directory the container lives in.
+pub const BUNDLE_MARKER: &str = "moat-pod.json";
+
+/// A pod's state directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodDir {
+    /// `<state_dir>/<namespace>/<pod id>`.
+    pub root: PathBuf,
+}
+
+impl PodDir {
+    /// The directory of pod `pod_id` in containerd namespace `namespace`.
+    pub fn new(state_dir: &Path, namespace: &str, pod_id: &str) -> PodDir {
+        PodDir {
+            root: state_dir.join(namespace).join(pod_id),
+        }
+    }
+
+    /// The VMM's hybrid vsock socket.
+    pub fn vsock(&self) -> PathBuf {
+        self.root.join("vsock.sock")
+    }
+
+    /// The VMM's pid file.
+    pub fn vmm_pid(&self) -> PathBuf {
+        self.root.join("vmm.pid")
+    }
+
+    /// The directory shared with the guest.
+    pub fn share(&self) -> PathBuf {
+        self.root.join("share")
+    }
+
+    /// Container `id`'s directory in the share (host side).
+    pub fn container(&self, id: &str) -> PathBuf {
+        self.share().join(id)
+    }
+
+    /// Container `id`'s root filesystem mount point (host side).
+    pub fn rootfs(&self, id: &str) -> PathBuf {
+        self.container(id).join("rootfs")
+    }
+}
+
+/// Container `id`'s directory as the guest sees it.
+pub fn guest_container_dir(id: &str) -> PathBuf {
+    Path::new(GUEST_SHARE_DIR).join(id)
+}
+
+/// What a bundle's [`BUNDLE_MARKER`] says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleMarker {
+    /// The pod's directory.
+    pub pod: PodDir,
+    /// The pod (sandbox) id.
+    pub pod_id: String,
+    /// Whether this container is the pod's own (sandbox) container, whose delete ends the VM.
+    pub is_sandbox: bool,
+}
+
+impl BundleMarker {
+    /// Writes the marker into `bundle`.
+    pub fn write(&self, bundle: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(bundle.join(BUNDLE_MARKER), json)
+    }
+
+    /// Reads the marker of `bundle`, if any (a container that never got to `Create`).
+    pub fn read(bundle: &Path) -> Option<BundleMarker> {
+        let bytes = std::fs::read(bundle.join(BUNDLE_MARKER)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Checks that `id` is usable as one path component (containerd ids are
+/// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 76 characters; we only need a safe component).
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {id:?} is not a valid id ([A-Za-z0-9_.-], at most 128)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let d = PodDir::new(Path::new("/run/moat"), "k8s.io", "pod1");
+        assert_eq!(d.root, Path::new("/run/moat/k8s.io/pod1"));
+        assert_eq!(
+            d.rootfs("c1"),
+            Path::new("/run/moat/k8s.io/pod1/share/c1/rootfs")
+        );
+        assert_eq!(
+            guest_container_dir("c1"),
+            Path::new("/run/moat/shares/pod/c1")
+        );
+    }
+
+    #[test]
+    fn ids() {
+        assert!(check_id("id", "abc-1.2_3").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_id("id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn marker_round_trip() {
+        let dir = std::env::temp_dir().join(format!("moat-marker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = BundleMarker {
+            pod: PodDir::new(Path::new("/run/moat"), "default", "p"),
+            pod_id: "p".into(),
+            is_sandbox: true,
+        };
+        m.write(&dir).unwrap();
+        assert_eq!(BundleMarker::read(&dir), Some(m));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,34 @@
+//! `containerd-shim-moat-v2`: containerd's shim v2 for runtime `io.containerd.moat.v2`. Each
+//! pod runs in its own moat microVM (moat-vmm + moat-agent); see `runtime/README.md`.
+
+mod config;
+mod events;
+mod io;
+mod layout;
+mod metrics;
+mod mounts;
+mod options;
+mod pod;
+mod process;
+mod service;
+mod shim;
+mod spec;
+mod vm;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| a == "-v" || a == "--version" || a == "-version")
+    {
+        println!(
+            "{}:\n  Version: {}\n  Runtime: {}\n  Agent protocol: {}",
+            std::env::args().next().unwrap_or_default(),
+            env!("CARGO_PKG_VERSION"),
+            shim::RUNTIME_ID,
+            moat_agent_protocol::PROTOCOL_VERSION
+        );
+        return;
+    }
+    containerd_shim::run::<shim::Shim>(shim::RUNTIME_ID, Some(shim::shim_config()));
+}

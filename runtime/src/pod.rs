@@ -1,0 +1,204 @@
+//! A pod on the host: its state directory, its VM, the host mounts of its containers, and the
+//! teardown that leaves nothing behind — also when the shim itself was killed and containerd
+//! runs `containerd-shim-moat-v2 delete` to clean up.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim::protos::types::mount::Mount as ApiMount;
+use moat_agent_protocol::agent::CreateSandboxRequest;
+
+use crate::config::Config;
+use crate::layout::{BundleMarker, PodDir};
+use crate::mounts::{self, MountError};
+use crate::spec::HostBind;
+use crate::vm::{self, Vm, VmError, VmmStatus};
+
+/// How long a VMM gets to exit after SIGTERM before SIGKILL.
+pub const VMM_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Errors setting up a pod or a container's host side.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The pod directory could not be made.
+    #[error("creating pod directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A pod with this id already has a directory (another shim runs it).
+    #[error("pod directory {0} already exists: is another shim running this pod?")]
+    Exists(std::path::PathBuf),
+    /// The VM did not come up.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The agent refused the sandbox.
+    #[error("creating the sandbox in the guest: {0}")]
+    Sandbox(String),
+    /// A host mount failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+}
+
+/// A booted pod.
+pub struct Pod {
+    /// The pod id (CRI sandbox id, or the lone container's id).
+    pub id: String,
+    /// Its state directory.
+    pub dir: PodDir,
+    /// Its VM.
+    pub vm: Arc<Vm>,
+}
+
+impl Pod {
+    /// Makes the pod's directory, boots its VM and creates the agent's sandbox. `on_exit` runs
+    /// when the VMM ends. On failure nothing is left behind.
+    pub fn boot(
+        cfg: &Config,
+        namespace: &str,
+        id: &str,
+        hostname: &str,
+        on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
+    ) -> Result<Pod, PodError> {
+        let dir = PodDir::new(&cfg.runtime.state_dir, namespace, id);
+        if dir.root.exists() {
+            return Err(PodError::Exists(dir.root));
+        }
+        std::fs::create_dir_all(dir.share()).map_err(|source| PodError::Dir {
+            path: dir.share(),
+            source,
+        })?;
+        let booted = Vm::start(cfg, &dir, on_exit)
+            .map_err(PodError::from)
+            .and_then(|vm| {
+                let vm = Arc::new(vm);
+                let c = &vm.client;
+                let mut req = CreateSandboxRequest::new();
+                req.sandbox_id = id.into();
+                req.hostname = hostname.into();
+                req.sandbox_pidns = true;
+                let ready = c
+                    .set_guest_date_time(SystemTime::now())
+                    .and_then(|_| c.create_sandbox(&req));
+                match ready {
+                    Ok(()) => Ok(vm),
+                    Err(e) => {
+                        vm.stop(VMM_STOP_GRACE);
+                        Err(PodError::Sandbox(e.to_string()))
+                    }
+                }
+            });
+        match booted {
+            Ok(vm) => Ok(Pod {
+                id: id.into(),
+                dir,
+                vm,
+            }),
+            Err(e) => {
+                remove_pod_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts container `cid`'s root filesystem and shared host paths into the share and
+    /// records the pod in its bundle. On failure the container's share directory is gone.
+    pub fn setup_container(
+        &self,
+        cid: &str,
+        bundle: &Path,
+        rootfs: &[ApiMount],
+        spec_root: &Path,
+        binds: &[HostBind],
+        is_sandbox: bool,
+    ) -> Result<(), PodError> {
+        let marker = BundleMarker {
+            pod: self.dir.clone(),
+            pod_id: self.id.clone(),
+            is_sandbox,
+        };
+        let result = marker
+            .write(bundle)
+            .map_err(|source| PodError::Dir {
+                path: bundle.to_path_buf(),
+                source,
+            })
+            .and_then(|_| {
+                mounts::mount_rootfs(rootfs, bundle, spec_root, &self.dir.rootfs(cid))?;
+                for b in binds {
+                    let target = self.dir.container(cid).join("mounts").join(&b.share_name);
+                    mounts::bind(&b.source, &target, b.readonly)?;
+                }
+                Ok(())
+            });
+        if result.is_err() {
+            remove_container_dir(&self.dir, cid);
+        }
+        result
+    }
+
+    /// Stops the VM and removes the pod's directory with every mount under it.
+    pub fn teardown(&self) {
+        if self.vm.exited().is_none() {
+            if let Err(e) = self.vm.client.destroy_sandbox(&self.id) {
+                log::debug!("pod {}: destroying the sandbox: {e}", self.id);
+            }
+        }
+        let status = self.vm.stop(VMM_STOP_GRACE);
+        log::info!("pod {}: VM stopped ({})", self.id, vm::describe(status));
+        remove_pod_dir(&self.dir);
+    }
+}
+
+/// Unmounts and removes container `cid`'s share directory.
+pub fn remove_container_dir(dir: &PodDir, cid: &str) {
+    let cdir = dir.container(cid);
+    if let Err(e) = mounts::unmount_under(&cdir) {
+        log::warn!("unmounting {}: {e}", cdir.display());
+    }
+    if let Err(e) = std::fs::remove_dir_all(&cdir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", cdir.display());
+        }
+    }
+}
+
+/// Unmounts everything under the pod directory and removes it (and its namespace directory
+/// when that is left empty).
+pub fn remove_pod_dir(dir: &PodDir) {
+    if let Err(e) = mounts::unmount_under(&dir.root) {
+        log::warn!("unmounting {}: {e}", dir.root.display());
+    }
+    if let Err(e) = std::fs::remove_dir_all(&dir.root) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", dir.root.display());
+        }
+    }
+    if let Some(ns_dir) = dir.root.parent() {
+        let _ = std::fs::remove_dir(ns_dir);
+    }
+}
+
+/// `delete` after a dead shim: unmounts the container's share directory; for the pod's own
+/// container also kills a VMM still running (normally already gone with the shim, by
+/// PDEATHSIG) and removes the pod directory. Returns what it found.
+pub fn cleanup_after_dead_shim(bundle: &Path, cid: &str) -> String {
+    let Some(marker) = BundleMarker::read(bundle) else {
+        return format!("{cid}: no moat pod recorded in {}", bundle.display());
+    };
+    remove_container_dir(&marker.pod, cid);
+    let _ = std::fs::remove_file(bundle.join(crate::layout::BUNDLE_MARKER));
+    if !marker.is_sandbox {
+        return format!("{cid}: container of pod {} cleaned up", marker.pod_id);
+    }
+    let mut what = format!("{cid}: pod {} cleaned up", marker.pod_id);
+    if let Some(pid) = vm::leftover_vmm(&marker.pod) {
+        let gone = vm::kill_foreign(pid, Duration::from_secs(5));
+        what.push_str(&format!("; killed leftover moat-vmm {pid} (gone: {gone})"));
+    }
+    remove_pod_dir(&marker.pod);
+    what
+}

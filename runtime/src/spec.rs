@@ -1,0 +1,315 @@
+//! Turns the OCI spec containerd wrote for a host runtime into the spec the guest agent runs:
+//! the root filesystem at its place in the pod's share, host files the spec binds shared
+//! into the guest, and namespace paths of the host (the CRI pause process's
+//! `/proc/<pid>/ns/*`) replaced by what they mean in a VM.
+//!
+//! In a moat pod the VM is the pod: its network, IPC and UTS namespaces are the pod's, so a
+//! container that joins the pod's (by path) stays in the agent's; one that asks for a new one
+//! gets a new one inside the guest. A pod-shared PID namespace becomes the agent's pod PID
+//! namespace (`sandbox_pidns`).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::layout::guest_container_dir;
+
+/// The largest config.json accepted (containerd's own are a few KiB).
+pub const MAX_SPEC_BYTES: u64 = 4 << 20;
+
+/// Errors translating a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The bundle's config.json could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// config.json is too big.
+    #[error("{path} is {len} bytes, more than the {MAX_SPEC_BYTES} accepted")]
+    TooBig {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+    },
+    /// The spec is not what OCI says.
+    #[error("invalid OCI spec: {0}")]
+    Invalid(String),
+}
+
+/// A host path to bind into the pod's share before the container is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    /// The host file or directory.
+    pub source: PathBuf,
+    /// Its name under the container's share directory (`mounts/<n>`).
+    pub share_name: String,
+    /// Bind it read-only.
+    pub readonly: bool,
+}
+
+/// The result of [`translate`].
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    /// The spec for the agent.
+    pub spec: Value,
+    /// Join the pod's PID namespace.
+    pub sandbox_pidns: bool,
+    /// Host paths to share first.
+    pub binds: Vec<HostBind>,
+    /// What was dropped or changed, for the log.
+    pub notes: Vec<String>,
+}
+
+/// Reads `bundle/config.json` (bounded).
+pub fn read_bundle_spec(bundle: &Path) -> Result<Value, SpecError> {
+    let path = bundle.join("config.json");
+    let read_err = |source| SpecError::Read {
+        path: path.clone(),
+        source,
+    };
+    let len = std::fs::metadata(&path).map_err(read_err)?.len();
+    if len > MAX_SPEC_BYTES {
+        return Err(SpecError::TooBig { path, len });
+    }
+    let bytes = std::fs::read(&path).map_err(read_err)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| SpecError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// The spec's `root.path` (relative to the bundle unless absolute).
+pub fn root_path(spec: &Value) -> Result<PathBuf, SpecError> {
+    spec.pointer("/root/path")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| SpecError::Invalid("root.path is missing".into()))
+}
+
+/// A CRI annotation.
+pub fn annotation<'a>(spec: &'a Value, key: &str) -> Option<&'a str> {
+    spec.get("annotations")?.get(key)?.as_str()
+}
+
+/// The CRI annotation naming a container's kind (`sandbox` or `container`).
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The CRI annotation naming a container's pod.
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod a container belongs to: its CRI sandbox id when it is a CRI app container, else
+/// its own id (a pod sandbox, or a lone `ctr run` container).
+pub fn pod_of(spec: &Value, id: &str) -> String {
+    match (
+        annotation(spec, CRI_CONTAINER_TYPE),
+        annotation(spec, CRI_SANDBOX_ID),
+    ) {
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_string(),
+        _ => id.to_string(),
+    }
+}
+
+/// Translates the host spec of container `id` for the guest.
+pub fn translate(host: &Value, id: &str) -> Result<GuestSpec, SpecError> {
+    let mut spec = host.clone();
+    let obj = spec
+        .as_object_mut()
+        .ok_or_else(|| SpecError::Invalid("the spec is not a JSON object".into()))?;
+    let mut notes = Vec::new();
+    let guest_dir = guest_container_dir(id);
+
+    // Root: the container's rootfs in the share.
+    let readonly = host
+        .pointer("/root/readonly")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    obj.insert(
+        "root".into(),
+        json!({"path": guest_dir.join("rootfs"), "readonly": readonly}),
+    );
+
+    // Hooks run on the host for runc; inside a VM there is nowhere to run them.
+    if obj.remove("hooks").is_some_and(|h| !h.is_null()) {
+        notes.push("OCI hooks are not supported in a moat VM; dropped".into());
+    }
+
+    // Namespaces.
+    let mut sandbox_pidns = false;
+    if let Some(nss) = obj
+        .get_mut("linux")
+        .and_then(|l| l.get_mut("namespaces"))
+        .and_then(Value::as_array_mut)
+    {
+        let mut kept = Vec::new();
+        for ns in nss.drain(..) {
+            let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
+            let path = ns.get("path").and_then(Value::as_str).unwrap_or("");
+            if path.is_empty() {
+                kept.push(ns);
+                continue;
+            }
+            match kind {
+                "network" | "ipc" | "uts" => {
+                    notes.push(format!(
+                        "{kind} namespace {path}: the pod's, i.e. the VM's own"
+                    ));
+                }
+                "pid" => {
+                    sandbox_pidns = true;
+                    notes.push(format!("pid namespace {path}: the pod's PID namespace"));
+                }
+                "cgroup" => {
+                    notes.push(format!("cgroup namespace {path}: a new one in the guest"));
+                    kept.push(json!({"type": "cgroup"}));
+                }
+                other => {
+                    return Err(SpecError::Invalid(format!(
+                        "joining the host's {other} namespace {path} is not possible in a VM"
+                    )))
+                }
+            }
+        }
+        *nss = kept;
+    }
+
+    // Mounts: host binds become binds of the share; the pod's /dev/shm a tmpfs in the guest.
+    let mut binds = Vec::new();
+    if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
+        for (i, m) in mounts.iter_mut().enumerate() {
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
+            let options: Vec<&str> = m
+                .get("options")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let is_bind = ty == "bind" || options.iter().any(|o| *o == "bind" || *o == "rbind");
+            if !is_bind {
+                continue;
+            }
+            let readonly = options.contains(&"ro");
+            let dest = m
+                .get("destination")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let source = m
+                .get("source")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if !Path::new(&source).is_absolute() {
+                return Err(SpecError::Invalid(format!(
+                    "mount {dest}: bind source {source:?} is not an absolute path"
+                )));
+            }
+            if dest == "/dev/shm" {
+                *m = json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]});
+                notes.push(format!("/dev/shm from {source}: a tmpfs in the guest"));
+                continue;
+            }
+            let base = Path::new(&source)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "root".into());
+            let share_name = format!("{i}-{base}");
+            binds.push(HostBind {
+                source: PathBuf::from(&source),
+                share_name: share_name.clone(),
+                readonly,
+            });
+            m["source"] = json!(guest_dir.join("mounts").join(&share_name));
+        }
+    }
+    Ok(GuestSpec {
+        spec,
+        sandbox_pidns,
+        binds,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cri_spec() -> Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/"},
+            "root": {"path": "rootfs", "readonly": true},
+            "hooks": {"prestart": [{"path": "/bin/true"}]},
+            "annotations": {CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod9"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind",
+                 "source": "/var/lib/containerd/sandboxes/pod9/hosts", "options": ["rbind", "ro"]},
+                {"destination": "/dev/shm", "type": "bind",
+                 "source": "/run/containerd/sandboxes/pod9/shm", "options": ["rbind"]}
+            ],
+            "linux": {"namespaces": [
+                {"type": "pid", "path": "/proc/42/ns/pid"},
+                {"type": "network", "path": "/proc/42/ns/net"},
+                {"type": "ipc", "path": "/proc/42/ns/ipc"},
+                {"type": "uts", "path": "/proc/42/ns/uts"},
+                {"type": "mount"}
+            ]}
+        })
+    }
+
+    #[test]
+    fn cri_container_in_a_pod() {
+        let s = cri_spec();
+        assert_eq!(pod_of(&s, "c1"), "pod9");
+        let g = translate(&s, "c1").unwrap();
+        assert!(g.sandbox_pidns);
+        assert_eq!(
+            g.spec["root"],
+            json!({"path": "/run/moat/shares/pod/c1/rootfs", "readonly": true})
+        );
+        assert!(g.spec.get("hooks").is_none());
+        assert_eq!(g.spec["linux"]["namespaces"], json!([{"type": "mount"}]));
+        assert_eq!(
+            g.binds,
+            vec![HostBind {
+                source: "/var/lib/containerd/sandboxes/pod9/hosts".into(),
+                share_name: "1-hosts".into(),
+                readonly: true
+            }]
+        );
+        assert_eq!(
+            g.spec["mounts"][1]["source"],
+            "/run/moat/shares/pod/c1/mounts/1-hosts"
+        );
+        assert_eq!(g.spec["mounts"][2]["type"], "tmpfs");
+        assert_eq!(g.spec["process"], s["process"]);
+    }
+
+    #[test]
+    fn lone_container_keeps_new_namespaces() {
+        let s = json!({"root": {"path": "/abs/rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
+        assert_eq!(pod_of(&s, "c1"), "c1");
+        let g = translate(&s, "c1").unwrap();
+        assert!(!g.sandbox_pidns);
+        assert_eq!(g.spec["linux"]["namespaces"], s["linux"]["namespaces"]);
+        assert_eq!(root_path(&s).unwrap(), Path::new("/abs/rootfs"));
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        assert!(translate(&json!([1]), "c").is_err());
+        let s = json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/1/ns/user"}]}});
+        let e = translate(&s, "c").unwrap_err().to_string();
+        assert!(e.contains("user") && e.contains("not possible"), "{e}");
+        let s = json!({"mounts": [{"destination": "/x", "type": "bind", "source": "rel"}]});
+        assert!(translate(&s, "c")
+            .unwrap_err()
+            .to_string()
+            .contains("absolute"));
+        assert!(root_path(&json!({})).is_err());
+    }
+}
