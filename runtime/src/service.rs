@@ -28,8 +28,9 @@ use crate::pod::{self, Pod};
 use crate::process::{Exit, Process, VM_DIED_STATUS};
 use crate::{metrics, options, spec};
 
-/// How long an exit waits for the process's output to reach containerd.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// How long an exit waits for the process's output to reach containerd (its stream ends when
+/// the last writer in the guest is gone; only a daemon keeping stdout open waits this long).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
 /// How long one `WaitProcess` call may block before it is renewed.
 const WAIT_SLICE: Duration = Duration::from_secs(60);
 /// How long `RemoveContainer` lets a container die after SIGKILL.
