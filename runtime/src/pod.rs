@@ -155,30 +155,27 @@ impl Pod {
 
 /// Unmounts and removes container `cid`'s share directory.
 pub fn remove_container_dir(dir: &PodDir, cid: &str) {
-    let cdir = dir.container(cid);
-    if let Err(e) = mounts::unmount_under(&cdir) {
-        log::warn!("unmounting {}: {e}", cdir.display());
-    }
-    if let Err(e) = std::fs::remove_dir_all(&cdir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("removing {}: {e}", cdir.display());
-        }
-    }
+    unmount_and_remove(&dir.container(cid));
 }
 
 /// Unmounts everything under the pod directory and removes it (and its namespace directory
 /// when that is left empty).
 pub fn remove_pod_dir(dir: &PodDir) {
-    if let Err(e) = mounts::unmount_under(&dir.root) {
-        log::warn!("unmounting {}: {e}", dir.root.display());
-    }
-    if let Err(e) = std::fs::remove_dir_all(&dir.root) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("removing {}: {e}", dir.root.display());
-        }
-    }
+    unmount_and_remove(&dir.root);
     if let Some(ns_dir) = dir.root.parent() {
         let _ = std::fs::remove_dir(ns_dir);
+    }
+}
+
+/// Detaches every mount under `dir` and removes it; failures are logged (teardown goes on).
+fn unmount_and_remove(dir: &Path) {
+    if let Err(e) = mounts::unmount_under(dir) {
+        log::warn!("unmounting {}: {e}", dir.display());
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", dir.display());
+        }
     }
 }
 

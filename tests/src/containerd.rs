@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::guards::{KillOnDrop, WaitOutcome};
 
-mod sys;
+pub mod sys;
 
 /// Where `ContainerdOptions::default()` puts harness directories: on `/run` (a plain tmpfs in
 /// the test host), as the overlayfs snapshotter cannot work on an overlayfs such as L1's `/tmp`.

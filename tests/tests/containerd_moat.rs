@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moat_tests::containerd::{Containerd, ContainerdOptions, CtrOutput};
+use moat_tests::containerd::{sys, Containerd, ContainerdOptions, CtrOutput};
 use moat_tests::microvm::GuestImage;
 use moat_tests::oci_image;
 
@@ -123,7 +123,7 @@ fn assert_no_leftovers(stack: &Stack) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let procs = moat_processes();
-        let mounts = mounts_under(STATE_DIR);
+        let mounts = sys::mounts_under(Path::new(STATE_DIR));
         let dirs = pod_dirs();
         if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
             return;
@@ -140,38 +140,17 @@ fn assert_no_leftovers(stack: &Stack) {
 
 /// moat-vmm and shim processes (not zombies).
 fn moat_processes() -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("moat-vmm") || cmd.contains("containerd-shim-moat") {
-            out.push(format!("{}: {cmd}", name.to_string_lossy()));
-        }
-    }
-    out
-}
-
-fn mounts_under(dir: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| std::path::Path::new(p).starts_with(dir))
-        .map(String::from)
+    sys::list()
+        .into_iter()
+        .filter(|(pid, _, _)| sys::alive(*pid))
+        .map(|(pid, _, argv)| {
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into())
+                .collect();
+            format!("{pid}: {}", argv.join(" "))
+        })
+        .filter(|cmd| cmd.contains("moat-vmm") || cmd.contains("containerd-shim-moat"))
         .collect()
 }
 

@@ -39,6 +39,11 @@ fn stat(pid: u32) -> Option<(u32, u8)> {
     ))
 }
 
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|(_, st)| st != b'Z')
+}
+
 /// Processes whose argv has `-address <socket>` (how containerd starts shims).
 pub fn with_address(procs: &[Proc], socket: &Path) -> Vec<u32> {
     let sock = socket.as_os_str().as_bytes();
@@ -69,10 +74,7 @@ pub fn kill_and_wait(pids: &[u32], timeout: Duration) -> Vec<u32> {
     }
     let deadline = Instant::now() + timeout;
     loop {
-        let alive = pids
-            .iter()
-            .filter(|&&p| stat(p).is_some_and(|(_, st)| st != b'Z'));
-        let alive: Vec<u32> = alive.copied().collect();
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
         if alive.is_empty() || Instant::now() >= deadline {
             return alive;
         }
