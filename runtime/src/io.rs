@@ -9,15 +9,18 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use moat_agent_protocol::stdio::{Channel, Channels};
 use moat_agent_protocol::AgentClient;
+use nix::poll::{poll, PollFd, PollFlags};
 
 /// Errors attaching stdio.
 #[derive(Debug, thiserror::Error)]
@@ -93,18 +96,41 @@ fn target(uri: &str) -> Result<Option<(PathBuf, bool)>, IoError> {
     Err(IoError::Unsupported { uri: uri.into() })
 }
 
-/// Counts the output copiers still running, so an exit can wait for the output.
+/// Counts a process's output copiers still running, so an exit can wait for its output
+/// (shared: the waiter need not hold whatever lock guards the [`ProcessIo`]).
 #[derive(Default)]
-struct Pending {
+pub struct Outputs {
     left: Mutex<usize>,
     cond: Condvar,
+}
+
+impl Outputs {
+    /// Waits (at most `timeout`) until stdout and stderr have reached their FIFOs.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        while *left > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            left = self
+                .cond
+                .wait_timeout(left, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 /// The running stdio of one process.
 pub struct ProcessIo {
     stdin: Option<UnixStream>,
     stdin_fifo: Option<PathBuf>,
-    outputs: Arc<Pending>,
+    /// Set by `CloseIO`: the stdin copier ends once the FIFO has nothing more to read.
+    stdin_closing: Arc<AtomicBool>,
+    outputs: Arc<Outputs>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -128,10 +154,11 @@ impl ProcessIo {
                 })
         };
         let channels = paths.channels();
-        let outputs = Arc::new(Pending::default());
+        let outputs = Arc::new(Outputs::default());
         let mut io = ProcessIo {
             stdin: None,
             stdin_fifo: None,
+            stdin_closing: Arc::new(AtomicBool::new(false)),
             outputs: outputs.clone(),
             threads: Vec::new(),
         };
@@ -164,49 +191,41 @@ impl ProcessIo {
             })?;
             io.stdin = Some(stream);
             io.stdin_fifo = Some(fifo.clone());
+            let closing = io.stdin_closing.clone();
             io.threads
-                .push(std::thread::spawn(move || copy_in(&fifo, writer)));
+                .push(std::thread::spawn(move || copy_in(&fifo, writer, &closing)));
         }
         Ok(io)
     }
 
-    /// Half-closes stdin (containerd's `CloseIO`): the process reads EOF.
+    /// containerd's `CloseIO`: what is already in the stdin FIFO still reaches the process,
+    /// then it reads EOF (ctr calls this right after writing its last byte into the FIFO, so
+    /// cutting the stream here would drop up to a pipe buffer of input).
     pub fn close_stdin(&self) {
-        if let Some(s) = &self.stdin {
-            let _ = s.shutdown(Shutdown::Write);
+        self.stdin_closing.store(true, Ordering::SeqCst);
+        self.nudge_stdin_fifo();
+    }
+
+    /// Opens and closes the FIFO's write side: a copier still blocked in open(2) returns
+    /// (and then sees EOF); harmless if it already runs.
+    fn nudge_stdin_fifo(&self) {
+        if let Some(fifo) = &self.stdin_fifo {
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo);
         }
     }
 
-    /// Waits (at most `timeout`) until stdout and stderr have reached their FIFOs.
-    pub fn wait_output(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut left = self.outputs.left.lock().unwrap_or_else(|p| p.into_inner());
-        while *left > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            left = self
-                .outputs
-                .cond
-                .wait_timeout(left, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+    /// The process's output copiers, to wait for.
+    pub fn outputs(&self) -> Arc<Outputs> {
+        self.outputs.clone()
     }
 
     /// Ends the stdin copier even if no writer ever opened the FIFO (its blocking open
     /// returns when we open the write side ourselves); output copiers end with their streams.
     pub fn shutdown(&mut self) {
         self.close_stdin();
-        if let Some(fifo) = &self.stdin_fifo {
-            // Unblocks a reader still waiting in open(2); harmless if it already runs.
-            let _ = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(fifo);
-        }
         if let Some(s) = self.stdin.take() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -251,8 +270,12 @@ fn copy_out(mut stream: UnixStream, path: &Path, is_file: bool) {
     }
 }
 
-/// Copies containerd's stdin FIFO into the agent stream, half-closing it at EOF.
-fn copy_in(fifo: &Path, mut stream: UnixStream) {
+/// How often a stdin copier with nothing to read looks at `CloseIO`.
+const STDIN_POLL_MS: i32 = 100;
+
+/// Copies containerd's stdin FIFO into the agent stream, half-closing it at the FIFO's EOF, or
+/// once `closing` is set and the FIFO has nothing more to read.
+fn copy_in(fifo: &Path, mut stream: UnixStream, closing: &AtomicBool) {
     let mut f = match File::open(fifo) {
         Ok(f) => f,
         Err(e) => {
@@ -263,6 +286,13 @@ fn copy_in(fifo: &Path, mut stream: UnixStream) {
     };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        let mut fds = [PollFd::new(f.as_raw_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, STDIN_POLL_MS) {
+            Ok(0) if closing.load(Ordering::SeqCst) => break,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => break,
+        }
         let n = match f.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -339,13 +369,38 @@ mod tests {
         let (a, mut b) = UnixStream::pair().unwrap();
         let t = {
             let fifo = fifo.clone();
-            std::thread::spawn(move || copy_in(&fifo, a))
+            std::thread::spawn(move || copy_in(&fifo, a, &AtomicBool::new(false)))
         };
         std::fs::write(&fifo, b"payload").unwrap();
         let mut got = Vec::new();
         b.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"payload");
         t.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn close_io_still_delivers_what_the_fifo_holds() {
+        let dir = std::env::temp_dir().join(format!("moat-io-close-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let closing = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (fifo, closing) = (fifo.clone(), closing.clone());
+            std::thread::spawn(move || copy_in(&fifo, a, &closing))
+        };
+        // A writer that stays open (no EOF): 48 KiB sit in the pipe when CloseIO comes.
+        let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
+        let data = vec![5u8; 48 * 1024];
+        w.write_all(&data).unwrap();
+        closing.store(true, Ordering::SeqCst);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), data.len());
+        t.join().unwrap();
+        drop(w);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

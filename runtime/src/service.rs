@@ -148,6 +148,18 @@ impl Inner {
         f(c)
     }
 
+    /// The init pid of container `id`; FAILED_PRECONDITION unless its init process is in
+    /// state `want`.
+    fn expect_init_status(&self, id: &str, want: Status) -> TtrpcResult<u32> {
+        self.with_container(id, |c| match c.init.status {
+            s if s == want => Ok(c.init.pid),
+            s => Err(rpc_err(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is {s:?}"),
+            )),
+        })
+    }
+
     /// Records an exit once, wakes waiters and publishes `TaskExit`.
     fn record_exit(&self, cid: &str, exec: &str, status: u32) {
         let exit = Exit::now(status);
@@ -203,42 +215,22 @@ impl Inner {
                     }
                 }
             };
-            {
+            // The output is waited for without the state lock, which every RPC takes.
+            let outputs = {
                 let st = this.lock();
-                if let Some(io) = st
-                    .containers
+                st.containers
                     .get(&cid)
                     .and_then(|c| c.process(&exec).ok())
                     .and_then(|p| p.io.as_ref())
-                {
-                    // Waiting with the lock held would stall every RPC: only check here.
-                    if !io.wait_output(Duration::ZERO) {
-                        drop(st);
-                        this.drain_output(&cid, &exec);
-                    }
+                    .map(ProcessIo::outputs)
+            };
+            if let Some(outputs) = outputs {
+                if !outputs.wait(OUTPUT_DRAIN) {
+                    log::warn!("{cid}/{exec}: output still open {OUTPUT_DRAIN:?} after exit");
                 }
             }
             this.record_exit(&cid, &exec, status);
         });
-    }
-
-    /// Waits (bounded) for a process's output copiers without holding the state lock.
-    fn drain_output(&self, cid: &str, exec: &str) {
-        let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
-        while std::time::Instant::now() < deadline {
-            let done = {
-                let st = self.lock();
-                st.containers
-                    .get(cid)
-                    .and_then(|c| c.process(exec).ok())
-                    .and_then(|p| p.io.as_ref())
-                    .is_none_or(|io| io.wait_output(Duration::ZERO))
-            };
-            if done {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// The VMM ended: every process still running exits with [`VM_DIED_STATUS`].
@@ -506,13 +498,7 @@ impl containerd_shim::Task for Service {
         let pod = self.client()?;
         let c = &pod.vm.client;
         let pid = if req.exec_id.is_empty() {
-            let pid = self.with_container(&req.id, |c| match c.init.status {
-                Status::CREATED => Ok(c.init.pid),
-                s => Err(rpc_err(
-                    Code::FAILED_PRECONDITION,
-                    format!("container {} is {s:?}", req.id),
-                )),
-            })?;
+            let pid = self.expect_init_status(&req.id, Status::CREATED)?;
             c.start_container(&req.id)
                 .map_err(|e| client_err("StartContainer", e))?;
             self.with_container(&req.id, |c| {
@@ -704,13 +690,7 @@ impl containerd_shim::Task for Service {
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
         let pod = self.client()?;
-        self.with_container(&req.id, |c| match c.init.status {
-            Status::RUNNING => Ok(()),
-            s => Err(rpc_err(
-                Code::FAILED_PRECONDITION,
-                format!("container {} is {s:?}", req.id),
-            )),
-        })?;
+        self.expect_init_status(&req.id, Status::RUNNING)?;
         pod.vm
             .client
             .pause_container(&req.id)
@@ -730,13 +710,7 @@ impl containerd_shim::Task for Service {
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
         let pod = self.client()?;
-        self.with_container(&req.id, |c| match c.init.status {
-            Status::PAUSED => Ok(()),
-            s => Err(rpc_err(
-                Code::FAILED_PRECONDITION,
-                format!("container {} is {s:?}", req.id),
-            )),
-        })?;
+        self.expect_init_status(&req.id, Status::PAUSED)?;
         pod.vm
             .client
             .resume_container(&req.id)
