@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One command from a fresh Debian machine to a microVM: installs packages, builds the guest
-# kernel (and the test-host kernel when this machine lacks hardware virtualization), builds
-# moat and the agent image, boots the default guest and runs `echo hello from a microVM` in a
-# container there.
+# One command from a fresh Debian machine to a container in a microVM: installs packages
+# (containerd, runc, CNI plugins, qemu), builds the guest kernel (and the test-host kernel when
+# this machine lacks hardware virtualization), builds moat (VMM, shim) and the agent image,
+# starts a private containerd with the io.containerd.moat.v2 runtime, imports a locally built
+# busybox image and runs `ctr run --rm --runtime io.containerd.moat.v2 ... echo hello from a
+# microVM` (moat-demo).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v cargo >/dev/null || { echo "quickstart: cargo (Rust toolchain) is required" >&2; exit 1; }
@@ -12,5 +14,5 @@ agent/build-image.sh >/dev/null
 if ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ -d /sys/module/kvm_pvm ]; then
     guest-kernel/build.sh test-host >/dev/null
 fi
-cargo build --release --locked --bin moat-vmm --bin moat-demo
+cargo build --release --locked --bin moat-vmm --bin containerd-shim-moat-v2 --bin moat-demo
 exec target/release/moat-demo

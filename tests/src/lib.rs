@@ -13,9 +13,12 @@ pub mod guards;
 pub mod initramfs;
 pub mod kvm_host;
 pub mod microvm;
+pub mod moat_stack;
 pub mod ns_agent;
 pub mod oci;
 pub mod oci_image;
+pub mod pod_bench;
+pub mod report;
 pub mod testhost;
 pub mod tsc;
 

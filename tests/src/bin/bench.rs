@@ -5,26 +5,42 @@
 //! Then the agent: boots of the moat-agent image with vsock, timing moat-vmm spawn → first
 //! successful `Health.Check` over hybrid vsock, as a ratio to the bare boot's spawn → /init.
 //!
-//! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each).
+//! `moat-bench pod [RUNS]`: the whole stack through containerd against runc in the same run
+//! (`moat_tests::pod_bench`): `ctr run --rm busybox true` wall time and the host memory (PSS)
+//! of one idle pod, as moat/runc ratios.
+//!
+//! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each),
+//! `moat-bench pod [RUNS]` (default 10).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use moat_tests::microvm::{
-    boot_moat, boot_qemu, default_image_for, min_median_max, AgentVm, BootRun, BootSpec, GuestImage,
+    boot_moat, boot_qemu, default_image_for, AgentVm, BootRun, BootSpec, GuestImage,
 };
+use moat_tests::moat_stack::Stack;
+use moat_tests::pod_bench;
+use moat_tests::report::{self, median, ratio};
+
+const USAGE: &str = "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let boots: u32 = match args.first().map(|a| a.parse()) {
+    let pod = args.first().is_some_and(|a| a == "pod");
+    let count: u32 = match args.get(usize::from(pod)).map(|a| a.parse()) {
         None => 10,
-        Some(Ok(n)) if n > 0 => n,
+        Some(Ok(n)) if n > 0 && args.len() <= 1 + usize::from(pod) => n,
         _ => {
-            eprintln!("usage: moat-bench [BOOTS>0]");
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
+    if pod {
+        let budget = Duration::from_secs(300 + u64::from(count) * 40);
+        return moat_tests::main_on_kvm(&args, budget, || bench_pod(count));
+    }
+    let boots = count;
     let budget = Duration::from_secs(120 + u64::from(boots) * 30);
     let image = match default_image_for("moat-bench") {
         Ok(i) => i,
@@ -43,26 +59,35 @@ fn main() -> ExitCode {
     })
 }
 
-fn median(mut v: Vec<u64>) -> Option<u64> {
-    min_median_max(&mut v).map(|(_, median, _)| median)
-}
-
 fn collect(runs: &[BootRun], f: impl Fn(&BootRun) -> Option<u64>) -> Option<u64> {
     median(runs.iter().filter_map(f).collect())
 }
 
 fn ms(us: Option<u64>) -> String {
-    us.map_or("n/a".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
+    report::ms(us, 2)
 }
 
 fn kib(v: Option<u64>) -> String {
-    v.map_or("n/a".into(), |v| format!("{:.2} MiB", v as f64 / 1024.0))
+    report::mib(v, 2)
 }
 
-fn ratio(a: Option<u64>, b: Option<u64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0 => format!("{:.2}x", a as f64 / b as f64),
-        _ => "n/a".into(),
+/// `moat-bench pod`: a private containerd with moat and runc, [`pod_bench::run`].
+fn bench_pod(runs: u32) -> ExitCode {
+    let result = Stack::start().and_then(|stack| {
+        let r = pod_bench::run(&stack, runs);
+        let left = stack.leftovers();
+        stack.stop()?;
+        match left {
+            Some(left) => Err(format!("the pods left behind: {left}")),
+            None => r.map(drop),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moat-bench pod: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

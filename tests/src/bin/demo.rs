@@ -1,16 +1,20 @@
-//! `moat-demo`: boots moat's default guest (guest-kernel/ vmlinux + the moat-agent initramfs)
-//! under moat-vmm with a busybox root filesystem on a virtio-fs share, and runs
-//! `echo hello from a microVM` in a container there through the agent — inside the nested
-//! test host when this machine has no hardware virtualization. The README's first command
-//! runs this.
+//! `moat-demo`: the README's main job. Starts a private containerd (Debian's 1.6) that knows
+//! the `io.containerd.moat.v2` runtime (the built `containerd-shim-moat-v2`, the default guest
+//! kernel and the moat-agent image), imports a locally built busybox image, and runs
+//!
+//! ```text
+//! ctr run --rm --runtime io.containerd.moat.v2 docker.io/moat/busybox:latest demo \
+//!     echo hello from a microVM
+//! ```
+//!
+//! — one microVM booted for the container and torn down after it — then checks nothing of the
+//! pod is left behind. Inside the nested test host when this machine has no hardware
+//! virtualization.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
-use moat_tests::containers;
-use moat_tests::microvm::{AgentVm, BootSpec, GuestImage};
-use moat_tests::oci;
+use moat_tests::moat_stack::{Stack, RUNTIME};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,19 +22,12 @@ fn main() -> ExitCode {
         eprintln!("usage: moat-demo");
         return ExitCode::from(2);
     }
-    let image = match GuestImage::agent_image() {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("moat-demo: {e}\n(run agent/build-image.sh and guest-kernel/build.sh guest)");
-            return ExitCode::FAILURE;
-        }
-    };
     if moat_tests::needs_test_host() {
         eprintln!(
             "moat-demo: no hardware virtualization here; running inside the nested test host"
         );
     }
-    moat_tests::main_on_kvm(&args, Duration::from_secs(300), || match run(image) {
+    moat_tests::main_on_kvm(&args, Duration::from_secs(400), || match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moat-demo: {e}");
@@ -39,42 +36,40 @@ fn main() -> ExitCode {
     })
 }
 
-fn run(image: GuestImage) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("moat-demo-{}", moat_tests::unique_suffix()));
-    let share = dir.join("share");
-    oci::busybox_rootfs(&share.join("rootfs"), std::path::Path::new("/bin/busybox"))
-        .map_err(|e| format!("building the busybox rootfs: {e}"))?;
-    let mut spec = BootSpec::new(image);
-    spec.extra_args = vec![format!("--share=pod={}", share.display())];
-    spec.append = "moat.share=pod".into();
-    let started = Instant::now();
-    let mut vm = AgentVm::start(&moat_tests::cargo_bin("moat-vmm"), &spec, &dir)
-        .map_err(|e| format!("starting moat-vmm: {e}"))?;
-    let result = (|| {
-        let client =
-            AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(120))
-                .map_err(|e| e.to_string())?;
-        let ready = started.elapsed();
-        let rootfs = std::path::Path::new("/run/moat/shares/pod/rootfs");
-        let spec = oci::default_spec(rootfs, &["echo", "hello from a microVM"]);
-        let t = Instant::now();
-        let out = containers::run(&client, "demo", &spec, None).map_err(|e| e.to_string())?;
-        print!("{}", out.out());
-        eprint!("{}", out.err());
-        println!(
-            "container exited {}; agent ready {:.0} ms after moat-vmm start, container ran in {:.0} ms",
-            out.status,
-            ready.as_secs_f64() * 1000.0,
-            t.elapsed().as_secs_f64() * 1000.0
-        );
-        if out.status == 0 {
+fn run() -> Result<(), String> {
+    let t = Instant::now();
+    let stack = Stack::start()?;
+    eprintln!(
+        "moat-demo: containerd up with image {} ({:.1} s)",
+        stack.image,
+        t.elapsed().as_secs_f64()
+    );
+    let args = ["echo", "hello from a microVM"];
+    eprintln!(
+        "moat-demo: ctr run --rm --runtime {RUNTIME} {} demo {}",
+        stack.image,
+        args.join(" ")
+    );
+    let out = stack.run_rm_with(RUNTIME, "demo", &args, None)?;
+    print!("{}", out.stdout_str());
+    eprint!("{}", out.stderr_str());
+    let result = match out.code() {
+        Some(0) => {
+            println!(
+                "container exited 0; ctr run --rm (VM boot + run + teardown) took {:.2} s",
+                out.elapsed.as_secs_f64()
+            );
             Ok(())
-        } else {
-            Err(format!("the container exited {}", out.status))
         }
-    })();
-    let stop = vm.stop();
-    let console = vm.console_text();
-    let _ = std::fs::remove_dir_all(&dir);
-    result.map_err(|e| format!("{e}\nmoat-vmm: {stop:?}\n--- guest console ---\n{console}"))
+        code => Err(format!(
+            "ctr run exited {code:?}\n--- containerd log ---\n{}",
+            stack.log()
+        )),
+    };
+    let left = stack.leftovers();
+    stack.stop()?;
+    match left {
+        Some(left) => Err(format!("the pod left behind: {left}")),
+        None => result,
+    }
 }

@@ -1,0 +1,274 @@
+//! The whole moat stack for tests, the demo and the benchmarks: a private containerd 1.6
+//! ([`crate::containerd`]) that runs `io.containerd.moat.v2` (the built
+//! `containerd-shim-moat-v2`, configured for the built moat-vmm, the cached guest kernel and
+//! the agent image), with the locally built busybox image imported; plus the leak checks every
+//! flow ends with (no moat process, no mount under moat's state dir, no pod directory).
+//!
+//! Must run where KVM boots Linux: in the test host (see [`crate::on_kvm_retrying`]) unless
+//! the machine has hardware virtualization.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::containerd::{sys, Containerd, ContainerdOptions, CtrOutput};
+use crate::microvm::GuestImage;
+use crate::oci_image;
+
+/// Where the shim keeps pod state in these tests.
+pub const STATE_DIR: &str = "/run/moat";
+/// The runtime under test, as `ctr --runtime` names it.
+pub const RUNTIME: &str = "io.containerd.moat.v2";
+/// The guest memory of the stack's pods, MiB.
+pub const VM_MEMORY_MIB: u64 = 256;
+/// How long [`Stack::assert_no_leftovers`] waits for teardown (containerd reaps its shims
+/// lazily).
+const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// Writes the moat config the stack uses into `dir`: the built moat-vmm, the cached guest
+/// kernel, the agent image, 1 vCPU, [`VM_MEMORY_MIB`], debug logs.
+pub fn write_config(dir: &Path) -> Result<PathBuf, String> {
+    let kernel = crate::kernel_path("guest").map_err(|e| format!("guest kernel: {e}"))?;
+    let image = GuestImage::agent_image().map_err(|e| format!("agent image: {e}"))?;
+    let vmm = crate::try_cargo_bin("moat-vmm").map_err(|e| e.to_string())?;
+    let path = dir.join("moat.toml");
+    let toml = format!(
+        "[vm]\nvmm = {vmm:?}\nkernel = {kernel:?}\ninitrd = {:?}\nvcpus = 1\n\
+         memory_mib = {VM_MEMORY_MIB}\n\
+         [runtime]\nstate_dir = {STATE_DIR:?}\nlog_level = \"debug\"\n",
+        image.initrd,
+    );
+    std::fs::write(&path, toml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// A private containerd that finds the shim (target dir on its PATH), with the busybox image
+/// imported. Dropping it stops containerd and removes its directories.
+pub struct Stack {
+    /// The running containerd.
+    pub containerd: Containerd,
+    /// The imported busybox image's name.
+    pub image: String,
+    /// The moat config file the shim reads.
+    pub config: PathBuf,
+    /// A scratch directory of this stack (config, image tar), removed on drop.
+    pub dir: PathBuf,
+    _dir: RemoveOnDrop,
+}
+
+/// Removes a directory on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Stack {
+    /// Starts containerd with default options.
+    pub fn start() -> Result<Stack, String> {
+        Stack::start_with(|_| {})
+    }
+
+    /// Starts containerd after `tune` has adjusted its options (sandbox image, extra TOML...).
+    pub fn start_with(tune: impl FnOnce(&mut ContainerdOptions)) -> Result<Stack, String> {
+        let dir = std::env::temp_dir().join(format!("moat-ctrd-{}", crate::unique_suffix()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let cleanup = |e: String| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        let config = write_config(&dir).map_err(cleanup)?;
+        let shim = crate::try_cargo_bin("containerd-shim-moat-v2")
+            .map_err(|e| cleanup(format!("{e} (cargo build -p moat-runtime)")))?;
+        let mut opts = ContainerdOptions {
+            extra_path: vec![shim.parent().unwrap().to_path_buf()],
+            env: vec![(
+                OsString::from("MOAT_CONFIG"),
+                config.clone().into_os_string(),
+            )],
+            moat_runtime_path: Some(shim),
+            moat_config_path: Some(config.clone()),
+            log_level: "debug".into(),
+            ..Default::default()
+        };
+        tune(&mut opts);
+        let containerd =
+            Containerd::start(opts).map_err(|e| cleanup(format!("containerd: {e}")))?;
+        let tar = dir.join("busybox.tar");
+        let image = oci_image::build_busybox_image(&tar, oci_image::DEFAULT_BUSYBOX_IMAGE)
+            .map_err(|e| cleanup(format!("busybox image: {e}")))?;
+        containerd
+            .import(&tar)
+            .map_err(|e| cleanup(format!("importing the busybox image: {e}")))?;
+        Ok(Stack {
+            containerd,
+            image: image.name,
+            config,
+            _dir: RemoveOnDrop(dir.clone()),
+            dir,
+        })
+    }
+
+    /// `ctr ARGS` (any exit status); panics when ctr cannot run or times out.
+    pub fn ctr(&self, args: &[&str]) -> CtrOutput {
+        self.containerd
+            .ctr(args)
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"))
+    }
+
+    /// `ctr ARGS`, which must succeed; panics otherwise.
+    pub fn ctr_ok(&self, args: &[&str]) -> CtrOutput {
+        self.containerd
+            .ctr_ok(args)
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"))
+    }
+
+    /// `ctr run --rm --runtime RUNTIME IMAGE ID ARGS...` with `stdin`, 60 s at most.
+    pub fn run_rm_with(
+        &self,
+        runtime: &str,
+        id: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<CtrOutput, String> {
+        let mut all = vec!["run", "--rm", "--runtime", runtime, &self.image, id];
+        all.extend_from_slice(args);
+        self.containerd
+            .ctr_with(&all, stdin, Duration::from_secs(60))
+            .map_err(|e| format!("ctr {all:?}: {e}"))
+    }
+
+    /// `ctr run --rm --runtime io.containerd.moat.v2 IMAGE ID ARGS...` with `stdin`; panics
+    /// when ctr cannot run.
+    pub fn run_rm(&self, id: &str, args: &[&str], stdin: Option<&[u8]>) -> CtrOutput {
+        self.run_rm_with(RUNTIME, id, args, stdin)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The tail of containerd's log (the shim logs there too), for messages.
+    pub fn log(&self) -> String {
+        self.containerd.log_tail()
+    }
+
+    /// Waits until task `id` is listed as `status` (`RUNNING`, `STOPPED`...) by `ctr task ls`.
+    pub fn wait_task_status(&self, id: &str, status: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ls = self.ctr(&["task", "ls"]).stdout_str();
+            if ls
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became {status} in {timeout:?}:\n{ls}\n--- log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops containerd, failing if it left anything behind.
+    pub fn stop(self) -> Result<(), String> {
+        let Stack { containerd, .. } = self;
+        containerd
+            .stop()
+            .map_err(|e| format!("stopping containerd: {e}"))
+    }
+
+    /// What moat left behind, after waiting for teardown: `None` when nothing.
+    pub fn leftovers(&self) -> Option<String> {
+        let deadline = Instant::now() + LEFTOVER_WAIT;
+        loop {
+            let procs = moat_processes();
+            let mounts = sys::mounts_under(Path::new(STATE_DIR));
+            let dirs = pod_dirs();
+            if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
+                return None;
+            }
+            if Instant::now() > deadline {
+                return Some(format!(
+                    "processes {procs:?}, mounts {mounts:?}, pod dirs {dirs:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Panics unless no moat process, mount or pod directory is left.
+    pub fn assert_no_leftovers(&self) {
+        if let Some(left) = self.leftovers() {
+            panic!("left behind: {left}\n--- log ---\n{}", self.log());
+        }
+    }
+
+    /// The log line saying the guest crashed (a flaky nested-virtualization triple fault,
+    /// worth a retry in a fresh test host), if any.
+    pub fn guest_crashed(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .find(|l| l.contains("guest crashed") || l.contains("triple fault"))
+            .map(String::from)
+    }
+}
+
+/// Live moat-vmm and shim processes (not zombies), as `pid: argv`.
+pub fn moat_processes() -> Vec<String> {
+    sys::list()
+        .into_iter()
+        .filter(|(pid, _, _)| sys::alive(*pid))
+        .map(|(pid, _, argv)| {
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into())
+                .collect();
+            format!("{pid}: {}", argv.join(" "))
+        })
+        .filter(|cmd| {
+            cmd.contains("moat-vmm")
+                || cmd.contains("containerd-shim-moat")
+                || cmd.contains("containerd-shim-kata")
+        })
+        .collect()
+}
+
+/// Pod directories under the state dir (`<state>/<namespace>/<pod>`).
+pub fn pod_dirs() -> Vec<PathBuf> {
+    let Ok(nss) = std::fs::read_dir(STATE_DIR) else {
+        return Vec::new();
+    };
+    nss.flatten()
+        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Runs `flow` on a fresh stack, then checks for leftovers and stops containerd. A panic after
+/// a guest crash becomes `Err` (for [`crate::on_kvm_retrying`]); other panics go on, with
+/// containerd's log printed.
+pub fn with_stack(flow: impl FnOnce(&Stack)) -> Result<(), String> {
+    with_stack_tuned(|_| {}, flow)
+}
+
+/// [`with_stack`] on a stack whose containerd options `tune` adjusted.
+pub fn with_stack_tuned(
+    tune: impl FnOnce(&mut ContainerdOptions),
+    flow: impl FnOnce(&Stack),
+) -> Result<(), String> {
+    let stack = Stack::start_with(tune).unwrap_or_else(|e| panic!("{e}"));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flow(&stack)));
+    if let Err(p) = r {
+        eprintln!("--- containerd log ---\n{}", stack.log());
+        if let Some(why) = stack.guest_crashed() {
+            return Err(why);
+        }
+        std::panic::resume_unwind(p);
+    }
+    stack.assert_no_leftovers();
+    stack.stop().unwrap_or_else(|e| panic!("{e}"));
+    Ok(())
+}
