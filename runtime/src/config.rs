@@ -78,6 +78,15 @@ pub struct VmConfig {
     pub kernel_params: String,
     /// How long to wait for the agent to answer after the VMM starts, seconds.
     pub boot_timeout_secs: u64,
+    /// The most vCPUs a pod's VM may get from annotations and CRI pod limits
+    /// (see [`crate::sizing`]); unset: [`DEFAULT_MAX_VCPUS`] or `vcpus` if larger.
+    pub max_vcpus: Option<u32>,
+    /// The most guest memory a pod's VM may get from annotations and CRI pod limits, MiB;
+    /// unset: [`DEFAULT_MAX_MEMORY_MIB`] or `memory_mib` if larger.
+    pub max_memory_mib: Option<u64>,
+    /// Whether the pod annotations `moat.vm.vcpus` / `moat.vm.memory_mib` may size the VM
+    /// (within the maxima); when off they are refused.
+    pub enable_annotations: bool,
 }
 
 impl Default for VmConfig {
@@ -90,7 +99,28 @@ impl Default for VmConfig {
             memory_mib: 256,
             kernel_params: String::new(),
             boot_timeout_secs: 120,
+            max_vcpus: None,
+            max_memory_mib: None,
+            enable_annotations: true,
         }
+    }
+}
+
+/// The default of `[vm] max_vcpus`.
+pub const DEFAULT_MAX_VCPUS: u32 = 8;
+/// The default of `[vm] max_memory_mib`.
+pub const DEFAULT_MAX_MEMORY_MIB: u64 = 8192;
+
+impl VmConfig {
+    /// The effective `max_vcpus`.
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_vcpus.unwrap_or(DEFAULT_MAX_VCPUS.max(self.vcpus))
+    }
+
+    /// The effective `max_memory_mib`.
+    pub fn max_memory_mib(&self) -> u64 {
+        self.max_memory_mib
+            .unwrap_or(DEFAULT_MAX_MEMORY_MIB.max(self.memory_mib))
     }
 }
 
@@ -187,6 +217,18 @@ impl Config {
             return Err(bad(
                 "vm.memory_mib",
                 format!("{} is not in {lo}..={hi}", vm.memory_mib),
+            ));
+        }
+        if vm.max_vcpus() < vm.vcpus || vm.max_vcpus() > MAX_VCPUS {
+            return Err(bad(
+                "vm.max_vcpus",
+                format!("{} is not in {}..={MAX_VCPUS}", vm.max_vcpus(), vm.vcpus),
+            ));
+        }
+        if vm.max_memory_mib() < vm.memory_mib || vm.max_memory_mib() > hi {
+            return Err(bad(
+                "vm.max_memory_mib",
+                format!("{} is not in {}..={hi}", vm.max_memory_mib(), vm.memory_mib),
             ));
         }
         if vm.boot_timeout_secs == 0 || vm.boot_timeout_secs > 3600 {
@@ -305,6 +347,14 @@ mod tests {
         assert!(e.contains("cpus"), "{e}");
         let e = parse("[vm]\nvcpus = \"two\"\n").unwrap_err().to_string();
         assert!(e.contains("line 2 (`vcpus = \"two\"`)"), "{e}");
+        let e = parse("[vm]\nvcpus = 4\nmax_vcpus = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm.max_vcpus"), "{e}");
+        let e = parse("[vm]\nmax_memory_mib = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm.max_memory_mib"), "{e}");
         let e = parse("[vm\n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
     }

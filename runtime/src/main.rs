@@ -12,6 +12,7 @@ mod pod;
 mod process;
 mod service;
 mod shim;
+mod sizing;
 mod spec;
 mod vm;
 

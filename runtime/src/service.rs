@@ -24,7 +24,7 @@ use crate::io::{ProcessIo, StdioPaths};
 use crate::layout::check_id;
 use crate::pod;
 use crate::process::{Exit, Process};
-use crate::{metrics, options, spec};
+use crate::{metrics, options, sizing, spec};
 
 mod state;
 
@@ -85,9 +85,17 @@ impl containerd_shim::Task for Service {
             log::info!("{}: {n}", req.id);
         }
         let config_path = options::config_path(req.options.as_ref()).map_err(bad)?;
-        let cfg = Config::resolve(config_path.as_deref()).map_err(|e| bad(e.to_string()))?;
+        let mut cfg = Config::resolve(config_path.as_deref()).map_err(|e| bad(e.to_string()))?;
         let pod_id = spec::pod_of(&host_spec, &req.id);
         check_id("pod id", &pod_id).map_err(bad)?;
+        if pod_id == req.id {
+            // The pod's first container: its spec sizes the VM.
+            let size = sizing::size_for(&cfg.vm, &host_spec).map_err(|e| bad(e.to_string()))?;
+            for n in &size.notes {
+                log::info!("pod {pod_id}: {n}");
+            }
+            (cfg.vm.vcpus, cfg.vm.memory_mib) = (size.vcpus, size.memory_mib);
+        }
         let hostname = host_spec["hostname"].as_str().unwrap_or("").to_string();
         let (pod, booted) = self.pod_for(&cfg, &req.id, &pod_id, &hostname)?;
         let is_sandbox = pod_id == req.id;

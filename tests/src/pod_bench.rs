@@ -91,7 +91,15 @@ fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), 
     let id = format!("idle-{}", short(runtime));
     let image = stack.image.as_str();
     let run = [
-        "run", "-d", "--null-io", "--runtime", runtime, image, &id, "sleep", "3600",
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        runtime,
+        image,
+        &id,
+        "sleep",
+        "3600",
     ];
     stack
         .containerd

@@ -9,12 +9,16 @@ pub fn median(mut v: Vec<u64>) -> Option<u64> {
 
 /// Microseconds as milliseconds with `decimals` places, or `n/a`.
 pub fn ms(us: Option<u64>, decimals: usize) -> String {
-    us.map_or("n/a".into(), |v| format!("{:.*} ms", decimals, v as f64 / 1000.0))
+    us.map_or("n/a".into(), |v| {
+        format!("{:.*} ms", decimals, v as f64 / 1000.0)
+    })
 }
 
 /// KiB as MiB with `decimals` places, or `n/a`.
 pub fn mib(kib: Option<u64>, decimals: usize) -> String {
-    kib.map_or("n/a".into(), |v| format!("{:.*} MiB", decimals, v as f64 / 1024.0))
+    kib.map_or("n/a".into(), |v| {
+        format!("{:.*} MiB", decimals, v as f64 / 1024.0)
+    })
 }
 
 /// `a / b` as `1.23x`, or `n/a`.
