@@ -40,6 +40,29 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
     }
 }
 
+/// Removes the shim socket of `address` (`unix:///run/containerd/s/...`, from the bundle's
+/// `address` file) when no shim serves it any more (connecting is refused): a killed shim
+/// leaves it behind, and a later `start` of the same group would only remove it then.
+/// Returns the path removed.
+fn remove_dead_socket(address: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = Path::new(address.trim().strip_prefix("unix://")?);
+    if !std::fs::symlink_metadata(path)
+        .ok()?
+        .file_type()
+        .is_socket()
+    {
+        return None;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).ok()?;
+            Some(path.display().to_string())
+        }
+        _ => None,
+    }
+}
+
 impl containerd_shim::Shim for Shim {
     type T = Service;
 
@@ -63,7 +86,12 @@ impl containerd_shim::Shim for Shim {
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         let bundle =
             std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        let what = pod::cleanup_after_dead_shim(&bundle, &self.id);
+        let mut what = pod::cleanup_after_dead_shim(&bundle, &self.id);
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            if let Some(removed) = remove_dead_socket(&address) {
+                what.push_str(&format!("; removed the dead shim's socket {removed}"));
+            }
+        }
         eprintln!("{RUNTIME_ID}: delete {}: {what}", self.id);
         Ok(api::DeleteResponse {
             pid: 0,
@@ -83,5 +111,44 @@ impl containerd_shim::Shim for Shim {
             Events::new(Some(publisher), &self.namespace),
             self.exit.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `install.sh` installs `runtime/configuration.toml` as the default config: it must
+    /// parse, and say exactly the built-in defaults.
+    #[test]
+    fn the_installed_default_config_is_the_built_in_one() {
+        let text = include_str!("../configuration.toml");
+        let cfg = crate::config::Config::parse(text, Path::new("configuration.toml")).unwrap();
+        assert_eq!(cfg, crate::config::Config::default());
+    }
+
+    #[test]
+    fn only_a_dead_shim_socket_is_removed() {
+        let dir = std::env::temp_dir().join(format!("moat-shim-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let live = dir.join("live");
+        let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let dead = dir.join("dead");
+        drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        let addr = |p: &Path| format!("unix://{}", p.display());
+        assert_eq!(remove_dead_socket(&addr(&live)), None);
+        assert!(live.exists());
+        assert_eq!(
+            remove_dead_socket(&addr(&dead)),
+            Some(dead.display().to_string())
+        );
+        assert!(!dead.exists());
+        assert_eq!(remove_dead_socket(&addr(&file)), None);
+        assert!(file.exists());
+        assert_eq!(remove_dead_socket(&addr(&dir.join("none"))), None);
+        assert_eq!(remove_dead_socket("/no/scheme"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

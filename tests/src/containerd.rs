@@ -494,13 +494,8 @@ oom_score = 0
         piped_stdin: bool,
     ) -> Result<CtrChild, ContainerdError> {
         let args_shown = show(args);
-        let mut child = Command::new(&self.ctr)
-            .arg("--address")
-            .arg(&self.socket)
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .args(args)
-            .env("PATH", &self.path_env)
+        let mut child = self
+            .ctr_command(args)
             .stdin(match piped_stdin {
                 true => Stdio::piped(),
                 false => Stdio::null(),
@@ -589,6 +584,20 @@ oom_score = 0
             _ => {}
         }
         left
+    }
+
+    /// The `Command` of `ctr --address <sock> --namespace <ns> <args>` with the harness's
+    /// `PATH`, its stdio left to the caller (a pty for `ctr run -t`, a pipe read while ctr
+    /// runs).
+    pub fn ctr_command(&self, args: &[impl AsRef<OsStr>]) -> Command {
+        let mut cmd = Command::new(&self.ctr);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .env("PATH", &self.path_env);
+        cmd
     }
 }
 

@@ -12,6 +12,7 @@ pub mod cpio;
 pub mod guards;
 pub mod initramfs;
 pub mod kvm_host;
+pub mod live_ctr;
 pub mod microvm;
 pub mod moat_stack;
 pub mod ns_agent;

@@ -7,11 +7,13 @@
 //! Must run where KVM boots Linux: in the test host (see [`crate::on_kvm_retrying`]) unless
 //! the machine has hardware virtualization.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::containerd::{sys, Containerd, ContainerdOptions, CtrOutput};
+pub use crate::live_ctr::LiveCtr;
 use crate::microvm::GuestImage;
 use crate::oci_image;
 
@@ -206,6 +208,77 @@ impl Stack {
         }
     }
 
+    /// `ctr run -d --null-io --runtime RUNTIME IMAGE ID ARGS...`, which must succeed.
+    pub fn run_detached(&self, id: &str, args: &[&str]) -> CtrOutput {
+        let mut all = vec![
+            "run",
+            "-d",
+            "--null-io",
+            "--runtime",
+            RUNTIME,
+            &self.image,
+            id,
+        ];
+        all.extend_from_slice(args);
+        self.ctr_ok(&all)
+    }
+
+    /// Pod `pod`'s state directory (`<state dir>/<namespace>/<pod>`).
+    pub fn pod_dir(&self, pod: &str) -> PathBuf {
+        Path::new(STATE_DIR)
+            .join(self.containerd.namespace())
+            .join(pod)
+    }
+
+    /// The pid of pod `pod`'s live moat-vmm (its command line names the pod's vsock socket).
+    pub fn vmm_pid(&self, pod: &str) -> Option<u32> {
+        let vsock = self.pod_dir(pod).join("vsock.sock");
+        let vsock = vsock.as_os_str().as_bytes();
+        sys::list()
+            .into_iter()
+            .filter(|(pid, _, _)| sys::alive(*pid))
+            .find(|(_, _, argv)| {
+                argv[0].ends_with(b"moat-vmm")
+                    && argv
+                        .iter()
+                        .any(|a| a.windows(vsock.len()).any(|w| w == vsock))
+            })
+            .map(|(pid, _, _)| pid)
+    }
+
+    /// The live shim process serving shim group `group` (a lone container's id, or its
+    /// pod's) for this containerd, with its `-socket`: the one `start` spawned (`start` and
+    /// `delete` runs have no `-socket`).
+    pub fn shim_process(&self, group: &str) -> Option<(u32, PathBuf)> {
+        let procs = sys::list();
+        let ours = sys::with_address(&procs, self.containerd.address());
+        let flag = |argv: &[Vec<u8>], name: &[u8]| {
+            argv.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+        };
+        procs
+            .iter()
+            .filter(|(pid, _, _)| ours.contains(pid) && sys::alive(*pid))
+            .find_map(|(pid, _, argv)| {
+                let socket = flag(argv, b"-socket")?;
+                (flag(argv, b"-id")? == group.as_bytes()).then(|| {
+                    let socket = OsStr::from_bytes(&socket).to_string_lossy().into_owned();
+                    let path = socket.strip_prefix("unix://").unwrap_or(&socket);
+                    (*pid, PathBuf::from(path))
+                })
+            })
+    }
+
+    /// `ctr ARGS` with stdin `/dev/null`, its stdout and stderr readable while it runs.
+    pub fn ctr_live(&self, args: &[&str]) -> LiveCtr {
+        LiveCtr::piped(self.containerd.ctr_command(args), args)
+    }
+
+    /// `ctr ARGS` on a fresh pty of `rows` x `cols` (its controlling terminal, as in a
+    /// shell: `ctr run -t` needs one); the pty's output is its stdout.
+    pub fn ctr_on_pty(&self, args: &[&str], rows: u16, cols: u16) -> LiveCtr {
+        LiveCtr::on_pty(self.containerd.ctr_command(args), args, rows, cols)
+    }
+
     /// The log line saying the guest crashed (a flaky nested-virtualization triple fault,
     /// worth a retry in a fresh test host), if any.
     pub fn guest_crashed(&self) -> Option<String> {
@@ -245,6 +318,15 @@ pub fn pod_dirs() -> Vec<PathBuf> {
         .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
         .map(|e| e.path())
         .collect()
+}
+
+/// SIGKILLs `pid` (a process a test found with [`Stack::vmm_pid`] or
+/// [`Stack::shim_process`]); panics if it cannot be signalled.
+pub fn sigkill(pid: u32) {
+    let p = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: plain kill(2); the pid was just found among this stack's moat processes.
+    let r = unsafe { libc::kill(p, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
 }
 
 /// Runs `flow` on a fresh stack, then checks for leftovers and stops containerd. A panic after

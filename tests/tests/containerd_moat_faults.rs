@@ -1,0 +1,198 @@
+//! moat under faults, through a real containerd 1.6 driven with `ctr`: the pod's `moat-vmm` or
+//! its shim (`containerd-shim-moat-v2`) killed with SIGKILL while a container and an exec run.
+//! Every flow must end with the task reported exited, `ctr` returning, deletes working and
+//! nothing of moat left (process, mount, pod directory with its vsock socket, shim socket).
+//! Runs in the test host (nested KVM) unless this machine has hardware KVM.
+
+use std::time::{Duration, Instant};
+
+use moat_tests::containerd::CtrOutput;
+use moat_tests::moat_stack::{sigkill, with_stack, LiveCtr, Stack, RUNTIME};
+
+/// How many fresh test hosts a flow may use when the guest crashes (see
+/// `moat_tests::on_kvm_retrying`).
+const ATTEMPTS: usize = 4;
+/// The status the shim reports for a process whose VM died under it.
+const VM_DIED: i32 = 255;
+/// How long the task may take to be reported exited after a kill.
+const EXIT_REPORTED: Duration = Duration::from_secs(30);
+/// The container that gets its VMM or shim killed.
+const VICTIM: &str = "victim";
+
+/// What an exec or a foreground `ctr run` runs: a line once it runs, then a long sleep.
+const UP_THEN_SLEEP: &[&str] = &["sh", "-c", "echo up; exec sleep 600"];
+/// How long ctr may take to print the first line of a process.
+const STARTED: Duration = Duration::from_secs(60);
+
+/// Starts [`VICTIM`] detached (a lone container: its own pod, VM and shim) and a foreground
+/// `ctr task exec` in it; returns the exec's ctr once the exec's output reaches it.
+fn start_victim_with_exec(s: &Stack) -> LiveCtr {
+    s.run_detached(VICTIM, &["sleep", "100000"]);
+    s.wait_task_status(VICTIM, "RUNNING", STARTED);
+    let mut args = vec!["task", "exec", "--exec-id", "long", VICTIM];
+    args.extend_from_slice(UP_THEN_SLEEP);
+    let exec = s.ctr_live(&args);
+    exec.wait_for("up\n", STARTED);
+    exec
+}
+
+/// A foreground `ctr run --rm` of container `id`, once its output reaches ctr.
+fn start_foreground(s: &Stack, id: &str) -> LiveCtr {
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, &s.image, id];
+    args.extend_from_slice(UP_THEN_SLEEP);
+    let run = s.ctr_live(&args);
+    run.wait_for("up\n", STARTED);
+    run
+}
+
+/// Waits until nothing of moat is left, returning how long that took.
+fn time_to_clean(s: &Stack, since: Instant) -> Duration {
+    s.assert_no_leftovers();
+    since.elapsed()
+}
+
+/// `kill -9` of the pod's moat-vmm: the shim reports every process exited with 255; the
+/// exec's ctr returns it, `task ls` shows the task STOPPED; `task delete` (which tears the
+/// pod down) and `container delete` work; nothing is left.
+#[test]
+fn vmm_killed() {
+    moat_tests::on_kvm_retrying("vmm_killed", ATTEMPTS, || {
+        with_stack(|s| {
+            let vsock = s.pod_dir(VICTIM).join("vsock.sock");
+            let exec = start_victim_with_exec(s);
+            assert!(vsock.exists(), "{} missing", vsock.display());
+            let vmm = s.vmm_pid(VICTIM).expect("the victim's moat-vmm");
+            let killed = Instant::now();
+            sigkill(vmm);
+            s.wait_task_status(VICTIM, "STOPPED", EXIT_REPORTED);
+            println!("VMM killed: task STOPPED after {:?}", killed.elapsed());
+            let exec = exec.finish(EXIT_REPORTED);
+            println!(
+                "VMM killed: the exec's ctr returned after {:?}",
+                killed.elapsed()
+            );
+            assert_eq!(exec.code(), Some(VM_DIED), "exec: {}", exec.stderr_str());
+            // The VMM is gone; the pod (directory, mounts, vsock socket) stays until delete.
+            assert_eq!(s.vmm_pid(VICTIM), None);
+            assert!(
+                vsock.exists(),
+                "{} gone before task delete",
+                vsock.display()
+            );
+            // ctr only warns about the status.
+            let err = s.ctr_ok(&["task", "delete", VICTIM]).stderr_str();
+            assert!(err.contains("non-zero exit code 255"), "task delete: {err}");
+            assert!(
+                !vsock.exists(),
+                "{} left after task delete",
+                vsock.display()
+            );
+            s.ctr_ok(&["container", "delete", VICTIM]);
+            let ls = s.ctr_ok(&["task", "ls"]).stdout_str();
+            assert!(!ls.contains(VICTIM), "{ls}");
+            println!(
+                "VMM killed: cleaned up after {:?}",
+                time_to_clean(s, killed)
+            );
+        })
+    });
+}
+
+/// `kill -9` of the moat-vmm under a foreground `ctr run --rm`: ctr returns 255 and removes
+/// the container; nothing is left.
+#[test]
+fn vmm_killed_under_ctr_run_rm() {
+    moat_tests::on_kvm_retrying("vmm_killed_under_ctr_run_rm", ATTEMPTS, || {
+        with_stack(|s| {
+            let run = start_foreground(s, "fg");
+            let killed = Instant::now();
+            sigkill(s.vmm_pid("fg").expect("the moat-vmm of fg"));
+            let o = run.finish(EXIT_REPORTED);
+            println!(
+                "VMM killed under ctr run --rm: returned {:?} after {:?}: {:?}",
+                o.code(),
+                killed.elapsed(),
+                o.stderr_str()
+            );
+            assert_eq!(o.code(), Some(VM_DIED), "{}", o.stderr_str());
+            let ls = s.ctr_ok(&["container", "ls", "-q"]).stdout_str();
+            assert!(!ls.contains("fg"), "{ls}");
+            println!(
+                "VMM killed under ctr run --rm: cleaned up after {:?}",
+                time_to_clean(s, killed)
+            );
+        })
+    });
+}
+
+/// What ctr says when the shim serving its process is killed: containerd's Wait fails with
+/// the shim's connection (no exit status: the shim that knew it is gone).
+fn assert_shim_gone_error(o: &CtrOutput) {
+    assert_eq!(o.code(), Some(1), "{}", o.stderr_str());
+    assert!(
+        o.stderr_str().contains("ttrpc: closed"),
+        "{}",
+        o.stderr_str()
+    );
+}
+
+/// `kill -9` of the shim serving a detached container: the VMM dies with it (PDEATHSIG),
+/// containerd runs `containerd-shim-moat-v2 delete`, which cleans the pod up; the exec's ctr
+/// returns, containerd drops the task, `container delete` works; nothing is left (the dead
+/// shim's socket included).
+#[test]
+fn shim_killed() {
+    moat_tests::on_kvm_retrying("shim_killed", ATTEMPTS, || {
+        with_stack(|s| {
+            let vsock = s.pod_dir(VICTIM).join("vsock.sock");
+            let exec = start_victim_with_exec(s);
+            let (shim, socket) = s.shim_process(VICTIM).expect("the victim's shim");
+            assert!(socket.exists(), "{} missing", socket.display());
+            let killed = Instant::now();
+            sigkill(shim);
+            let exec = exec.finish(EXIT_REPORTED);
+            let returned = killed.elapsed();
+            println!("shim killed: the exec's ctr returned after {returned:?}");
+            assert_shim_gone_error(&exec);
+            let clean = time_to_clean(s, killed);
+            println!("shim killed: cleaned up after {clean:?}");
+            assert!(!vsock.exists(), "{} left", vsock.display());
+            let gone = !socket.exists();
+            assert!(gone, "the dead shim's {} left", socket.display());
+            // containerd dropped the task with the shim (and published its exit).
+            let ls = s.ctr_ok(&["task", "ls"]).stdout_str();
+            assert!(!ls.contains(VICTIM), "{ls}");
+            let del = s.ctr(&["task", "delete", VICTIM]);
+            assert_eq!(del.code(), Some(1), "task delete: {}", del.stderr_str());
+            let err = del.stderr_str();
+            assert!(err.contains("not found"), "task delete: {err}");
+            s.ctr_ok(&["container", "delete", VICTIM]);
+        })
+    });
+}
+
+/// `kill -9` of the shim under a foreground `ctr run --rm`: ctr returns (it must not hang),
+/// still removing the container; nothing of moat is left.
+#[test]
+fn shim_killed_under_ctr_run_rm() {
+    moat_tests::on_kvm_retrying("shim_killed_under_ctr_run_rm", ATTEMPTS, || {
+        with_stack(|s| {
+            let run = start_foreground(s, "fg");
+            let (shim, socket) = s.shim_process("fg").expect("the shim of fg");
+            let killed = Instant::now();
+            sigkill(shim);
+            let o = run.finish(EXIT_REPORTED);
+            let returned = killed.elapsed();
+            println!("shim killed under ctr run --rm: returned after {returned:?}");
+            assert_shim_gone_error(&o);
+            let clean = time_to_clean(s, killed);
+            println!("shim killed under ctr run --rm: cleaned up after {clean:?}");
+            let gone = !socket.exists();
+            assert!(gone, "the dead shim's {} left", socket.display());
+            let ls = s.ctr_ok(&["container", "ls", "-q"]).stdout_str();
+            assert!(!ls.contains("fg"), "{ls}");
+            let ls = s.ctr_ok(&["task", "ls"]).stdout_str();
+            assert!(!ls.contains("fg"), "{ls}");
+        })
+    });
+}
