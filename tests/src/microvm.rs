@@ -22,7 +22,8 @@ pub const INIT_MARKER: &str = "moat-test-init: reached /init";
 /// the marker, run what the kernel command line asks after `--`, and stop the VM.
 /// `vsock-echo` (image from [`GuestImage::with_vsock_echo`]) serves an AF_VSOCK echo on port
 /// [`VSOCK_ECHO_PORT`] (an optional second argument caps its write size) and keeps the VM
-/// up for an hour, until the host stops it.
+/// up for an hour, until the host stops it. `script PATH ARGS...` runs a shell script a
+/// test packed into the image (see [`test_initramfs_with`]), then stops the VM.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t proc proc /proc
@@ -53,6 +54,7 @@ case "$1" in
        echo "fs_dotdot=$(/bin/busybox cat /mnt/../secret 2>&1)"
        echo "fs_ls=$(/bin/busybox ls -a /mnt/.. /mnt | /bin/busybox tr '\n' ' ')"
        /bin/busybox umount /mnt; echo "fs_umount=$?" ;;
+  script) shift; /bin/busybox sh "$@" ;;
   vsock-echo) /bin/moat-vsock-echo 5000 $2 &
        /bin/busybox sleep 3600 ;;
 esac

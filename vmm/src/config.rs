@@ -5,10 +5,12 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS, MMIO_GAP_START};
+use crate::devices::virtio::net::{tap, MacAddr, MAX_MTU, MIN_MTU};
 
 /// Smallest guest memory moat accepts (a 6.12 kernel with an initramfs needs about this).
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -21,6 +23,8 @@ pub const MAX_INITRD_BYTES: u64 = 2 << 30;
 pub const MAX_BLOCK_DEVICES: usize = 8;
 /// Most virtio-fs shares per VM.
 pub const MAX_SHARED_DIRS: usize = 4;
+/// Most virtio-net devices per VM.
+pub const MAX_NET_DEVICES: usize = 4;
 /// Default cap on bytes written from the guest's serial port to a file or stdout.
 pub const DEFAULT_SERIAL_LIMIT_BYTES: u64 = 64 << 20;
 
@@ -140,6 +144,16 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: String,
     },
+    /// A virtio-net device is misconfigured.
+    #[error("net_devices[{index}].{field}: {why}")]
+    Net {
+        /// Position of the device (command-line devices follow the config file's).
+        index: usize,
+        /// The field at fault (`tap`, `fd`, `mac`, `mtu`).
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// Where the guest's serial console goes.
@@ -211,6 +225,62 @@ pub struct SharedDirConfig {
     pub path: PathBuf,
 }
 
+/// One virtio-net device with a host TAP backend: exactly one of `tap` (an interface name,
+/// opened by the VMM) or `fd` (an inherited fd of a TAP queue opened with
+/// `IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`, so the VMM needs no CAP_NET_ADMIN). Command-line form:
+/// `tap=NAME[,mac=02:..][,mtu=N]` or `fd=N[,mac=..][,mtu=N]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetDeviceConfig {
+    /// The TAP interface to attach to (created, transient, if missing and the VMM has
+    /// CAP_NET_ADMIN).
+    pub tap: Option<String>,
+    /// An inherited TAP queue fd (3 or more); the VMM takes it over.
+    pub fd: Option<i32>,
+    /// The guest's MAC address (unicast); a random locally administered one when absent.
+    pub mac: Option<MacAddr>,
+    /// MTU announced to the guest with VIRTIO_NET_F_MTU (68..=65518); not announced
+    /// when absent (the guest uses 1500).
+    pub mtu: Option<u16>,
+}
+
+impl FromStr for NetDeviceConfig {
+    type Err = String;
+
+    /// Parses the command-line form `tap=NAME|fd=N[,mac=MAC][,mtu=N]`.
+    fn from_str(s: &str) -> Result<NetDeviceConfig, String> {
+        fn set<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), String> {
+            match slot.replace(value) {
+                Some(_) => Err(format!("net option {key} given twice")),
+                None => Ok(()),
+            }
+        }
+        let mut cfg = NetDeviceConfig::default();
+        for opt in s.split(',') {
+            let (key, value) = opt
+                .split_once('=')
+                .ok_or_else(|| format!("expected KEY=VALUE, got {opt:?}"))?;
+            let number = |what| format!("net {key}: {value:?} is not a valid {what}");
+            match key {
+                "tap" => set(&mut cfg.tap, key, value.to_string())?,
+                "fd" => set(&mut cfg.fd, key, value.parse().map_err(|_| number("fd"))?)?,
+                "mac" => set(
+                    &mut cfg.mac,
+                    key,
+                    value.parse().map_err(|e| format!("{e}"))?,
+                )?,
+                "mtu" => set(&mut cfg.mtu, key, value.parse().map_err(|_| number("MTU"))?)?,
+                _ => {
+                    return Err(format!(
+                        "unknown net option {key:?} (expected tap, fd, mac or mtu)"
+                    ))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
 /// Full configuration of one microVM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -239,6 +309,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockDeviceConfig>,
     /// virtio-fs shares (at most [`MAX_SHARED_DIRS`]).
     pub shared_dirs: Vec<SharedDirConfig>,
+    /// virtio-net devices (at most [`MAX_NET_DEVICES`]; `eth0`, `eth1`, ... in the guest).
+    pub net_devices: Vec<NetDeviceConfig>,
 }
 
 impl Default for VmConfig {
@@ -256,6 +328,7 @@ impl Default for VmConfig {
             rng: true,
             vsock: None,
             shared_dirs: Vec::new(),
+            net_devices: Vec::new(),
         }
     }
 }
@@ -285,6 +358,9 @@ pub struct ValidConfig {
     pub vsock: Option<VsockDeviceConfig>,
     /// virtio-fs shares (checked: valid unique tags, paths are directories; canonical paths).
     pub shared_dirs: Vec<SharedDirConfig>,
+    /// virtio-net devices (checked: one backend each, valid unique interface names, fds
+    /// that are TAP queues with a vnet header, unicast MACs, MTUs in range).
+    pub net_devices: Vec<NetDeviceConfig>,
 }
 
 impl VmConfig {
@@ -352,6 +428,7 @@ impl VmConfig {
             check_vsock(vsock)?;
         }
         let shared_dirs = check_shared_dirs(&self.shared_dirs)?;
+        check_net_devices(&self.net_devices)?;
         Ok(ValidConfig {
             kernel,
             initrd,
@@ -364,8 +441,57 @@ impl VmConfig {
             rng: self.rng,
             vsock: self.vsock.clone(),
             shared_dirs,
+            net_devices: self.net_devices.clone(),
         })
     }
+}
+
+/// Checks the virtio-net devices (see [`ValidConfig::net_devices`]).
+fn check_net_devices(devices: &[NetDeviceConfig]) -> Result<(), ConfigError> {
+    check_range(
+        "net_devices (count)",
+        devices.len() as u64,
+        0,
+        MAX_NET_DEVICES as u64,
+    )?;
+    for (index, dev) in devices.iter().enumerate() {
+        let bad = |field, why: String| ConfigError::Net { index, field, why };
+        let earlier = &devices[..index];
+        match (&dev.tap, dev.fd) {
+            (Some(name), None) => {
+                if !tap::valid_ifname(name) {
+                    return Err(bad(
+                        "tap",
+                        format!("{name:?} must be 1..=15 bytes without '/', ':' or spaces"),
+                    ));
+                }
+                if earlier.iter().any(|d| d.tap.as_ref() == Some(name)) {
+                    return Err(bad("tap", format!("{name} used twice")));
+                }
+            }
+            (None, Some(fd)) => {
+                if fd < 3 {
+                    return Err(bad("fd", format!("{fd} is stdio; give an fd of 3 or more")));
+                }
+                if earlier.iter().any(|d| d.fd == Some(fd)) {
+                    return Err(bad("fd", format!("{fd} used twice")));
+                }
+                tap::check_tap_fd(fd).map_err(|e| bad("fd", e.to_string()))?;
+            }
+            (Some(_), Some(_)) => return Err(bad("tap", "give tap or fd, not both".into())),
+            (None, None) => return Err(bad("tap", "give tap=NAME or fd=N".into())),
+        }
+        if let Some(mac) = dev.mac {
+            mac.check_unicast().map_err(|e| bad("mac", e.to_string()))?;
+        }
+        if let Some(mtu) = dev.mtu.filter(|m| !(MIN_MTU..=MAX_MTU).contains(m)) {
+            return Err(bad(
+                "mtu",
+                format!("{mtu} is out of range ({MIN_MTU}..={MAX_MTU})"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the virtio-fs shares; returns them with canonical paths.

@@ -325,3 +325,103 @@ fn json_shared_dirs() {
         }]
     );
 }
+
+#[test]
+fn net_flags_parse() {
+    let cfg: NetDeviceConfig = "tap=tap0,mac=02:AB:cd:00:00:01,mtu=9000".parse().unwrap();
+    assert_eq!(cfg.tap.as_deref(), Some("tap0"));
+    assert_eq!(cfg.mac, Some(MacAddr([2, 0xab, 0xcd, 0, 0, 1])));
+    assert_eq!(cfg.mtu, Some(9000));
+    let cfg: NetDeviceConfig = "fd=7".parse().unwrap();
+    assert_eq!((cfg.fd, cfg.tap, cfg.mac), (Some(7), None, None));
+    for (bad, why) in [
+        ("tap", "KEY=VALUE"),
+        ("tap=a,tap=b", "given twice"),
+        ("fd=x", "not a valid fd"),
+        ("tap=a,mac=02:00:00:00:00", "not a MAC"),
+        ("tap=a,mac=02:00:00:00:00:0g", "not a MAC"),
+        ("tap=a,mtu=70000", "not a valid MTU"),
+        ("tap=a,queues=2", "unknown net option"),
+    ] {
+        let err = bad.parse::<NetDeviceConfig>().unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn net_devices_are_checked() {
+    let dir = tmpdir("net");
+    let kernel = Some(fake_kernel(&dir));
+    let with = |devs: Vec<&str>| VmConfig {
+        kernel: kernel.clone(),
+        net_devices: devs.into_iter().map(|d| d.parse().unwrap()).collect(),
+        ..Default::default()
+    };
+    let ok = with(vec!["tap=tap0", "tap=tap1,mac=02:00:00:00:00:01,mtu=1400"])
+        .validate()
+        .unwrap();
+    assert_eq!(ok.net_devices.len(), 2);
+    let null = File::open("/dev/null").unwrap();
+    let null_fd = format!("fd={}", std::os::fd::AsRawFd::as_raw_fd(&null));
+    for (devs, want) in [
+        (vec!["tap=a/b"], "net_devices[0].tap: \"a/b\" must be"),
+        (vec!["tap=sixteen-bytes-xx"], "net_devices[0].tap"),
+        (
+            vec!["tap=t0", "tap=t0"],
+            "net_devices[1].tap: t0 used twice",
+        ),
+        (
+            vec!["tap=t0,fd=5"],
+            "net_devices[0].tap: give tap or fd, not both",
+        ),
+        (
+            vec!["mtu=1500"],
+            "net_devices[0].tap: give tap=NAME or fd=N",
+        ),
+        (vec!["fd=2"], "net_devices[0].fd: 2 is stdio"),
+        (vec!["fd=987654"], "not an open file descriptor"),
+        (vec![null_fd.as_str()], "not a /dev/net/tun"),
+        (
+            vec!["tap=t0,mac=01:00:5e:00:00:01"],
+            "net_devices[0].mac: 01:00:5e:00:00:01 is a multicast",
+        ),
+        (vec!["tap=t0,mac=00:00:00:00:00:00"], "net_devices[0].mac"),
+        (
+            vec!["tap=t0,mtu=67"],
+            "net_devices[0].mtu: 67 is out of range",
+        ),
+        (vec!["tap=t0,mtu=65519"], "net_devices[0].mtu"),
+        (
+            vec!["tap=a", "tap=b", "tap=c", "tap=d", "tap=e"],
+            "net_devices (count)",
+        ),
+    ] {
+        let err = with(devs.clone()).validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with(want) || err.contains(want),
+            "{devs:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn json_net_devices() {
+    let dir = tmpdir("json-net");
+    let path = dir.join("vm.json");
+    std::fs::write(
+        &path,
+        r#"{"net_devices": [{"tap": "tap0", "mac": "02:00:00:00:00:09"}, {"fd": 5, "mtu": 1400}]}"#,
+    )
+    .unwrap();
+    let cfg = VmConfig::from_json_file(&path).unwrap();
+    assert_eq!(cfg.net_devices[0].mac, Some(MacAddr([2, 0, 0, 0, 0, 9])));
+    assert_eq!(
+        (cfg.net_devices[1].fd, cfg.net_devices[1].mtu),
+        (Some(5), Some(1400))
+    );
+    let json = serde_json::to_string(&cfg.net_devices[0]).unwrap();
+    assert!(json.contains(r#""mac":"02:00:00:00:00:09""#), "{json}");
+    std::fs::write(&path, r#"{"net_devices": [{"tap": "t", "mac": "nope"}]}"#).unwrap();
+    let err = VmConfig::from_json_file(&path).unwrap_err();
+    assert!(err.to_string().contains("not a MAC address"), "{err}");
+}

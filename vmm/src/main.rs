@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use moat_vmm::config::{
-    BlockDeviceConfig, SerialOutput, SharedDirConfig, VmConfig, VsockDeviceConfig,
+    BlockDeviceConfig, NetDeviceConfig, SerialOutput, SharedDirConfig, VmConfig, VsockDeviceConfig,
 };
 use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
 use moat_vmm::metrics::Metrics;
@@ -57,6 +57,16 @@ struct Cli {
     /// (`mount -t virtiofs TAG /mnt` in the guest); repeat for more shares.
     #[arg(long = "share", value_name = "TAG=PATH", value_parser = parse_share)]
     share: Vec<SharedDirConfig>,
+    /// A virtio-net device on TAP interface NAME, or on an inherited TAP queue fd N (opened
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR); optional guest MAC (default: random, locally
+    /// administered) and announced MTU; repeat for more (eth0, eth1, ... after any from the
+    /// config file).
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME|fd=N[,mac=MAC][,mtu=N]",
+        value_parser = parse_net
+    )]
+    net: Vec<NetDeviceConfig>,
     /// Do not give the guest a virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
@@ -109,6 +119,10 @@ fn parse_vsock(s: &str) -> Result<VsockDeviceConfig, String> {
     })
 }
 
+fn parse_net(s: &str) -> Result<NetDeviceConfig, String> {
+    s.parse()
+}
+
 fn parse_share(s: &str) -> Result<SharedDirConfig, String> {
     match s.split_once('=') {
         Some((tag, path)) if !tag.is_empty() && !path.is_empty() => Ok(SharedDirConfig {
@@ -138,6 +152,7 @@ impl Cli {
         cfg.metrics_file = self.metrics_file.or(cfg.metrics_file);
         cfg.block_devices.extend(self.block);
         cfg.shared_dirs.extend(self.share);
+        cfg.net_devices.extend(self.net);
         cfg.rng &= !self.no_rng;
         cfg.vsock = self.vsock.or(cfg.vsock);
         Ok(cfg)

@@ -1,7 +1,9 @@
 //! Boot metrics measured inside the VMM: time to the first KVM_RUN, time to the guest's /init
-//! (boot timer), and the VMM's own resident memory excluding guest RAM.
+//! (boot timer), and the VMM's own resident memory excluding guest RAM; plus the frame
+//! counters of each virtio-net device.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,6 +19,72 @@ pub struct Metrics {
     rss_excl_guest_kib: OnceLock<u64>,
     guest_ranges: Mutex<Vec<(u64, u64)>>,
     phases: Mutex<Vec<(&'static str, u64)>>,
+    net: Mutex<Vec<(String, String, Arc<NetCounters>)>>,
+}
+
+/// Frame counters of one virtio-net device, updated by the device as it runs.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Frames delivered into guest RX buffers.
+    pub rx_frames: AtomicU64,
+    /// Bytes of those frames (Ethernet frame, virtio header not counted).
+    pub rx_bytes: AtomicU64,
+    /// Frames read from the backend and dropped: larger than the posted chain, or runts.
+    pub rx_dropped: AtomicU64,
+    /// Malformed RX chains (readable or out-of-memory descriptors, too small), used with 0.
+    pub rx_bad_chains: AtomicU64,
+    /// Frames the guest sent that reached the backend.
+    pub tx_frames: AtomicU64,
+    /// Bytes of those frames (virtio header not counted).
+    pub tx_bytes: AtomicU64,
+    /// Well-formed guest frames the backend refused (write error).
+    pub tx_dropped: AtomicU64,
+    /// Malformed TX chains (writable or out-of-memory descriptors, over 64 KiB, runts).
+    pub tx_bad_chains: AtomicU64,
+}
+
+/// A serializable view of one virtio-net device's counters.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct NetSnapshot {
+    /// The backend (e.g. `tap:tap0`).
+    pub backend: String,
+    /// The guest's MAC address.
+    pub mac: String,
+    /// See [`NetCounters::rx_frames`].
+    pub rx_frames: u64,
+    /// See [`NetCounters::rx_bytes`].
+    pub rx_bytes: u64,
+    /// See [`NetCounters::rx_dropped`].
+    pub rx_dropped: u64,
+    /// See [`NetCounters::rx_bad_chains`].
+    pub rx_bad_chains: u64,
+    /// See [`NetCounters::tx_frames`].
+    pub tx_frames: u64,
+    /// See [`NetCounters::tx_bytes`].
+    pub tx_bytes: u64,
+    /// See [`NetCounters::tx_dropped`].
+    pub tx_dropped: u64,
+    /// See [`NetCounters::tx_bad_chains`].
+    pub tx_bad_chains: u64,
+}
+
+impl NetCounters {
+    /// The current values, labelled with the device's backend and MAC.
+    pub fn snapshot(&self, backend: &str, mac: &str) -> NetSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NetSnapshot {
+            backend: backend.to_string(),
+            mac: mac.to_string(),
+            rx_frames: get(&self.rx_frames),
+            rx_bytes: get(&self.rx_bytes),
+            rx_dropped: get(&self.rx_dropped),
+            rx_bad_chains: get(&self.rx_bad_chains),
+            tx_frames: get(&self.tx_frames),
+            tx_bytes: get(&self.tx_bytes),
+            tx_dropped: get(&self.tx_dropped),
+            tx_bad_chains: get(&self.tx_bad_chains),
+        }
+    }
 }
 
 /// A serializable view of the metrics (written to the metrics file at exit).
@@ -34,6 +102,8 @@ pub struct MetricsSnapshot {
     pub exit_reason: Option<String>,
     /// Setup phases, each with the microseconds since VMM start at which it ended.
     pub phases_us: Vec<(String, u64)>,
+    /// Frame counters of each virtio-net device, in device order.
+    pub net: Vec<NetSnapshot>,
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds.
@@ -64,7 +134,13 @@ impl Metrics {
             rss_excl_guest_kib: OnceLock::new(),
             guest_ranges: Mutex::new(Vec::new()),
             phases: Mutex::new(Vec::new()),
+            net: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Reports the counters of a virtio-net device (backend and MAC label them).
+    pub fn add_net(&self, backend: String, mac: String, counters: Arc<NetCounters>) {
+        lock(&self.net).push((backend, mac, counters));
     }
 
     /// Tells which host address ranges hold guest RAM (left out of the RSS figure).
@@ -108,6 +184,10 @@ impl Metrics {
             phases_us: lock(&self.phases)
                 .iter()
                 .map(|(n, us)| (n.to_string(), *us))
+                .collect(),
+            net: lock(&self.net)
+                .iter()
+                .map(|(backend, mac, c)| c.snapshot(backend, mac))
                 .collect(),
         }
     }

@@ -17,13 +17,14 @@ use crate::arch::layout::{
     VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
 };
 use crate::bus::{lock, Bus, BusError};
-use crate::config::{insert_kernel_args, ValidConfig};
+use crate::config::{insert_kernel_args, NetDeviceConfig, ValidConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{open_sink, SerialDevice, StdinInput, COM1_PORT, COM1_PORTS};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{FsError, VirtioFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{MacAddr, Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -81,6 +82,9 @@ pub enum VmmError {
     /// A virtio-fs share could not be set up.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A virtio-net TAP backend could not be opened or configured.
+    #[error(transparent)]
+    Tap(#[from] TapError),
     /// More virtio devices than free interrupt lines.
     #[error("too many virtio devices: no interrupt line left")]
     OutOfIrqs,
@@ -166,6 +170,25 @@ impl VirtioSlots {
     }
 }
 
+/// Opens the TAP backend of a validated virtio-net device and builds the device.
+fn open_net(dev: &NetDeviceConfig) -> Result<Net, VmmError> {
+    let tap = match (&dev.tap, dev.fd) {
+        // SAFETY: validation checked the fd is an open TAP queue and used once; nothing
+        // else in the VMM owns it (the VMM's own fds were opened after it, at other numbers).
+        (_, Some(fd)) => unsafe { Tap::from_raw_fd(fd)? },
+        (Some(name), None) => Tap::open(name)?,
+        (None, None) => {
+            return Err(VmmError::Tap(TapError::NotATap {
+                fd: -1,
+                why: "a net device needs tap=NAME or fd=N".into(),
+            }))
+        }
+    };
+    let mac = dev.mac.unwrap_or_else(MacAddr::random_local);
+    tracing::info!("virtio-net on tap {} with guest MAC {mac}", tap.name());
+    Net::new(Box::new(tap), mac, dev.mtu).map_err(io_err("create virtio-net"))
+}
+
 /// A built microVM, ready to run.
 pub struct Vmm {
     // Field order matters for drop: vCPU fds and the VM go before guest memory.
@@ -227,6 +250,15 @@ impl Vmm {
         if config.rng {
             let rng = Rng::new().map_err(io_err("create virtio-rng"))?;
             slots.attach(&vm, &mem, &mut mmio, &mut event_manager, rng)?;
+        }
+        for dev in &config.net_devices {
+            let net = open_net(dev)?;
+            metrics.add_net(
+                net.backend_name(),
+                net.mac().to_string(),
+                net.counters().clone(),
+            );
+            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, net)?;
         }
 
         metrics.phase_done("devices");

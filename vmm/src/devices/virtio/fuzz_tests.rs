@@ -1,6 +1,6 @@
 //! Property tests with hostile input: random descriptor tables (any address, length, flags
 //! and next index, so loops, indirect tables and out-of-memory buffers), random available
-//! rings and request headers fed to the rng and blk queue processing, and random register
+//! rings and request headers fed to the rng, blk and net queue processing, and random register
 //! traffic on the virtio-mmio transport. The properties: no panic, termination, no more used
 //! entries than chains offered, and the disk file never grows.
 //!
@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
 use super::mmio::MmioTransport;
+use super::net::tests::socket_backend;
+use super::net::{MacAddr, Net};
 use super::rng::Rng;
 use super::test_utils::{TestQueue, TEST_MEM_BYTES};
 use super::VirtioDevice;
@@ -169,6 +171,33 @@ proptest! {
         let len = std::fs::metadata(&path).unwrap().len();
         let _ = std::fs::remove_file(&path);
         prop_assert_eq!(len, DISK_BYTES);
+    }
+
+    #[test]
+    fn net_survives_hostile_queues(
+        input in queue_input(),
+        frames in prop::collection::vec(0..2000usize, 0..8),
+        hostile_tx in any::<bool>(),
+    ) {
+        let t = install(&input);
+        let (backend, peer) = socket_backend();
+        for len in frames {
+            peer.send(&vec![0x5a; len]).unwrap();
+        }
+        let mut net = Net::new(backend, MacAddr([2, 0, 0, 0, 0, 1]), None).unwrap();
+        // The hostile queue as RX or TX; the other one empty, above the test buffers.
+        let clean = TestQueue::new_at(&t.mem, 0x20_0000, QUEUE_SIZE, t.interrupt());
+        let queues = if hostile_tx {
+            vec![clean.queue(), t.queue()]
+        } else {
+            vec![t.queue(), clean.queue()]
+        };
+        net.activate(t.mem.clone(), t.interrupt(), queues).unwrap();
+        for _ in 0..2 {
+            net.process_rx();
+            net.process_tx();
+        }
+        check_used(&t, &input);
     }
 
     #[test]

@@ -33,8 +33,20 @@ impl TestQueue {
     pub fn new(size: u16) -> TestQueue {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), TEST_MEM_BYTES)]).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        TestQueue::new_at(&mem, 0, size, irq)
+    }
+
+    /// A queue of `size` entries with its rings from `base` in `mem`, raising `irq`: several
+    /// of them over one memory give a device several queues.
+    pub fn new_at(
+        mem: &GuestMemoryMmap,
+        base: u64,
+        size: u16,
+        irq: Arc<VirtioInterrupt>,
+    ) -> TestQueue {
+        let mem = mem.clone();
         // Creating the mock zeroes the rings' indices, so it is done once.
-        let mock = MockSplitQueue::new(&mem, size);
+        let mock = MockSplitQueue::create(&mem, GuestAddress(base), size);
         let state = mock.create_queue::<Queue>().unwrap().state();
         let (desc_addr, avail_addr, used_addr) = (
             mock.desc_table_addr().0,
