@@ -272,12 +272,14 @@ fn wait_exit(exit: &ExitCell, timeout: Option<Duration>) -> Option<VmmStatus> {
     *status
 }
 
-/// "exit status N" or "killed by signal N".
+/// "exit status N" (with what moat-vmm's statuses 3 and 4 mean) or "killed by signal N".
 pub fn describe(status: VmmStatus) -> String {
-    if status > 128 {
-        format!("killed by signal {}", status - 128)
-    } else {
-        format!("exit status {status}")
+    match status {
+        s if s > 128 => format!("killed by signal {}", s - 128),
+        // moat-vmm's exit statuses (vmm/src/exit.rs).
+        3 => "exit status 3: the guest panicked".into(),
+        4 => "exit status 4: the guest crashed".into(),
+        s => format!("exit status {s}"),
     }
 }
 
@@ -389,4 +391,17 @@ pub fn kill_foreign(pid: i32, timeout: Duration) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_statuses_are_described() {
+        assert_eq!(describe(0), "exit status 0");
+        assert_eq!(describe(4), "exit status 4: the guest crashed");
+        assert_eq!(describe(3), "exit status 3: the guest panicked");
+        assert_eq!(describe(128 + 9), "killed by signal 9");
+    }
 }

@@ -8,9 +8,9 @@
 //! The config enables CRI (`restrict_oom_score_adj`, `sandbox_image` = an image the test
 //! imports: there is no registry and containerd 1.6 would try to pull it), CNI from
 //! `/usr/lib/cni` with a bridge + host-local conflist of the harness's own (CRI adds the
-//! loopback network itself; libcni still caches results in `/var/lib/cni`, read-only in the
-//! test host), the overlayfs snapshotter and two runtimes: `runc` (the default) and `moat`
-//! (`io.containerd.moat.v2`).
+//! loopback network itself; libcni still caches results in `/var/lib/cni`, which the test
+//! host's `/init` puts on a writable overlay), the overlayfs snapshotter and two runtimes:
+//! `runc` (the default) and `moat` (`io.containerd.moat.v2`).
 //!
 //! Needs root, `containerd`, `ctr`, `runc` (Debian: `containerd runc
 //! containernetworking-plugins`). Shim sockets (`/run/containerd/s`), runc state
@@ -120,7 +120,8 @@ pub struct ContainerdOptions {
     /// Environment variables for containerd (shims inherit containerd's environment).
     pub env: Vec<(OsString, OsString)>,
     /// CRI's `sandbox_image` (default [`crate::oci_image::DEFAULT_BUSYBOX_IMAGE`]): import
-    /// an image of exactly this name before creating pods (there is no registry to pull from).
+    /// an image of exactly this name before creating pods (there is no registry to pull from);
+    /// its command must keep running, as [`crate::oci_image::build_pause_image`]'s does.
     pub sandbox_image: String,
     /// The `moat` runtime's `runtime_path`; `None`: containerd looks up
     /// `containerd-shim-moat-v2` on its `PATH`.

@@ -36,18 +36,20 @@ mount -t devtmpfs devtmpfs /host/dev || die "cannot mount /host/dev"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /host/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
-# /tmp and /var/tmp: the host's files (read-only, via 9p) under a writable
-# tmpfs overlay, so host paths below them (a CARGO_TARGET_DIR in /tmp...)
-# still resolve; writes stay in L1. Plain tmpfs if overlayfs refuses.
+# /tmp, /var/tmp and /var/lib: the host's files (read-only, via 9p) under a
+# writable tmpfs overlay, so host paths below them (a CARGO_TARGET_DIR in
+# /tmp...) still resolve; writes stay in L1 (/var/lib: libcni's cache in
+# /var/lib/cni, which CRI pods need). Plain tmpfs if overlayfs refuses.
 mkdir -p /ovl
 mount -t tmpfs -o mode=0755 tmpfs /ovl || die "cannot mount /ovl"
-for d in /tmp /var/tmp; do
+for spec in /tmp:1777 /var/tmp:1777 /var/lib:0755; do
+    d=${spec%:*} mode=${spec#*:}
     [ -d "/host$d" ] || continue
     mkdir -p "/ovl$d/upper" "/ovl$d/work"
-    chmod 1777 "/ovl$d/upper"
+    chmod "$mode" "/ovl$d/upper"
     mount -t overlay -o "lowerdir=/host$d,upperdir=/ovl$d/upper,workdir=/ovl$d/work" \
         overlay "/host$d" ||
-        mount -t tmpfs -o mode=1777 tmpfs "/host$d" || die "cannot mount $d"
+        mount -t tmpfs -o "mode=$mode" tmpfs "/host$d" || die "cannot mount $d"
 done
 mount -t tmpfs -o mode=0755 tmpfs /host/run || die "cannot mount /run"
 

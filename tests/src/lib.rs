@@ -9,6 +9,7 @@ pub mod container_suite;
 pub mod containerd;
 pub mod containers;
 pub mod cpio;
+pub mod cri;
 pub mod guards;
 pub mod initramfs;
 pub mod kvm_host;

@@ -1,6 +1,7 @@
 //! Builds real OCI image archives (an OCI image layout in a tar, what `ctr images import`
 //! and `docker load` take) from a directory tree, chiefly a busybox image for containerd
-//! tests: there is no registry, so images are built locally and imported.
+//! tests and a pause image for CRI pods: there is no registry, so images are built locally
+//! and imported.
 //!
 //! The archive holds `oci-layout`, `index.json` (one manifest, named by the
 //! `io.containerd.image.name` and `org.opencontainers.image.ref.name` annotations) and
@@ -92,21 +93,79 @@ pub struct ImageRef {
     pub layer_digest: String,
 }
 
-/// Builds a busybox image archive at `out_tar` named `name` (e.g.
-/// [`DEFAULT_BUSYBOX_IMAGE`]) from the static busybox in `$MOAT_BUSYBOX` or `/bin/busybox`,
-/// laid out by [`crate::oci::busybox_rootfs`]; its default command is `sh`.
-pub fn build_busybox_image(out_tar: &Path, name: &str) -> Result<ImageRef, OciImageError> {
-    let busybox = std::env::var_os("MOAT_BUSYBOX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(crate::initramfs::DEFAULT_BUSYBOX));
-    build_busybox_image_with(out_tar, name, &busybox)
+/// The default command and stop signal an image's config gives its containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `Entrypoint` (empty: none).
+    pub entrypoint: Vec<String>,
+    /// `Cmd`: the default arguments (after the entrypoint, if any).
+    pub cmd: Vec<String>,
+    /// `StopSignal` (`SIGTERM`, ...), if any.
+    pub stop_signal: Option<String>,
 }
 
-/// [`build_busybox_image`] with the static busybox binary at `busybox`.
+impl ImageConfig {
+    /// A config whose default command is `cmd` (no entrypoint).
+    pub fn cmd(cmd: &[&str]) -> Self {
+        Self {
+            cmd: cmd.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// A config whose entrypoint is `entrypoint` (no default arguments).
+    pub fn entrypoint(entrypoint: &[&str]) -> Self {
+        Self {
+            entrypoint: entrypoint.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The static busybox binary images are built from: `$MOAT_BUSYBOX`, else `/bin/busybox`.
+pub fn default_busybox() -> PathBuf {
+    std::env::var_os("MOAT_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::initramfs::DEFAULT_BUSYBOX))
+}
+
+/// Builds a busybox image archive at `out_tar` named `name` (e.g.
+/// [`DEFAULT_BUSYBOX_IMAGE`]) from [`default_busybox`], laid out by
+/// [`crate::oci::busybox_rootfs`]; its default command is `sh`.
+pub fn build_busybox_image(out_tar: &Path, name: &str) -> Result<ImageRef, OciImageError> {
+    build_busybox_image_with(
+        out_tar,
+        name,
+        &default_busybox(),
+        &ImageConfig::cmd(&["sh"]),
+    )
+}
+
+/// The image name [`build_pause_image`] gets unless a test picks another.
+pub const DEFAULT_PAUSE_IMAGE: &str = "docker.io/moat/pause:latest";
+
+/// What the pause image runs: wait forever, exit 0 on SIGTERM or SIGINT (as PID 1 of its
+/// PID namespace it gets only the signals it handles).
+pub const PAUSE_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// Builds a pod sandbox ("pause") image for CRI's `sandbox_image` at `out_tar` named
+/// `name` (e.g. [`DEFAULT_PAUSE_IMAGE`]): busybox whose entrypoint runs [`PAUSE_SCRIPT`], stop
+/// signal SIGTERM.
+pub fn build_pause_image(out_tar: &Path, name: &str) -> Result<ImageRef, OciImageError> {
+    let config = ImageConfig {
+        stop_signal: Some("SIGTERM".into()),
+        ..ImageConfig::entrypoint(&["/bin/sh", "-c", PAUSE_SCRIPT])
+    };
+    build_busybox_image_with(out_tar, name, &default_busybox(), &config)
+}
+
+/// Builds an image archive at `out_tar` named `name` from the static busybox binary at
+/// `busybox` (laid out by [`crate::oci::busybox_rootfs`]) with `config`.
 pub fn build_busybox_image_with(
     out_tar: &Path,
     name: &str,
     busybox: &Path,
+    config: &ImageConfig,
 ) -> Result<ImageRef, OciImageError> {
     if !busybox.is_file() {
         return Err(OciImageError::BusyboxMissing {
@@ -126,28 +185,35 @@ pub fn build_busybox_image_with(
         "laying out a busybox rootfs in {}",
         rootfs.display()
     )))?;
-    build_image(out_tar, name, &rootfs, &["sh"])
+    build_image(out_tar, name, &rootfs, config)
 }
 
 /// Builds an image archive at `out_tar` named `name` whose single layer is the tree under
-/// `rootfs` (files, directories, symlinks; owned by root in the image) and whose default
-/// command is `cmd`; platform linux/amd64, `Env` [`IMAGE_PATH_ENV`], `WorkingDir` `/`.
+/// `rootfs` (files, directories, symlinks; owned by root in the image) with `config`;
+/// platform linux/amd64, `Env` [`IMAGE_PATH_ENV`], `WorkingDir` `/`.
 pub fn build_image(
     out_tar: &Path,
     name: &str,
     rootfs: &Path,
-    cmd: &[&str],
+    config: &ImageConfig,
 ) -> Result<ImageRef, OciImageError> {
     let mut layer = TarWriter::new(Vec::new());
     add_tree(&mut layer, rootfs, "")?;
     let layer_tar = layer.finish().map_err(io_err("finishing the layer tar"))?;
     let layer_digest = sha256_digest(&layer_tar);
 
+    let mut run = json!({ "Env": [IMAGE_PATH_ENV], "Cmd": config.cmd, "WorkingDir": "/" });
+    if !config.entrypoint.is_empty() {
+        run["Entrypoint"] = json!(config.entrypoint);
+    }
+    if let Some(sig) = &config.stop_signal {
+        run["StopSignal"] = json!(sig);
+    }
     let config = json!({
         "created": "1970-01-01T00:00:00Z",
         "architecture": "amd64",
         "os": "linux",
-        "config": { "Env": [IMAGE_PATH_ENV], "Cmd": cmd, "WorkingDir": "/" },
+        "config": run,
         "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
         "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "moat-tests oci_image" }],
     });
@@ -405,8 +471,9 @@ mod tests {
         std::fs::write(root.join("bin/hello"), b"#!/bin/sh\necho hi\n").unwrap();
         std::os::unix::fs::symlink("hello", root.join("bin/hi")).unwrap();
         let out = dir.path().join("img.tar");
-        let img = build_image(&out, "docker.io/moat/t:v1", &root, &["sh"]).unwrap();
-        let again = build_image(&dir.path().join("again.tar"), &img.name, &root, &["sh"]).unwrap();
+        let sh = ImageConfig::cmd(&["sh"]);
+        let img = build_image(&out, "docker.io/moat/t:v1", &root, &sh).unwrap();
+        let again = build_image(&dir.path().join("again.tar"), &img.name, &root, &sh).unwrap();
         assert_eq!(
             img.manifest_digest, again.manifest_digest,
             "not reproducible"
@@ -428,6 +495,7 @@ mod tests {
         let config: Value = serde_json::from_slice(blob(&img.config_digest)).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][0], img.layer_digest.as_str());
         assert_eq!(config["config"]["Cmd"][0], "sh");
+        assert!(config["config"].get("Entrypoint").is_none());
         let layer = blob(&img.layer_digest);
         assert_eq!(sha256_digest(layer), img.layer_digest);
         assert_eq!(
@@ -451,6 +519,22 @@ mod tests {
             "no bin/sh in the layer"
         );
         assert!(find_entry(layer, "bin/busybox").unwrap().len() > 100_000);
+    }
+
+    #[test]
+    fn pause_image_waits_in_its_entrypoint() {
+        let dir = ScratchDir::new(&std::env::temp_dir(), "moat-oci-image-test").unwrap();
+        let out = dir.path().join("pause.tar");
+        let img = build_pause_image(&out, DEFAULT_PAUSE_IMAGE).unwrap_or_else(|e| panic!("{e}"));
+        let tar = std::fs::read(&out).unwrap();
+        let config = find_entry(&tar, &format!("blobs/sha256/{}", &img.config_digest[7..]));
+        let config: Value = serde_json::from_slice(config.unwrap()).unwrap();
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            json!(["/bin/sh", "-c", PAUSE_SCRIPT])
+        );
+        assert_eq!(config["config"]["Cmd"], json!([]));
+        assert_eq!(config["config"]["StopSignal"], "SIGTERM");
     }
 
     /// The data of entry `name` in an uncompressed ustar archive (short names only).

@@ -1,0 +1,391 @@
+//! The Kubernetes path end to end: containerd 1.6's CRI plugin runs a pod with runtime handler
+//! `moat` (`io.containerd.moat.v2`), driven over CRI the way the kubelet drives it
+//! (`moat_tests::cri`): RunPodSandbox with the locally built pause image, two busybox
+//! containers in the one VM of the pod, ExecSync, ContainerStatus/Stats, ListContainers,
+//! UpdateContainerResources, a container exiting on its own, StopContainer, RemoveContainer,
+//! StopPodSandbox and RemovePodSandbox; then nothing of moat or of the pod may be left. Runs in
+//! the test host (nested KVM) unless this machine has hardware KVM.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use moat_tests::cri::{
+    self, api, api::ContainerState, api::PodSandboxState, CriClient, PodIdentity,
+};
+use moat_tests::moat_stack::{moat_processes, with_stack_tuned, Stack};
+use moat_tests::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
+
+/// How many fresh test hosts the flow may use when the guest crashes (see
+/// `moat_tests::on_kvm_retrying`).
+const ATTEMPTS: usize = 4;
+/// The CRI runtime handler the harness's containerd config defines for moat.
+const HANDLER: &str = "moat";
+/// The pod's hostname.
+const HOSTNAME: &str = "moat-cri-pod";
+/// Container `alpha`: prints a line, then sleeps forever (ignoring SIGTERM as PID 1).
+const ALPHA: &str = "echo alpha up as $WHO; while :; do sleep 1; done";
+/// Container `beta`: prints a line, waits for `/tmp/stop`, says bye on stderr and exits 7 (2 s
+/// later, as its exit kills whatever runs in its PID namespace: the `touch` exec'd to stop it).
+const BETA: &str = "echo beta up as $WHO; while [ ! -e /tmp/stop ]; do sleep 1; done; \
+    sleep 2; echo bye >&2; exit 7";
+/// Where alpha gets a kubelet-style read-only volume.
+const SECRETS: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How long an ExecSync may run.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long state changes (an exit, a log line, teardown) may take to show.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// One pod, two containers, the whole CRI lifecycle.
+#[test]
+fn cri_pod_lifecycle() {
+    moat_tests::on_kvm_retrying("cri_pod_lifecycle", ATTEMPTS, || {
+        with_stack_tuned(
+            |o| o.sandbox_image = DEFAULT_PAUSE_IMAGE.into(),
+            |s| {
+                let pod = Pod::run(s);
+                pod.check_one_vm();
+                pod.check_pod_files();
+                pod.check_exec_stats_update();
+                pod.check_own_exit();
+                pod.teardown();
+            },
+        )
+    });
+}
+
+/// A running pod of the flow: alpha and beta started.
+struct Pod<'a> {
+    s: &'a Stack,
+    c: CriClient,
+    id: String,
+    /// alpha's container id.
+    a: String,
+    /// beta's container id.
+    b: String,
+    /// The pod's `log_directory`.
+    logs: PathBuf,
+    /// The host file bound at alpha's `/dev/termination-log`.
+    termination_log: PathBuf,
+}
+
+impl<'a> Pod<'a> {
+    /// Imports the pause image, runs the pod and starts alpha and beta.
+    fn run(s: &'a Stack) -> Self {
+        let pause = s.dir.join("pause.tar");
+        build_pause_image(&pause, DEFAULT_PAUSE_IMAGE).unwrap_or_else(|e| panic!("{e}"));
+        s.containerd
+            .import(&pause)
+            .unwrap_or_else(|e| panic!("importing the pause image: {e}"));
+        let c = CriClient::for_containerd(&s.containerd).unwrap_or_else(|e| panic!("{e}"));
+        let v = c.version().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.runtime_name, "containerd", "{v:?}");
+        for image in [&s.image, DEFAULT_PAUSE_IMAGE] {
+            let found = c.image_status(image).unwrap_or_else(|e| panic!("{e}"));
+            assert!(found.is_some(), "CRI does not see the imported {image}");
+        }
+
+        let who = PodIdentity {
+            name: "moat-cri".into(),
+            namespace: "default".into(),
+            uid: format!("uid-{}", moat_tests::unique_suffix()),
+        };
+        let logs = s.dir.join("pod-logs");
+        for name in ["alpha", "beta"] {
+            // The kubelet makes each container's log directory.
+            std::fs::create_dir_all(logs.join(name)).unwrap();
+        }
+        let pod_cfg = cri::pod_config(&who, HOSTNAME, &logs);
+        let t = Instant::now();
+        let id = c
+            .run_pod_sandbox(&pod_cfg, HANDLER)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
+        println!("RunPodSandbox (VM boot): {:?}", t.elapsed());
+        let st = c.pod_sandbox_status(&id).unwrap();
+        assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{st:?}");
+        assert_eq!(st.runtime_handler, HANDLER);
+        let ip = st.network.as_ref().map(|n| n.ip.as_str()).unwrap_or("");
+        assert!(ip.starts_with("10.88.77."), "no CNI address: {st:?}");
+
+        // Different command lines, environments, mounts and seccomp profiles.
+        let host_files = s.dir.join("host-files");
+        let termination_log = host_files.join("termination-log");
+        let secrets = host_files.join("serviceaccount");
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::write(&termination_log, b"").unwrap();
+        std::fs::write(secrets.join("token"), b"t0ken").unwrap();
+        let env = |who| [("WHO", who)];
+        let mut alpha = cri::container_config(
+            &who,
+            "alpha",
+            &s.image,
+            &["sh", "-c"],
+            &[ALPHA],
+            &env("alpha"),
+        );
+        alpha.mounts = vec![
+            cri::bind_mount(&termination_log, "/dev/termination-log", false),
+            cri::bind_mount(&secrets, SECRETS, true),
+        ];
+        // beta keeps the image's (empty) entrypoint and replaces its Cmd; RuntimeDefault seccomp.
+        let args = ["sh", "-c", BETA];
+        let mut beta = cri::container_config(&who, "beta", &s.image, &[], &args, &env("beta"));
+        let sc = beta
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut());
+        sc.unwrap().seccomp = Some(cri::seccomp(
+            api::security_profile::ProfileType::RuntimeDefault,
+        ));
+        let mut ids = Vec::new();
+        for cfg in [&alpha, &beta] {
+            let t = Instant::now();
+            let cid = c
+                .create_container(&id, cfg, &pod_cfg)
+                .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
+            let created = t.elapsed();
+            c.start_container(&cid)
+                .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
+            let name = &cfg.metadata.as_ref().unwrap().name;
+            let started = t.elapsed() - created;
+            println!("{name}: CreateContainer {created:?}, StartContainer {started:?}");
+            let st = c.container_status(&cid).unwrap();
+            assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+            ids.push(cid);
+        }
+        let b = ids.pop().unwrap();
+        let a = ids.pop().unwrap();
+        Pod {
+            s,
+            c,
+            id,
+            a,
+            b,
+            logs,
+            termination_log,
+        }
+    }
+
+    /// ExecSync of `cmd` in container `cid`.
+    fn exec(&self, cid: &str, cmd: &[&str]) -> api::ExecSyncResponse {
+        self.c
+            .exec_sync(cid, cmd, EXEC_TIMEOUT)
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}\n--- log ---\n{}", self.s.log()))
+    }
+
+    /// ExecSync of `cmd` in container `cid`, which must exit 0; its stdout.
+    fn exec_ok(&self, cid: &str, cmd: &[&str]) -> String {
+        let r = self.exec(cid, cmd);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.exit_code, 0, "{cmd:?} in {cid}: {err}");
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    }
+
+    /// The pod's containers as (name, CRI state), sorted by name.
+    fn states(&self) -> Vec<(String, i32)> {
+        let list = self.c.list_containers(Some(&self.id));
+        let mut v: Vec<(String, i32)> = list
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|c| (c.metadata.map(|m| m.name).unwrap_or_default(), c.state))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The moat-vmm processes on this host.
+    fn vmms() -> Vec<String> {
+        let procs = moat_processes().into_iter();
+        procs
+            .filter(|p| !p.contains("containerd-shim") && p.contains("moat-vmm"))
+            .collect()
+    }
+
+    /// Both containers run in the pod's one VM: the same kernel, not the host's.
+    fn check_one_vm(&self) {
+        let boot_id = "/proc/sys/kernel/random/boot_id";
+        let host = std::fs::read_to_string(boot_id).unwrap();
+        let in_a = self.exec_ok(&self.a, &["cat", boot_id]);
+        let in_b = self.exec_ok(&self.b, &["cat", boot_id]);
+        assert_eq!(in_a.trim().len(), 36, "boot id {in_a:?}");
+        assert_eq!(in_a, in_b, "the containers run in different kernels");
+        assert_ne!(in_a, host, "the container runs in the host's kernel");
+        let vmms = Self::vmms();
+        assert_eq!(vmms.len(), 1, "moat-vmm processes: {vmms:#?}");
+        assert!(vmms[0].contains(&self.id), "not the pod's VMM: {vmms:?}");
+    }
+
+    /// The files of containerd's sandbox directories, kubelet-style mounts, env, seccomp.
+    fn check_pod_files(&self) {
+        let (a, b) = (self.a.as_str(), self.b.as_str());
+        for cid in [a, b] {
+            assert_eq!(self.exec_ok(cid, &["hostname"]).trim(), HOSTNAME);
+            assert_eq!(
+                self.exec_ok(cid, &["cat", "/etc/hostname"]).trim(),
+                HOSTNAME
+            );
+            let resolv = self.exec_ok(cid, &["cat", "/etc/resolv.conf"]);
+            assert!(
+                resolv.contains("nameserver 10.96.0.10") && resolv.contains("ndots:5"),
+                "/etc/resolv.conf: {resolv}"
+            );
+            assert!(self
+                .exec_ok(cid, &["cat", "/etc/hosts"])
+                .contains("localhost"));
+            let shm = self.exec_ok(cid, &["sh", "-c", "grep ' /dev/shm ' /proc/mounts"]);
+            assert!(shm.contains("tmpfs"), "/dev/shm: {shm}");
+        }
+        assert_eq!(self.exec_ok(a, &["sh", "-c", "echo $WHO"]), "alpha\n");
+        assert_eq!(self.exec_ok(b, &["sh", "-c", "echo $WHO"]), "beta\n");
+        let token = format!("{SECRETS}/token");
+        assert_eq!(self.exec_ok(a, &["cat", &token]), "t0ken");
+        let write = format!("echo x > {token}");
+        assert_ne!(self.exec(a, &["sh", "-c", &write]).exit_code, 0);
+        self.exec_ok(a, &["sh", "-c", "echo terminated > /dev/termination-log"]);
+        let message = std::fs::read_to_string(&self.termination_log).unwrap();
+        assert_eq!(message, "terminated\n");
+        // Filter mode (2) for beta's init and, as runc does, for what is exec'd in it. (alpha's
+        // `Unconfined` means no profile in its spec, and the agent then installs moat's
+        // default: filter mode there too, unlike runc.)
+        for proc in ["1", "self"] {
+            let status = format!("/proc/{proc}/status");
+            let mode = self.exec_ok(b, &["grep", "^Seccomp:", &status]);
+            let mode_of = mode.split_whitespace().nth(1);
+            assert_eq!(mode_of, Some("2"), "beta's {proc}: {mode}");
+        }
+    }
+
+    /// ExecSync's streams and exit code, ContainerStats, ListContainers, the CRI log files,
+    /// UpdateContainerResources.
+    fn check_exec_stats_update(&self) {
+        let a = self.a.as_str();
+        let r = self.exec(a, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+        let got = (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code);
+        assert_eq!(got, (&b"out\n"[..], &b"err\n"[..], 3));
+
+        let stats = self.c.container_stats(a).unwrap_or_else(|e| panic!("{e}"));
+        let cpu = stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref());
+        let mem = stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref());
+        assert!(cpu.is_some_and(|v| v.value > 0), "cpu: {stats:?}");
+        assert!(mem.is_some_and(|v| v.value > 0), "memory: {stats:?}");
+        let running = ContainerState::ContainerRunning as i32;
+        let want = [
+            ("alpha".to_string(), running),
+            ("beta".to_string(), running),
+        ];
+        assert_eq!(self.states(), want);
+        wait_log(&self.logs.join("alpha/0.log"), "stdout F alpha up as alpha");
+        wait_log(&self.logs.join("beta/0.log"), "stdout F beta up as beta");
+
+        // What the kubelet sends for an in-place resize to 128 MiB and half a CPU.
+        let resources = api::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 128 << 20,
+            oom_score_adj: 1000,
+            ..Default::default()
+        };
+        self.c
+            .update_container_resources(a, &resources)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", self.s.log()));
+        let cg = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max";
+        let limits = self.exec_ok(a, &["sh", "-c", cg]);
+        assert_eq!(limits, format!("{}\n50000 100000\n", 128 << 20));
+    }
+
+    /// beta exits on its own, alpha and the VM go on; beta is removed, alpha stopped.
+    fn check_own_exit(&self) {
+        let (a, b) = (self.a.as_str(), self.b.as_str());
+        let boot_id = self.exec_ok(a, &["cat", "/proc/sys/kernel/random/boot_id"]);
+        self.exec_ok(b, &["touch", "/tmp/stop"]);
+        let st = self
+            .c
+            .wait_container_state(b, ContainerState::ContainerExited, SETTLE)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", self.s.log()));
+        assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"), "{st:?}");
+        assert!(
+            st.started_at > 0 && st.finished_at >= st.started_at,
+            "{st:?}"
+        );
+        wait_log(&self.logs.join("beta/0.log"), "stderr F bye");
+        let (running, exited) = (
+            ContainerState::ContainerRunning as i32,
+            ContainerState::ContainerExited as i32,
+        );
+        let want = [("alpha".to_string(), running), ("beta".to_string(), exited)];
+        assert_eq!(self.states(), want);
+        let again = self.exec_ok(a, &["cat", "/proc/sys/kernel/random/boot_id"]);
+        assert_eq!(again, boot_id, "alpha's VM changed");
+
+        // The kubelet removes a dead container, and stops one with a grace period (alpha's
+        // sh ignores SIGTERM as PID 1: SIGKILL after the grace period).
+        self.c
+            .remove_container(b)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", self.s.log()));
+        assert_eq!(self.states(), [("alpha".to_string(), running)]);
+        let t = Instant::now();
+        self.c
+            .stop_container(a, 2)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", self.s.log()));
+        println!("StopContainer (2 s grace): {:?}", t.elapsed());
+        let st = self.c.container_status(a).unwrap();
+        assert_eq!((st.state, st.exit_code), (exited, 137), "{st:?}");
+        assert_eq!(
+            Self::vmms().len(),
+            1,
+            "the pod's VM is gone with its containers"
+        );
+    }
+
+    /// StopPodSandbox frees the VM; RemovePodSandbox the rest: nothing may be left.
+    fn teardown(self) {
+        let Pod { s, c, id, .. } = self;
+        let t = Instant::now();
+        c.stop_pod_sandbox(&id)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
+        println!("StopPodSandbox: {:?}", t.elapsed());
+        let st = c.pod_sandbox_status(&id).unwrap();
+        assert_eq!(st.state, PodSandboxState::SandboxNotready as i32, "{st:?}");
+        settle("the VM and shim to exit after StopPodSandbox", || {
+            let procs = moat_processes();
+            procs.is_empty().then_some(()).ok_or(procs)
+        });
+        let t = Instant::now();
+        c.remove_pod_sandbox(&id)
+            .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
+        println!("RemovePodSandbox: {:?}", t.elapsed());
+        assert!(c.list_containers(None).unwrap().is_empty());
+        assert!(c.list_pod_sandboxes().unwrap().is_empty());
+        s.assert_no_leftovers();
+        settle("CRI to remove the pod's netns and directories", || {
+            let left = cri::leftovers(&s.containerd);
+            left.is_empty().then_some(()).ok_or(left)
+        });
+    }
+}
+
+/// Polls `check` until it is `Ok` or [`SETTLE`] has passed (then panics with its last `Err`).
+fn settle<E: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<(), E>) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("waiting for {what}: still {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Waits until the CRI log file `path` has a line containing `needle`.
+fn wait_log(path: &Path, needle: &str) {
+    settle(&format!("{needle:?} in {}", path.display()), || {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        log.contains(needle).then_some(()).ok_or(log)
+    });
+}
