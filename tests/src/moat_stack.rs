@@ -282,7 +282,9 @@ impl Stack {
     /// The log line saying the guest crashed (a flaky nested-virtualization triple fault,
     /// worth a retry in a fresh test host), if any.
     pub fn guest_crashed(&self) -> Option<String> {
-        self.log()
+        // The whole log: the crash may be far from its tail by the time a test fails.
+        let log = std::fs::read(self.containerd.log_path()).unwrap_or_default();
+        String::from_utf8_lossy(&log)
             .lines()
             .find(|l| l.contains("guest crashed") || l.contains("triple fault"))
             .map(String::from)
