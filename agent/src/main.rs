@@ -15,6 +15,7 @@ mod guest_info;
 mod listener;
 mod logging;
 mod pid1;
+mod pty;
 mod reaper;
 mod service;
 mod signals;

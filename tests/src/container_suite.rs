@@ -2,7 +2,7 @@
 //! host namespaces, `tests/agent_containers.rs`) and a real guest booted by moat-vmm
 //! (`tests/guest_containers.rs`). Each flow removes what it creates.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use moat_agent_protocol::stdio::{Channel, Channels};
@@ -10,7 +10,7 @@ use moat_agent_protocol::ttrpc::Code;
 use moat_agent_protocol::AgentClient;
 use serde_json::{json, Value};
 
-use crate::containers::{self, Attached};
+use crate::containers;
 use crate::oci;
 
 /// An agent to run the flows against, and the container root filesystem it can see.
@@ -39,6 +39,17 @@ impl Suite<'_> {
             .unwrap_or_else(|e| panic!("{id}: {e}\n{}", (self.context)()))
     }
 
+    /// Creates and starts container `id` running `sleep 1000`, without stdio (a target for
+    /// execs).
+    pub fn start_sleeper(&self, id: &str) {
+        let spec = self.spec(&["sleep", "1000"]).to_string();
+        let c = self.client;
+        c.create_container(id, &spec, Channels::default(), false)
+            .unwrap_or_else(|e| panic!("{id}: {e}\n{}", (self.context)()));
+        c.start_container(id)
+            .unwrap_or_else(|e| panic!("{id}: {e}\n{}", (self.context)()));
+    }
+
     /// Runs `sh -c script` to completion.
     pub fn sh(&self, id: &str, script: &str) -> containers::Outcome {
         self.run(id, &self.spec(&["sh", "-c", script]))
@@ -56,14 +67,7 @@ pub fn output_exit_codes_and_signals(s: &Suite) {
 
     // A signal death: 128 + signal, for init (SIGKILL) and for an exec (SIGTERM).
     let c = s.client;
-    c.create_container(
-        "c2",
-        &s.spec(&["sleep", "1000"]).to_string(),
-        Channels::default(),
-        false,
-    )
-    .unwrap();
-    c.start_container("c2").unwrap();
+    s.start_sleeper("c2");
     let pid = c
         .exec_process(
             "c2",
@@ -114,14 +118,7 @@ pub fn stdio_is_byte_exact_for_10_mib_with_stdin_eof(s: &Suite) {
 /// exec joins the container namespaces.
 pub fn exec_joins_the_container_namespaces(s: &Suite) {
     let c = s.client;
-    c.create_container(
-        "box",
-        &s.spec(&["sleep", "1000"]).to_string(),
-        Channels::default(),
-        false,
-    )
-    .unwrap();
-    c.start_container("box").unwrap();
+    s.start_sleeper("box");
     let p = oci::default_process(&[
         "sh",
         "-c",
@@ -143,10 +140,61 @@ pub fn exec_joins_the_container_namespaces(s: &Suite) {
     c.remove_container("box", None).unwrap();
 }
 
-/// tty with resize.
+/// What a terminal process runs: its terminal's name (which must exist in the container's
+/// own `/dev/pts`), its window size, its open fds (nothing may leak in), then, after the host
+/// resized the window and sent a line, the size again and the line.
+const TTY_SCRIPT: &str = "tty; test -c \"$(tty)\" && echo char-device; stty size; \
+                          echo fds $(ls /proc/self/fd); read x; stty size; echo got:$x";
+
+/// A terminal process (`id`/`exec_id`, registered, running `TTY_SCRIPT` once `start` is
+/// called) sized 30x90: checks its terminal, resizes it to 40x100, checks the rest and that
+/// it exits 0.
+fn tty_session(s: &Suite, id: &str, exec_id: &str, start: impl FnOnce()) {
+    let c = s.client;
+    let fail = |what: &str| -> String { format!("{id}/{exec_id}: {what}\n{}", (s.context)()) };
+    let mut input = c.open_stdio(id, exec_id, Channel::Stdin).unwrap();
+    let mut output = c.open_stdio(id, exec_id, Channel::Stdout).unwrap();
+    output.set_read_timeout(Some(containers::WAIT)).unwrap();
+    start();
+    // Up to the fd list: the resize must come after the first `stty size`.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let text = |raw: &[u8]| String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    while !text(&raw)
+        .split_once("fds ")
+        .is_some_and(|(_, t)| t.contains('\n'))
+    {
+        let n = output
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{}", fail(&format!("{e} after {:?}", text(&raw)))));
+        assert!(n > 0, "{}", fail(&format!("EOF after {:?}", text(&raw))));
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let head = text(&raw);
+    let lines: Vec<&str> = head.lines().collect();
+    let pts = lines[0].strip_prefix("/dev/pts/").unwrap_or_default();
+    assert!(pts.parse::<u32>().is_ok(), "{}", fail(&head));
+    assert_eq!(
+        lines[1..],
+        ["char-device", "30 90", "fds 0 1 2 3"],
+        "{}",
+        fail(&head)
+    );
+    c.tty_win_resize(id, exec_id, 40, 100).unwrap();
+    input.write_all(b"hello\n").unwrap();
+    output.read_to_end(&mut raw).unwrap();
+    let out = text(&raw);
+    let w = c.wait_process(id, exec_id, Some(containers::WAIT)).unwrap();
+    assert_eq!(w.status, 0, "{}", fail(&out));
+    assert!(out.ends_with("\n40 100\ngot:hello\n"), "{}", fail(&out));
+}
+
+/// A terminal (init process and exec): the pty is the container's own (`tty` names a
+/// `/dev/pts/N` that exists there), sized by a resize before start or `process.consoleSize`,
+/// resized live, and no fd leaks in.
 pub fn tty_with_resize(s: &Suite) {
     let c = s.client;
-    let mut spec = s.spec(&["sh", "-c", "stty size; read x; echo got:$x"]);
+    let mut spec = s.spec(&["sh", "-c", TTY_SCRIPT]);
     spec["process"]["terminal"] = json!(true);
     let ch = Channels {
         stdin: true,
@@ -155,16 +203,29 @@ pub fn tty_with_resize(s: &Suite) {
     };
     c.create_container("tty", &spec.to_string(), ch, false)
         .unwrap();
-    c.tty_win_resize("tty", "", 40, 100).unwrap();
-    let mut att = Attached::open(c, "tty", "", ch).unwrap();
-    c.start_container("tty").unwrap();
-    att.stdin().unwrap().write_all(b"hello\n").unwrap();
-    let o = containers::finish(c, "tty", "", att).unwrap();
-    let out = o.out();
-    assert_eq!(o.status, 0, "{out}");
-    assert!(out.contains("40 100"), "{out:?}");
-    assert!(out.contains("got:hello"), "{out:?}");
+    c.tty_win_resize("tty", "", 30, 90).unwrap();
+    tty_session(s, "tty", "", || c.start_container("tty").unwrap());
     c.remove_container("tty", None).unwrap();
+
+    // An exec'd terminal process gets its pty from the container's devpts too.
+    s.start_sleeper("ttyx");
+    let mut p = oci::default_process(&["sh", "-c", TTY_SCRIPT]);
+    p["terminal"] = json!(true);
+    p["consoleSize"] = json!({"height": 30, "width": 90});
+    c.exec_process("ttyx", "t1", &p.to_string(), ch).unwrap();
+    tty_session(s, "ttyx", "t1", || {});
+    c.remove_container("ttyx", None).unwrap();
+
+    // Without a devpts on /dev/pts there is no terminal to allocate: a clear error.
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "devpts");
+    let e = c
+        .create_container("ttyn", &spec.to_string(), ch, false)
+        .unwrap_err();
+    assert_eq!(e.rpc_code(), Some(Code::INVALID_ARGUMENT), "{e}");
+    assert!(e.to_string().contains("needs devpts on /dev/pts"), "{e}");
 }
 
 /// seccomp capabilities readonly and masked paths.

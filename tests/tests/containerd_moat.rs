@@ -131,15 +131,17 @@ fn ctr_task_lifecycle() {
 }
 
 /// `ctr run --rm -t` on a pty of 31x97: the container's stdio is a terminal (a
-/// `/dev/pts/N`) of that size, resized live when the outer pty is (ctr's SIGWINCH →
-/// ResizePty); output arrives and the exit code propagates.
+/// `/dev/pts/N` of the container's own devpts, so `tty` names it) of that size, resized live
+/// when the outer pty is (ctr's SIGWINCH → ResizePty); output arrives and the exit code
+/// propagates.
 #[test]
 fn ctr_run_tty() {
     moat_tests::on_kvm_retrying("ctr_run_tty", ATTEMPTS, || {
         with_stack(|s| {
             // ctr may resize the pty only just after the start: wait for the size first.
             let script = "[ -t 0 ] && [ -t 1 ] && echo isatty; \
-                echo \"fd0 $(readlink /proc/self/fd/0)\"; echo \"tty $(tty)\"; i=0; \
+                echo \"fd0 $(readlink /proc/self/fd/0)\"; echo \"tty $(tty)\"; \
+                [ -c \"$(tty)\" ] && echo tty-in-container; i=0; \
                 while [ \"$(stty size)\" != '31 97' ] && [ $i -lt 100 ]; do \
                   sleep 0.1; i=$((i+1)); done; \
                 echo \"size $(stty size)\"; \
@@ -161,9 +163,14 @@ fn ctr_run_tty() {
             let out = run.wait_for("size ", Duration::from_secs(60));
             println!("ctr run -t: {out:?}");
             assert!(out.starts_with("isatty\nfd0 /dev/pts/"), "{out:?}");
-            // `tty` (ttyname(0)) says "not a tty": the agent allocates the pty in the guest's
-            // devpts, not in the container's own /dev/pts instance (as Kata's agent does,
-            // kata-containers#6306; runc allocates it inside the container).
+            // `tty` (ttyname(0)) names the pty, which is the container's own: its init process
+            // allocated it from the container's /dev/pts instance, as runc does.
+            let tty = out
+                .lines()
+                .find_map(|l| l.strip_prefix("tty /dev/pts/"))
+                .unwrap_or_else(|| panic!("tty printed no /dev/pts/N: {out:?}"));
+            assert!(tty.parse::<u32>().is_ok(), "{out:?}");
+            assert!(out.contains("\ntty-in-container\n"), "{out:?}");
             assert!(out.contains("size 31 97\n"), "{out:?}");
             run.resize(40, 120);
             run.wait_for("resized 40 120\n", Duration::from_secs(30));

@@ -9,11 +9,14 @@
 //!    the agent write its id maps, then unshares the new namespaces;
 //! 3. forks, so the child is inside the PID namespace; this first process reports the child's
 //!    pid and exits (the child is re-parented to the agent, which reaps it);
-//! 4. the child: new session and controlling terminal, root filesystem and `pivot_root`
-//!    (containers), hostname, rlimits, OOM score; reports [`InitMessage::Ready`];
-//! 5. on [`AgentMessage::Start`]: no_new_privs, capability bounding set, uid/gids, the other
-//!    capability sets, cwd, seccomp, `execve`. The sync socket is close-on-exec: the agent
-//!    sees end-of-file when the program runs, or an [`InitMessage::Error`] if a step failed.
+//! 4. the child: new session, root filesystem and `pivot_root` (containers), hostname; with
+//!    a terminal, a pty from the container's own `/dev/ptmx` as controlling terminal and
+//!    fds 0-2, its master sent to the agent ([`console`]); rlimits, OOM score; reports
+//!    [`InitMessage::Ready`];
+//! 5. on [`AgentMessage::Start`]: every fd from 3 up close-on-exec, no_new_privs, capability
+//!    bounding set, uid/gids, the other capability sets, cwd, seccomp, `execve`. The sync
+//!    socket is close-on-exec: the agent sees end-of-file when the program runs, or an
+//!    [`InitMessage::Error`] if a step failed.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -29,6 +32,7 @@ use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use super::capabilities::{self, CapabilitySets};
+use super::console::{self, ConsoleError};
 use super::rootfs::{self, RootfsConfig};
 use super::seccomp::{self, SeccompProgram};
 use super::sync::{self, AgentMessage, InitMessage, INIT_SYNC_FD};
@@ -52,7 +56,9 @@ pub struct InitConfig {
     pub cgroup_procs: Option<PathBuf>,
     /// Compiled seccomp filters to install before exec, if any.
     pub seccomp: Option<SeccompProgram>,
-    /// Whether fds 0-2 are a pty slave to make the controlling terminal.
+    /// Whether the process gets a terminal: the init process allocates it inside the
+    /// container and sends its master to the agent ([`console`]); fds 0-2 are `/dev/null`
+    /// until then.
     pub terminal: bool,
 }
 
@@ -107,6 +113,9 @@ pub enum InitError {
     /// seccomp could not be applied.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The terminal could not be set up.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
 }
 
 fn sys<T>(step: impl Into<String>, r: nix::Result<T>) -> Result<T, InitError> {
@@ -259,11 +268,6 @@ pub fn clone_flag(typ: LinuxNamespaceType) -> CloneFlags {
 /// The process inside the PID namespace.
 fn child(sock: &mut UnixStream, cfg: &InitConfig) -> Result<Never, InitError> {
     sys("setsid", nix::unistd::setsid())?;
-    if cfg.terminal {
-        // SAFETY: ioctl on fd 0 with an integer argument.
-        let r = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-        sys("TIOCSCTTY", nix::errno::Errno::result(r))?;
-    }
     match &cfg.kind {
         InitKind::Container { spec, rootfs } => setup_container(cfg, spec, rootfs)?,
         InitKind::Exec => {}
@@ -271,6 +275,10 @@ fn child(sock: &mut UnixStream, cfg: &InitConfig) -> Result<Never, InitError> {
             sync::send(sock, &InitMessage::Ready)?;
             hold_pid_namespace();
         }
+    }
+    // Inside the container's root now (its own devpts on /dev/pts).
+    if cfg.terminal {
+        console::setup_in_init(sock)?;
     }
     set_rlimits(&cfg.process)?;
     if let Some(score) = cfg.process.oom_score_adj() {
@@ -394,8 +402,40 @@ fn prctl(what: &str, option: libc::c_int, arg: libc::c_ulong) -> Result<(), Init
     sys(what, nix::errno::Errno::result(r)).map(|_| ())
 }
 
+/// Marks every fd from 3 up close-on-exec (runc's `CloseExecFrom`): whatever the agent
+/// itself inherited without the flag must not reach the program, only fds 0-2 do.
+fn close_fds_on_exec() -> Result<(), InitError> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets fd flags (Linux 5.11+).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Older kernels: each open fd (the directory's own fd is gone by the time it is set).
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| InitError::Other(format!("listing /proc/self/fd: {e}")))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= 3)
+        .collect();
+    for fd in fds {
+        let flag = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        match nix::fcntl::fcntl(fd, flag) {
+            Ok(_) | Err(nix::errno::Errno::EBADF) => {}
+            Err(e) => return sys(format!("marking fd {fd} close-on-exec"), Err(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Privileges, cwd, seccomp and `execve` (see the module docs for the order).
 fn exec_process(cfg: &InitConfig) -> Result<Never, InitError> {
+    close_fds_on_exec()?;
     let p = &cfg.process;
     let user = p.user();
     let nnp = p.no_new_privileges().unwrap_or(false);

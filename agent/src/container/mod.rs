@@ -11,11 +11,13 @@
 //! - [`seccomp`]: OCI seccomp profiles (and the default profile) compiled to BPF.
 //! - [`rootfs`] and [`devices`]: mounts, `/dev`, `pivot_root`, masked/readonly paths, sysctls.
 //! - [`capabilities`]: capability sets from the spec.
-//! - [`init`]: what the init process does; [`spawn`]: how the agent starts it.
+//! - [`init`]: what the init process does; [`spawn`]: how the agent starts it; [`console`]:
+//!   the pty of a terminal process, allocated inside the container and sent to the agent.
 //! - [`registry`]: the containers and processes the agent knows, and their lifecycle.
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod console;
 pub mod devices;
 pub mod init;
 pub mod oom;

@@ -253,7 +253,9 @@ impl Runtime {
         Ok(pid)
     }
 
-    /// Stdio + spawn; on failure the stdio registration is dropped again.
+    /// Stdio + spawn (a terminal process's pty master, from its init process, goes to the
+    /// stdio hub, sized by `process.consoleSize`); on failure the stdio registration is
+    /// dropped again and the process killed.
     fn spawn_process(
         &self,
         id: &str,
@@ -272,10 +274,22 @@ impl Runtime {
             stdout: stdio.stdout,
             stderr: stdio.stderr,
         };
-        spawn::spawn(cfg, fds, id_maps, &self.reaper).map_err(|e| {
+        let mut pending = spawn::spawn(cfg, fds, id_maps, &self.reaper).map_err(|e| {
             self.stdio.remove(id, exec_id);
             RuntimeError::Invalid(format!("container {id}: {e}"))
-        })
+        })?;
+        if let Some(master) = pending.terminal.take() {
+            let size = console_size(&cfg.process);
+            if let Err(e) = self.stdio.set_terminal(id, exec_id, master, size) {
+                pending.abort(&self.reaper);
+                self.stdio.remove(id, exec_id);
+                return Err(RuntimeError::internal(
+                    &format!("container {id}: terminal"),
+                    e,
+                ));
+            }
+        }
+        Ok(pending)
     }
 
     /// The namespace steps of a container and the id maps of a new user namespace.
@@ -555,10 +569,30 @@ fn has_limits(r: &LinuxResources) -> bool {
         || r.unified().as_ref().is_some_and(|u| !u.is_empty())
 }
 
+/// `process.consoleSize` as (rows, columns), when both are set (a zero is "not given", as
+/// runc reads it); [`validate_process`] checked that they fit.
+fn console_size(p: &Process) -> Option<(u16, u16)> {
+    let b = p.console_size()?;
+    let (rows, cols) = (
+        u16::try_from(b.height()).ok()?,
+        u16::try_from(b.width()).ok()?,
+    );
+    (rows > 0 && cols > 0).then_some((rows, cols))
+}
+
 /// Checks the parts of a process the init process cannot check early.
 fn validate_process(p: &Process) -> Result<(), RuntimeError> {
     if p.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(RuntimeError::Invalid("process.args is empty".into()));
+    }
+    if let Some(b) = p.console_size() {
+        if b.height() > u64::from(u16::MAX) || b.width() > u64::from(u16::MAX) {
+            return Err(RuntimeError::Invalid(format!(
+                "process.consoleSize {}x{} is out of range",
+                b.height(),
+                b.width()
+            )));
+        }
     }
     if !p.cwd().is_absolute() {
         return Err(RuntimeError::Invalid(format!(
@@ -653,5 +687,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nr_open"));
+    }
+
+    #[test]
+    fn console_sizes() {
+        let p = |size: &str| -> Process {
+            serde_json::from_str(&format!(
+                r#"{{"cwd":"/","args":["true"],"user":{{"uid":0,"gid":0}}{size}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(console_size(&p("")), None);
+        let sized = p(r#","consoleSize":{"height":40,"width":100}"#);
+        assert_eq!(console_size(&sized), Some((40, 100)));
+        assert!(validate_process(&sized).is_ok());
+        assert_eq!(
+            console_size(&p(r#","consoleSize":{"height":0,"width":100}"#)),
+            None
+        );
+        let huge = p(r#","consoleSize":{"height":70000,"width":100}"#);
+        assert!(validate_process(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("consoleSize 70000x100"));
     }
 }

@@ -1,20 +1,21 @@
 //! Process stdio: the fds a new process gets as 0, 1 and 2, and the streams the host attaches
 //! to them on the stdio port (see [`moat_agent_protocol::stdio`] for the wire format).
 //!
-//! [`StdioHub::prepare`] makes pipes (or a pty) for the channels the host asked for and
-//! `/dev/null` for the others, hands the child's ends to the spawner and keeps the agent's
-//! ends registered under (container id, exec id). [`StdioHub::serve`] accepts streams; each
-//! takes one registered end and copies between it and the stream in its own thread
-//! ([`copy`]). A process's output pipe is not read before its channel is attached, so the
-//! pipe's buffer holds the process back and nothing is lost.
+//! [`StdioHub::prepare`] makes pipes for the channels the host asked for and `/dev/null` for
+//! the others, hands the child's ends to the spawner and keeps the agent's ends registered
+//! under (container id, exec id). A terminal process gets `/dev/null` for all three: its init
+//! process allocates the pty inside the container ([`crate::container::console`]) and the
+//! agent hands the master to [`StdioHub::set_terminal`] before the process runs.
+//! [`StdioHub::serve`] accepts streams; each takes one registered end and copies between it
+//! and the stream in its own thread ([`copy`]). A process's output pipe is not read before
+//! its channel is attached, so the pipe's buffer holds the process back and nothing is lost
+//! (a pty's buffer, likewise).
 //!
 //! - [`conn`]: the accepted streams (AF_VSOCK or AF_UNIX) and the accept loop.
 //! - [`copy`]: the copy loops.
-//! - [`tty`]: the ptys of terminal processes.
 
 mod conn;
 mod copy;
-mod tty;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,8 @@ use std::time::Duration;
 
 use moat_agent_protocol::stdio::{Channel, StreamHeader};
 use nix::fcntl::OFlag;
+
+use crate::pty::{self, PtyError};
 
 pub use moat_agent_protocol::stdio::Channels;
 
@@ -79,7 +82,7 @@ pub enum StdioError {
         /// The channel.
         channel: Channel,
     },
-    /// `resize` of a process without a terminal.
+    /// `resize` or `set_terminal` of a process without a terminal.
     #[error("process {container_id:?}/{exec_id:?} has no terminal")]
     NoTerminal {
         /// The container id.
@@ -87,6 +90,25 @@ pub enum StdioError {
         /// The exec id.
         exec_id: String,
     },
+    /// The terminal process's pty master has not arrived (yet).
+    #[error("the terminal of process {container_id:?}/{exec_id:?} is not set up yet")]
+    TerminalPending {
+        /// The container id.
+        container_id: String,
+        /// The exec id.
+        exec_id: String,
+    },
+    /// `set_terminal` twice.
+    #[error("process {container_id:?}/{exec_id:?} already has its terminal")]
+    TerminalAlreadySet {
+        /// The container id.
+        container_id: String,
+        /// The exec id.
+        exec_id: String,
+    },
+    /// A pty operation failed.
+    #[error(transparent)]
+    Pty(#[from] PtyError),
     /// A system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -115,13 +137,14 @@ impl StdioError {
 /// here; the spawner dup2()s them).
 #[derive(Debug)]
 pub struct ChildStdio {
-    /// Its fd 0: a pipe's read end, the pty slave, or `/dev/null`.
+    /// Its fd 0: a pipe's read end or `/dev/null`.
     pub stdin: OwnedFd,
-    /// Its fd 1: a pipe's write end, the pty slave, or `/dev/null`.
+    /// Its fd 1: a pipe's write end or `/dev/null`.
     pub stdout: OwnedFd,
-    /// Its fd 2: a pipe's write end, the pty slave, or `/dev/null`.
+    /// Its fd 2: a pipe's write end or `/dev/null`.
     pub stderr: OwnedFd,
-    /// Whether 0, 1 and 2 are a pty slave (the init process makes it its controlling terminal).
+    /// Whether this is a terminal process (all three are `/dev/null`; its init process puts
+    /// the pty slave there).
     pub terminal: bool,
 }
 
@@ -130,6 +153,8 @@ pub struct ChildStdio {
 enum Slot {
     /// Not requested at create: nothing to attach.
     Absent,
+    /// Requested, on a pty whose master has not arrived yet.
+    Pending,
     /// Waiting for the host's stream.
     Ready(OwnedFd),
     /// A stream took it.
@@ -137,15 +162,13 @@ enum Slot {
 }
 
 impl Slot {
-    fn new(
-        requested: bool,
-        fd: impl FnOnce() -> Result<OwnedFd, StdioError>,
-    ) -> Result<Self, StdioError> {
-        Ok(if requested {
-            Slot::Ready(fd()?)
+    /// The slot of a terminal channel before its master arrives.
+    fn pending(requested: bool) -> Self {
+        if requested {
+            Slot::Pending
         } else {
             Slot::Absent
-        })
+        }
     }
 }
 
@@ -155,7 +178,9 @@ struct Entry {
     stdin: Slot,
     stdout: Slot,
     stderr: Slot,
-    /// The pty master, for resizes.
+    /// Whether the process has a terminal.
+    terminal: bool,
+    /// The pty master (once [`StdioHub::set_terminal`] gave it), for resizes.
     master: Option<OwnedFd>,
 }
 
@@ -204,9 +229,10 @@ impl StdioHub {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates the fds of a new process: pipes (or a pty if `terminal`) for the requested
-    /// channels, `/dev/null` for the others. Returns the child's ends (its future fds 0, 1, 2)
-    /// and keeps the agent's ends registered under (`container_id`, `exec_id`).
+    /// Creates the fds of a new process: pipes for the requested channels, `/dev/null` for
+    /// the others (all three with `terminal`: the requested channels then wait for
+    /// [`StdioHub::set_terminal`]). Returns the child's ends (its future fds 0, 1, 2) and
+    /// keeps the agent's ends registered under (`container_id`, `exec_id`).
     pub fn prepare(
         &self,
         container_id: &str,
@@ -229,18 +255,18 @@ impl StdioHub {
             });
         }
         let (child, entry) = if terminal {
-            let pty = tty::open_pty()?;
             let child = ChildStdio {
-                stdin: dup(&pty.slave, "pty slave")?,
-                stdout: dup(&pty.slave, "pty slave")?,
-                stderr: pty.slave,
+                stdin: dev_null(false)?,
+                stdout: dev_null(true)?,
+                stderr: dev_null(true)?,
                 terminal: true,
             };
             let entry = Entry {
-                stdin: Slot::new(channels.stdin, || dup(&pty.master, "pty master"))?,
-                stdout: Slot::new(channels.stdout, || dup(&pty.master, "pty master"))?,
+                stdin: Slot::pending(channels.stdin),
+                stdout: Slot::pending(channels.stdout),
                 stderr: Slot::Absent,
-                master: Some(pty.master),
+                terminal: true,
+                master: None,
             };
             (child, entry)
         } else {
@@ -270,6 +296,7 @@ impl StdioHub {
                 stdin,
                 stdout,
                 stderr,
+                terminal: false,
                 master: None,
             };
             (child, entry)
@@ -281,6 +308,36 @@ impl StdioHub {
         Ok(child)
     }
 
+    /// Gives a terminal process its pty master (received from its init process, allocated
+    /// inside the container), sized `size` (rows, columns) if given: the requested channels
+    /// become attachable.
+    pub fn set_terminal(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        master: OwnedFd,
+        size: Option<(u16, u16)>,
+    ) -> Result<(), StdioError> {
+        let mut procs = self.lock();
+        let entry = terminal_entry(&mut procs, container_id, exec_id)?;
+        if entry.master.is_some() {
+            return Err(StdioError::TerminalAlreadySet {
+                container_id: container_id.into(),
+                exec_id: exec_id.into(),
+            });
+        }
+        if let Some((rows, cols)) = size {
+            pty::set_window_size(&master, rows, cols)?;
+        }
+        for slot in [&mut entry.stdin, &mut entry.stdout] {
+            if matches!(slot, Slot::Pending) {
+                *slot = Slot::Ready(dup(&master, "pty master")?);
+            }
+        }
+        entry.master = Some(master);
+        Ok(())
+    }
+
     /// Sets the window size of a terminal process's pty (TIOCSWINSZ on the master).
     pub fn resize(
         &self,
@@ -289,20 +346,16 @@ impl StdioHub {
         rows: u16,
         cols: u16,
     ) -> Result<(), StdioError> {
-        let key = (container_id.to_string(), exec_id.to_string());
-        let procs = self.lock();
-        let entry = procs.get(&key).ok_or_else(|| StdioError::UnknownProcess {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-        })?;
+        let mut procs = self.lock();
+        let entry = terminal_entry(&mut procs, container_id, exec_id)?;
         let master = entry
             .master
             .as_ref()
-            .ok_or_else(|| StdioError::NoTerminal {
+            .ok_or_else(|| StdioError::TerminalPending {
                 container_id: container_id.into(),
                 exec_id: exec_id.into(),
             })?;
-        tty::set_window_size(master, rows, cols)
+        Ok(pty::set_window_size(master, rows, cols)?)
     }
 
     /// Forgets a process's stdio (RemoveContainer, a failed create): closes the ends no stream
@@ -349,33 +402,56 @@ impl StdioHub {
                 container_id: header.container_id.clone(),
                 exec_id: header.exec_id.clone(),
             })?;
-        let tty = entry.master.is_some();
+        let tty = entry.terminal;
         let slot = entry.slot(header.channel);
-        match std::mem::replace(slot, Slot::Attached) {
-            Slot::Ready(fd) => Ok(Attachment { fd, tty }),
-            other => {
-                let attached = matches!(other, Slot::Attached);
-                *slot = other;
-                let (container_id, exec_id, channel) = (
-                    header.container_id.clone(),
-                    header.exec_id.clone(),
-                    header.channel,
-                );
-                Err(if attached {
-                    StdioError::AlreadyAttached {
-                        container_id,
-                        exec_id,
-                        channel,
-                    }
-                } else {
-                    StdioError::NotRequested {
-                        container_id,
-                        exec_id,
-                        channel,
-                    }
-                })
-            }
-        }
+        let other = match std::mem::replace(slot, Slot::Attached) {
+            Slot::Ready(fd) => return Ok(Attachment { fd, tty }),
+            other => other,
+        };
+        let (container_id, exec_id, channel) = (
+            header.container_id.clone(),
+            header.exec_id.clone(),
+            header.channel,
+        );
+        let e = match other {
+            Slot::Attached => StdioError::AlreadyAttached {
+                container_id,
+                exec_id,
+                channel,
+            },
+            Slot::Pending => StdioError::TerminalPending {
+                container_id,
+                exec_id,
+            },
+            _ => StdioError::NotRequested {
+                container_id,
+                exec_id,
+                channel,
+            },
+        };
+        *slot = other;
+        Err(e)
+    }
+}
+
+/// The entry of a terminal process: [`StdioError::UnknownProcess`] or
+/// [`StdioError::NoTerminal`] otherwise.
+fn terminal_entry<'a>(
+    procs: &'a mut HashMap<Key, Entry>,
+    container_id: &str,
+    exec_id: &str,
+) -> Result<&'a mut Entry, StdioError> {
+    let key = (container_id.to_string(), exec_id.to_string());
+    match procs.get_mut(&key) {
+        None => Err(StdioError::UnknownProcess {
+            container_id: key.0,
+            exec_id: key.1,
+        }),
+        Some(e) if !e.terminal => Err(StdioError::NoTerminal {
+            container_id: key.0,
+            exec_id: key.1,
+        }),
+        Some(e) => Ok(e),
     }
 }
 

@@ -17,6 +17,7 @@ use moat_agent_protocol::stdio::{
 
 use super::conn::{self, Conn};
 use super::{Channels, ChildStdio, StdioError, StdioHub};
+use crate::pty;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -228,42 +229,37 @@ fn make_raw(slave: &OwnedFd) {
     tcsetattr(slave.as_raw_fd(), SetArg::TCSANOW, &t).unwrap();
 }
 
-fn window_size(fd: &OwnedFd) -> (u16, u16) {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize to the pointer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    assert_eq!(rc, 0, "TIOCGWINSZ: {}", std::io::Error::last_os_error());
-    (ws.ws_row, ws.ws_col)
+/// Prepares terminal process ("c1", `exec_id`) and gives it a new pty (as its init process
+/// would): returns the slave, in raw mode.
+fn terminal_process(hub: &StdioHub, exec_id: &str, channels: Channels) -> OwnedFd {
+    let child = hub.prepare("c1", exec_id, channels, true).unwrap();
+    assert!(child.terminal);
+    // Until the init process puts the slave there, the process's stdio is /dev/null.
+    for fd in [&child.stdin, &child.stdout, &child.stderr] {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_eq!(path, std::path::Path::new("/dev/null"));
+    }
+    let pty = pty::open_pty().unwrap();
+    make_raw(&pty.slave);
+    hub.set_terminal("c1", exec_id, pty.master, Some((40, 120)))
+        .unwrap();
+    assert_eq!(pty::window_size(&pty.slave).unwrap(), (40, 120));
+    pty.slave
 }
 
 #[test]
 fn tty_echo_through_streams_and_resize() {
     let hub = StdioHub::new();
-    let child = hub
-        .prepare("c1", "t", only(true, true, false), true)
-        .unwrap();
-    assert!(child.terminal);
-    make_raw(&child.stdin);
-
-    hub.resize("c1", "t", 40, 120).unwrap();
-    assert_eq!(window_size(&child.stdout), (40, 120));
+    let slave = terminal_process(&hub, "t", only(true, true, false));
+    hub.resize("c1", "t", 50, 132).unwrap();
+    assert_eq!(pty::window_size(&slave).unwrap(), (50, 132));
 
     let data = pattern(200_000);
     let len = data.len();
     // The "process": a cat on the slave, which exits after `len` bytes.
-    let ChildStdio {
-        stdin,
-        stdout,
-        stderr,
-        ..
-    } = child;
     let cat = thread::spawn(move || {
-        let (mut input, mut output) = (File::from(stdin), File::from(stdout));
+        let mut input = File::from(slave.try_clone().unwrap());
+        let mut output = File::from(slave);
         let mut buf = vec![0u8; 4096];
         let mut done = 0;
         while done < len {
@@ -272,7 +268,6 @@ fn tty_echo_through_streams_and_resize() {
             output.write_all(&buf[..n]).unwrap();
             done += n;
         }
-        drop(stderr);
     });
 
     let out = attach(&hub, "c1", "t", Channel::Stdout).unwrap();
@@ -294,15 +289,47 @@ fn tty_echo_through_streams_and_resize() {
 #[test]
 fn tty_output_survives_the_process() {
     let hub = StdioHub::new();
-    let child = hub
-        .prepare("c1", "", only(false, true, false), true)
-        .unwrap();
-    make_raw(&child.stdout);
-    File::from(child.stdout).write_all(b"bye\n").unwrap();
-    drop(child.stdin);
-    drop(child.stderr);
+    let slave = terminal_process(&hub, "", only(false, true, false));
+    File::from(slave).write_all(b"bye\n").unwrap();
     let out = attach(&hub, "c1", "", Channel::Stdout).unwrap();
     assert_eq!(read_all(out), b"bye\n");
+}
+
+#[test]
+fn a_terminal_is_attachable_only_once_its_master_arrived() {
+    let hub = StdioHub::new();
+    let _child = hub
+        .prepare("c1", "t", only(true, true, false), true)
+        .unwrap();
+    let msg = refusal(attach(&hub, "c1", "t", Channel::Stdout));
+    assert!(msg.contains("not set up yet"), "{msg}");
+    assert!(matches!(
+        hub.resize("c1", "t", 10, 10),
+        Err(StdioError::TerminalPending { .. })
+    ));
+    let pty = pty::open_pty().unwrap();
+    let again = pty.master.try_clone().unwrap();
+    hub.set_terminal("c1", "t", pty.master, None).unwrap();
+    assert!(matches!(
+        hub.set_terminal("c1", "t", again, None),
+        Err(StdioError::TerminalAlreadySet { .. })
+    ));
+    let _out = attach(&hub, "c1", "t", Channel::Stdout).unwrap();
+    hub.resize("c1", "t", 10, 10).unwrap();
+
+    // Not for processes without a terminal, nor unknown ones.
+    let _plain = hub
+        .prepare("c1", "p", only(false, true, false), false)
+        .unwrap();
+    let m = || pty::open_pty().unwrap().master;
+    assert!(matches!(
+        hub.set_terminal("c1", "p", m(), None),
+        Err(StdioError::NoTerminal { .. })
+    ));
+    assert!(matches!(
+        hub.set_terminal("c9", "", m(), None),
+        Err(StdioError::UnknownProcess { .. })
+    ));
 }
 
 #[test]
