@@ -80,14 +80,19 @@ impl containerd_shim::Task for Service {
         let bundle = PathBuf::from(&req.bundle);
         let host_spec = spec::read_bundle_spec(&bundle).map_err(|e| bad(e.to_string()))?;
         let spec_root = spec::root_path(&host_spec).map_err(|e| bad(e.to_string()))?;
-        let guest = spec::translate(&host_spec, &req.id).map_err(|e| bad(e.to_string()))?;
+        let pod_id = spec::pod_of(&host_spec, &req.id);
+        check_id("pod id", &pod_id).map_err(bad)?;
+        // A CRI app container shares its pod sandbox's IPC/UTS namespaces and /dev/shm.
+        let sandbox_pid = (pod_id != req.id)
+            .then(|| self.with_container(&pod_id, |c| Ok(c.init.pid)).ok())
+            .flatten();
+        let guest =
+            spec::translate(&host_spec, &req.id, sandbox_pid).map_err(|e| bad(e.to_string()))?;
         for n in &guest.notes {
             log::info!("{}: {n}", req.id);
         }
         let config_path = options::config_path(req.options.as_ref()).map_err(bad)?;
         let mut cfg = Config::resolve(config_path.as_deref()).map_err(|e| bad(e.to_string()))?;
-        let pod_id = spec::pod_of(&host_spec, &req.id);
-        check_id("pod id", &pod_id).map_err(bad)?;
         if pod_id == req.id {
             // The pod's first container: its spec sizes the VM.
             let size = sizing::size_for(&cfg.vm, &host_spec).map_err(|e| bad(e.to_string()))?;

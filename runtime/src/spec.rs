@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use moat_agent_protocol::POD_SHM_DIR;
 use serde_json::{json, Value};
 
 use crate::layout::guest_container_dir;
@@ -112,8 +113,12 @@ pub fn pod_of(spec: &Value, id: &str) -> String {
     }
 }
 
-/// Translates the host spec of container `id` for the guest.
-pub fn translate(host: &Value, id: &str) -> Result<GuestSpec, SpecError> {
+/// Translates the host spec of container `id` for the guest. `sandbox_pid` is the guest pid
+/// (in the agent's PID namespace) of the pod sandbox's init when `id` is a CRI app container
+/// of that pod: the pod's IPC and UTS namespaces are the sandbox's, as they are the pause
+/// container's under runc. A bind of `/dev/shm` (CRI's pod shm) becomes the guest's pod
+/// `/dev/shm` ([`POD_SHM_DIR`]), shared by the pod's containers.
+pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<GuestSpec, SpecError> {
     let mut spec = host.clone();
     let obj = spec
         .as_object_mut()
@@ -151,21 +156,25 @@ pub fn translate(host: &Value, id: &str) -> Result<GuestSpec, SpecError> {
                 kept.push(ns);
                 continue;
             }
-            match kind {
-                "network" | "ipc" | "uts" => {
+            match (kind, sandbox_pid) {
+                ("ipc" | "uts", Some(pid)) => {
+                    notes.push(format!("{kind} namespace {path}: the pod sandbox's"));
+                    kept.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{kind}")}));
+                }
+                ("network" | "ipc" | "uts", _) => {
                     notes.push(format!(
                         "{kind} namespace {path}: the pod's, i.e. the VM's own"
                     ));
                 }
-                "pid" => {
+                ("pid", _) => {
                     sandbox_pidns = true;
                     notes.push(format!("pid namespace {path}: the pod's PID namespace"));
                 }
-                "cgroup" => {
+                ("cgroup", _) => {
                     notes.push(format!("cgroup namespace {path}: a new one in the guest"));
                     kept.push(json!({"type": "cgroup"}));
                 }
-                other => {
+                (other, _) => {
                     return Err(SpecError::Invalid(format!(
                         "joining the host's {other} namespace {path} is not possible in a VM"
                     )))
@@ -206,9 +215,10 @@ pub fn translate(host: &Value, id: &str) -> Result<GuestSpec, SpecError> {
                 )));
             }
             if dest == "/dev/shm" {
-                *m = json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]});
-                notes.push(format!("/dev/shm from {source}: a tmpfs in the guest"));
+                // The pod's (CRI's sandbox shm dir on the host): the agent's pod tmpfs.
+                *m = json!({"destination": "/dev/shm", "type": "bind", "source": POD_SHM_DIR,
+                    "options": ["rbind", "nosuid", "noexec", "nodev"]});
+                notes.push(format!("/dev/shm from {source}: the pod's, in the guest"));
                 continue;
             }
             let base = Path::new(&source)
@@ -264,7 +274,7 @@ mod tests {
     fn cri_container_in_a_pod() {
         let s = cri_spec();
         assert_eq!(pod_of(&s, "c1"), "pod9");
-        let g = translate(&s, "c1").unwrap();
+        let g = translate(&s, "c1", None).unwrap();
         assert!(g.sandbox_pidns);
         assert_eq!(
             g.spec["root"],
@@ -284,8 +294,24 @@ mod tests {
             g.spec["mounts"][1]["source"],
             "/run/moat/shares/pod/c1/mounts/1-hosts"
         );
-        assert_eq!(g.spec["mounts"][2]["type"], "tmpfs");
+        assert_eq!(g.spec["mounts"][2]["source"], POD_SHM_DIR);
         assert_eq!(g.spec["process"], s["process"]);
+    }
+
+    #[test]
+    fn app_container_shares_the_sandbox_ipc_uts_and_the_pod_shm() {
+        let g = translate(&cri_spec(), "c1", Some(7)).unwrap();
+        assert_eq!(
+            g.spec["linux"]["namespaces"],
+            json!([
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "uts", "path": "/proc/7/ns/uts"},
+                {"type": "mount"}
+            ])
+        );
+        assert_eq!(g.spec["mounts"][2]["type"], "bind");
+        assert_eq!(g.spec["mounts"][2]["source"], POD_SHM_DIR);
+        assert!(g.binds.iter().all(|b| !b.source.ends_with("shm")));
     }
 
     #[test]
@@ -293,7 +319,7 @@ mod tests {
         let s = json!({"root": {"path": "/abs/rootfs"},
             "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
         assert_eq!(pod_of(&s, "c1"), "c1");
-        let g = translate(&s, "c1").unwrap();
+        let g = translate(&s, "c1", None).unwrap();
         assert!(!g.sandbox_pidns);
         assert_eq!(g.spec["linux"]["namespaces"], s["linux"]["namespaces"]);
         assert_eq!(root_path(&s).unwrap(), Path::new("/abs/rootfs"));
@@ -301,12 +327,12 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused() {
-        assert!(translate(&json!([1]), "c").is_err());
+        assert!(translate(&json!([1]), "c", None).is_err());
         let s = json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/1/ns/user"}]}});
-        let e = translate(&s, "c").unwrap_err().to_string();
+        let e = translate(&s, "c", None).unwrap_err().to_string();
         assert!(e.contains("user") && e.contains("not possible"), "{e}");
         let s = json!({"mounts": [{"destination": "/x", "type": "bind", "source": "rel"}]});
-        assert!(translate(&s, "c")
+        assert!(translate(&s, "c", None)
             .unwrap_err()
             .to_string()
             .contains("absolute"));

@@ -234,6 +234,14 @@ impl<'a> Pod<'a> {
             let shm = self.exec_ok(cid, &["sh", "-c", "grep ' /dev/shm ' /proc/mounts"]);
             assert!(shm.contains("tmpfs"), "/dev/shm: {shm}");
         }
+        // The pod shares one /dev/shm and one IPC namespace (the sandbox's), as under runc.
+        self.exec_ok(a, &["sh", "-c", "echo from-alpha > /dev/shm/pod-shm"]);
+        assert_eq!(
+            self.exec_ok(b, &["cat", "/dev/shm/pod-shm"]),
+            "from-alpha\n"
+        );
+        let ipc = |cid: &str| self.exec_ok(cid, &["readlink", "/proc/self/ns/ipc"]);
+        assert_eq!(ipc(a), ipc(b), "the containers' IPC namespaces differ");
         assert_eq!(self.exec_ok(a, &["sh", "-c", "echo $WHO"]), "alpha\n");
         assert_eq!(self.exec_ok(b, &["sh", "-c", "echo $WHO"]), "beta\n");
         let token = format!("{SECRETS}/token");

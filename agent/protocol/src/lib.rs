@@ -40,6 +40,14 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The vsock port of the agent's process stdio streams ([`stdio`]).
 pub const STDIO_VSOCK_PORT: u32 = 1025;
 
+/// The pod's shared `/dev/shm` in the guest: a tmpfs the agent mounts at CreateSandbox (under
+/// its default state dir) and unmounts at DestroySandbox; the host binds a pod's containers'
+/// `/dev/shm` to it, so they share POSIX shared memory as CRI pods do.
+pub const POD_SHM_DIR: &str = "/run/moat/sandbox/shm";
+
+/// The size of [`POD_SHM_DIR`] (Docker's and Kubernetes' default `/dev/shm`).
+pub const POD_SHM_SIZE: &str = "64m";
+
 /// `moat.health.v1`: messages and ttrpc stubs of the health service.
 pub mod health {
     pub use crate::generated::health::*;

@@ -2,7 +2,8 @@
 //!
 //! One guest runs one pod. CreateSandbox sets the guest's hostname, writes the pod's DNS files
 //! under the agent's state directory (`<state>/sandbox/{hostname,resolv.conf}`, for the host
-//! to bind into containers), applies pod-level resources to the pod cgroup (`moat`), and, when
+//! to bind into containers), mounts the pod's shared `/dev/shm` (`<state>/sandbox/shm`, a
+//! tmpfs: [`moat_agent_protocol::POD_SHM_DIR`] under the default state dir), applies pod-level resources to the pod cgroup (`moat`), and, when
 //! the pod shares one PID namespace, starts its holder: PID 1 of that namespace, which reaps
 //! the pod's orphans and which containers created with `sandbox_pidns` join.
 
@@ -44,6 +45,7 @@ pub struct Sandbox {
     id: String,
     holder: Option<u32>,
     cgroup: Option<Cgroup>,
+    shm: std::path::PathBuf,
 }
 
 impl Sandbox {
@@ -120,28 +122,35 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Internal(format!("sethostname: {e}")))?;
             write("hostname", &format!("{}\n", cfg.hostname))?;
         }
-        let cgroup = match &resources {
-            Some(res) => {
-                let cg = self.make_cgroup("")?.ok_or_else(|| {
-                    RuntimeError::Invalid(
-                        "pod resources need cgroup v2, which this guest lacks".into(),
-                    )
-                })?;
-                cg.apply(res)
-                    .map_err(|e| RuntimeError::Invalid(format!("pod resources: {e}")))?;
-                Some(cg)
-            }
-            None => None,
+        let shm = dir.join("shm");
+        mount_pod_shm(&shm)?;
+        let rest = || -> Result<_, RuntimeError> {
+            let cgroup = match &resources {
+                Some(res) => {
+                    let cg = self.make_cgroup("")?.ok_or_else(|| {
+                        RuntimeError::Invalid(
+                            "pod resources need cgroup v2, which this guest lacks".into(),
+                        )
+                    })?;
+                    cg.apply(res)
+                        .map_err(|e| RuntimeError::Invalid(format!("pod resources: {e}")))?;
+                    Some(cg)
+                }
+                None => None,
+            };
+            let holder = if cfg.pidns {
+                Some(self.start_pid_holder()?)
+            } else {
+                None
+            };
+            Ok((cgroup, holder))
         };
-        let holder = if cfg.pidns {
-            Some(self.start_pid_holder()?)
-        } else {
-            None
-        };
+        let (cgroup, holder) = rest().inspect_err(|_| unmount_pod_shm(&shm))?;
         *slot = Some(Sandbox {
             id: cfg.id.clone(),
             holder,
             cgroup,
+            shm,
         });
         tracing::info!("sandbox {}: created (pid holder {holder:?})", cfg.id);
         Ok(())
@@ -203,6 +212,7 @@ impl Runtime {
                 self.reaper().wait(pid, Some(timeout));
                 self.reaper().forget(pid);
             }
+            unmount_pod_shm(&s.shm);
             if let Some(cg) = s.cgroup {
                 cg.remove(timeout)
                     .map_err(|e| RuntimeError::Internal(format!("removing the pod cgroup: {e}")))?;
@@ -210,6 +220,34 @@ impl Runtime {
         }
         tracing::info!("sandbox {id}: destroyed");
         Ok(())
+    }
+}
+
+/// Mounts the pod's `/dev/shm` tmpfs at `dir` (created if missing).
+fn mount_pod_shm(dir: &Path) -> Result<(), RuntimeError> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RuntimeError::Internal(format!("creating {}: {e}", dir.display())))?;
+    let data = format!("mode=1777,size={}", moat_agent_protocol::POD_SHM_SIZE);
+    mount(
+        Some("shm"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        RuntimeError::Internal(format!(
+            "mounting the pod /dev/shm at {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// Detaches the pod's `/dev/shm` (containers still holding it keep it until they exit).
+fn unmount_pod_shm(dir: &Path) {
+    if let Err(e) = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!("unmounting the pod /dev/shm at {}: {e}", dir.display());
     }
 }
 
