@@ -129,7 +129,7 @@ impl fmt::Display for LinkChange {
             parts.push(format!("mtu {m}"));
         }
         if let Some(m) = &self.mac {
-            parts.push(format!("address {}", crate::format_mac(m)));
+            parts.push(format!("address {m:02x?}"));
         }
         if let Some(m) = self.master {
             parts.push(format!("master {m}"));
@@ -401,7 +401,7 @@ mod tests {
         );
         assert_eq!(
             change.to_string(),
-            "name eth0, mtu 1400, address 02:00:00:00:00:01, master 7, up"
+            "name eth0, mtu 1400, address [02, 00, 00, 00, 00, 01], master 7, up"
         );
 
         let down = LinkChange {

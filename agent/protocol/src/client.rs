@@ -11,6 +11,7 @@
 //! dials the agent's stdio port the way the client itself was connected. The typed wrappers of
 //! the container RPCs live in `rpcs.rs`.
 
+mod net_rpcs;
 mod rpcs;
 
 use std::io;
@@ -97,6 +98,15 @@ pub enum ClientError {
         method: &'static str,
         /// What was wrong.
         detail: String,
+    },
+    /// The request was refused before it was sent (see [`crate::net`]).
+    #[error("{method}: invalid request: {source}")]
+    Invalid {
+        /// The RPC.
+        method: &'static str,
+        /// What was wrong.
+        #[source]
+        source: crate::net::NetSpecError,
     },
     /// The client was built by [`AgentClient::from_stream`]: it does not know where the
     /// agent's stdio port is.

@@ -4,6 +4,7 @@
 //! - [`agent`]: `moat.agent.v1.AgentService` — `GetGuestDetails`; container RPCs come in issue 4.
 //! - [`client`]: the host-side [`AgentClient`] over the VMM's hybrid vsock socket (or a plain unix
 //!   socket in tests).
+//! - [`net`]: typed, validated forms of the network RPCs (`UpdateInterface`, `UpdateRoutes`).
 //! - [`stdio`]: the process stdio streams on [`STDIO_VSOCK_PORT`] (header line, `OK`/`ERR`).
 //!
 //! The messages and ttrpc stubs are generated at build time from `protos/*.proto` by
@@ -27,6 +28,7 @@ mod generated {
 
 pub mod client;
 pub mod handshake;
+pub mod net;
 pub mod stdio;
 
 pub use client::{AgentClient, ClientError};
