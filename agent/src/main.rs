@@ -14,6 +14,7 @@ mod files;
 mod guest_info;
 mod listener;
 mod logging;
+mod network;
 mod pid1;
 mod pty;
 mod reaper;

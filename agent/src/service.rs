@@ -12,6 +12,7 @@ use moat_agent_protocol::health::{
     create_health, CheckRequest, CheckResponse, Health, ServingStatus, VersionRequest,
     VersionResponse,
 };
+use moat_agent_protocol::net::{routes_from_proto, InterfaceSpec};
 use moat_agent_protocol::protobuf;
 use moat_agent_protocol::ttrpc::{self, Code, TtrpcContext};
 use moat_agent_protocol::PROTOCOL_VERSION;
@@ -20,6 +21,7 @@ use crate::container::registry::{Runtime, RuntimeError};
 use crate::container::sandbox::SandboxConfig;
 use crate::files;
 use crate::guest_info;
+use crate::network::{self, NetworkError};
 use crate::reaper::ExitStatus;
 use crate::stats;
 use crate::stdio::Channels;
@@ -149,6 +151,11 @@ impl AgentService for Services {
             pidns: req.sandbox_pidns,
             resources_json: req.resources_json,
         };
+        // A pod's processes talk over localhost; without lo that fails in odd ways, but a
+        // guest without it still runs containers, so a failure is only logged.
+        if let Err(e) = network::loopback_up() {
+            tracing::warn!("CreateSandbox: bringing lo up: {e}");
+        }
         empty(
             "CreateSandbox",
             self.runtime.create_sandbox(&cfg, &self.state_dir),
@@ -388,6 +395,36 @@ impl AgentService for Services {
                 status(code, format!("CopyFile: {e}"))
             })
     }
+
+    fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Empty> {
+        let spec = InterfaceSpec::from_proto(&req)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("UpdateInterface: {e}")))?;
+        network::update_interface(&spec)
+            .map(|()| Empty::new())
+            .map_err(|e| net_error("UpdateInterface", e))
+    }
+
+    fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Empty> {
+        let routes = routes_from_proto(&req)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("UpdateRoutes: {e}")))?;
+        network::update_routes(&routes)
+            .map(|()| Empty::new())
+            .map_err(|e| net_error("UpdateRoutes", e))
+    }
+}
+
+/// The ttrpc status of a network RPC's failure.
+fn net_error(method: &str, e: NetworkError) -> ttrpc::Error {
+    let code = match e {
+        NetworkError::NotFound(_) => Code::NOT_FOUND,
+        NetworkError::Netlink(_) => Code::INTERNAL,
+    };
+    tracing::warn!("{method}: {e}");
+    status(code, format!("{method}: {e}"))
 }
 
 /// A ttrpc server with every service registered, listening on `listener_fd` (taken over).
