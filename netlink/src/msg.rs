@@ -42,7 +42,7 @@ pub struct Link {
 }
 
 /// An address of an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Address {
     /// The interface index.
     pub index: u32,
@@ -55,7 +55,7 @@ pub struct Address {
 }
 
 /// Scope of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum RouteScope {
     /// Through a gateway, or anywhere (`RT_SCOPE_UNIVERSE`).
     #[default]
@@ -67,7 +67,7 @@ pub enum RouteScope {
 }
 
 /// A route of the main table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     /// Destination and prefix length; `None` is the default route.
     pub dst: Option<(IpAddr, u8)>,

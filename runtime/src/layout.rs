@@ -38,6 +38,11 @@ impl PodDir {
         self.root.join("vmm.pid")
     }
 
+    /// What the shim changed in the pod's network namespace ([`crate::network`]).
+    pub fn network_record(&self) -> PathBuf {
+        self.root.join(crate::network::RECORD_FILE)
+    }
+
     /// The directory shared with the guest.
     pub fn share(&self) -> PathBuf {
         self.root.join("share")

@@ -7,6 +7,7 @@ mod io;
 mod layout;
 mod metrics;
 mod mounts;
+mod network;
 mod options;
 mod pod;
 mod process;

@@ -2,9 +2,10 @@
 //! teardown that leaves nothing behind — also when the shim itself was killed and containerd
 //! runs `containerd-shim-moat-v2 delete` to clean up.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use containerd_shim::protos::types::mount::Mount as ApiMount;
 use moat_agent_protocol::agent::CreateSandboxRequest;
@@ -12,8 +13,9 @@ use moat_agent_protocol::agent::CreateSandboxRequest;
 use crate::config::Config;
 use crate::layout::{BundleMarker, PodDir};
 use crate::mounts::{self, MountError};
+use crate::network::{self, NetworkError, PodNetwork};
 use crate::spec::HostBind;
-use crate::vm::{self, Vm, VmError, VmmStatus};
+use crate::vm::{self, Vm, VmError, VmNic, VmmStatus};
 
 /// How long a VMM gets to exit after SIGTERM before SIGKILL.
 pub const VMM_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -41,6 +43,12 @@ pub enum PodError {
     /// A host mount failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// The pod's network namespace could not be connected to the VM.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The agent refused the pod's network.
+    #[error("configuring the pod network in the guest: {0}")]
+    GuestNetwork(String),
 }
 
 /// A booted pod.
@@ -51,16 +59,21 @@ pub struct Pod {
     pub dir: PodDir,
     /// Its VM.
     pub vm: Arc<Vm>,
+    /// Its network namespace's changes, undone at teardown.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 impl Pod {
-    /// Makes the pod's directory, boots its VM and creates the agent's sandbox. `on_exit` runs
-    /// when the VMM ends. On failure nothing is left behind.
+    /// Makes the pod's directory, connects network namespace `netns` (if any) to a NIC of the
+    /// VM ([`crate::network`]), boots the VM, creates the agent's sandbox and gives the guest
+    /// NIC the pod's addresses and routes. `on_exit` runs when the VMM ends. On failure
+    /// nothing is left behind.
     pub fn boot(
         cfg: &Config,
         namespace: &str,
         id: &str,
         hostname: &str,
+        netns: Option<&Path>,
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
     ) -> Result<Pod, PodError> {
         let dir = PodDir::new(&cfg.runtime.state_dir, namespace, id);
@@ -71,23 +84,42 @@ impl Pod {
             path: dir.share(),
             source,
         })?;
-        let booted = Vm::start(cfg, &dir, on_exit)
+        let t = Instant::now();
+        let mut network = match netns.map(|p| PodNetwork::setup(p, &dir.network_record())) {
+            None => None,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                remove_pod_dir(&dir);
+                return Err(PodError::Network(e));
+            }
+        };
+        match (&network, netns) {
+            (Some(n), _) => log::info!(
+                "pod {id}: {} of {} bridged to {} ({:?})",
+                n.record.interface,
+                n.record.netns.display(),
+                network::TAP_NAME,
+                t.elapsed()
+            ),
+            (None, Some(p)) => log::info!("pod {id}: {} has no interface: no NIC", p.display()),
+            (None, None) => {}
+        }
+        let nic = network.as_mut().and_then(|n| {
+            let tap = n.take_tap()?;
+            Some(VmNic {
+                arg: n.vmm_arg(tap.as_raw_fd()),
+                tap,
+            })
+        });
+        let booted = Vm::start(cfg, &dir, nic, on_exit)
             .map_err(PodError::from)
             .and_then(|vm| {
                 let vm = Arc::new(vm);
-                let c = &vm.client;
-                let mut req = CreateSandboxRequest::new();
-                req.sandbox_id = id.into();
-                req.hostname = hostname.into();
-                req.sandbox_pidns = true;
-                let ready = c
-                    .set_guest_date_time(SystemTime::now())
-                    .and_then(|_| c.create_sandbox(&req));
-                match ready {
+                match prepare_guest(&vm, id, hostname, network.as_ref()) {
                     Ok(()) => Ok(vm),
                     Err(e) => {
                         vm.stop(VMM_STOP_GRACE);
-                        Err(PodError::Sandbox(e.to_string()))
+                        Err(e)
                     }
                 }
             });
@@ -96,8 +128,12 @@ impl Pod {
                 id: id.into(),
                 dir,
                 vm,
+                network: Mutex::new(network),
             }),
             Err(e) => {
+                if let Some(n) = network {
+                    n.teardown();
+                }
                 remove_pod_dir(&dir);
                 Err(e)
             }
@@ -149,8 +185,48 @@ impl Pod {
         }
         let status = self.vm.stop(VMM_STOP_GRACE);
         log::info!("pod {}: VM stopped ({})", self.id, vm::describe(status));
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(n) = network {
+            n.teardown();
+        }
         remove_pod_dir(&self.dir);
     }
+}
+
+/// The guest's clock and sandbox, then its NIC: addresses and routes of the pod's network.
+fn prepare_guest(
+    vm: &Vm,
+    id: &str,
+    hostname: &str,
+    network: Option<&PodNetwork>,
+) -> Result<(), PodError> {
+    let c = &vm.client;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = id.into();
+    req.hostname = hostname.into();
+    req.sandbox_pidns = true;
+    c.set_guest_date_time(SystemTime::now())
+        .and_then(|_| c.create_sandbox(&req))
+        .map_err(|e| PodError::Sandbox(e.to_string()))?;
+    let Some(n) = network else {
+        return Ok(());
+    };
+    let t = Instant::now();
+    c.update_interface(&n.guest.interface)
+        .and_then(|_| c.update_routes(&n.guest.routes))
+        .map_err(|e| PodError::GuestNetwork(e.to_string()))?;
+    log::info!(
+        "pod {id}: guest {} has {} address(es), {} route(s) ({:?})",
+        n.guest.interface.new_name,
+        n.guest.interface.addresses.len(),
+        n.guest.routes.len(),
+        t.elapsed()
+    );
+    Ok(())
 }
 
 /// Unmounts and removes container `cid`'s share directory.
@@ -195,6 +271,9 @@ pub fn cleanup_after_dead_shim(bundle: &Path, cid: &str) -> String {
     if let Some(pid) = vm::leftover_vmm(&marker.pod) {
         let gone = vm::kill_foreign(pid, Duration::from_secs(5));
         what.push_str(&format!("; killed leftover moat-vmm {pid} (gone: {gone})"));
+    }
+    if let Some(net) = network::cleanup_recorded(&marker.pod.network_record()) {
+        what.push_str(&format!("; {net}"));
     }
     remove_pod_dir(&marker.pod);
     what

@@ -102,7 +102,8 @@ impl containerd_shim::Task for Service {
             (cfg.vm.vcpus, cfg.vm.memory_mib) = (size.vcpus, size.memory_mib);
         }
         let hostname = host_spec["hostname"].as_str().unwrap_or("").to_string();
-        let (pod, booted) = self.pod_for(&cfg, &req.id, &pod_id, &hostname)?;
+        let netns = spec::netns_path(&host_spec);
+        let (pod, booted) = self.pod_for(&cfg, &req.id, &pod_id, &hostname, netns.as_deref())?;
         let is_sandbox = pod_id == req.id;
         let fail = |e: ttrpc::Error| {
             pod::remove_container_dir(&pod.dir, &req.id);

@@ -113,6 +113,19 @@ pub fn pod_of(spec: &Value, id: &str) -> String {
     }
 }
 
+/// The network namespace path of the spec (`linux.namespaces[type=network].path`): CRI's pod
+/// netns, or `ctr run --with-ns network:PATH`. `None` without one (a new, empty namespace).
+pub fn netns_path(spec: &Value) -> Option<PathBuf> {
+    spec.pointer("/linux/namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"))?
+        .get("path")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Translates the host spec of container `id` for the guest. `sandbox_pid` is the guest pid
 /// (in the agent's PID namespace) of the pod sandbox's init when `id` is a CRI app container
 /// of that pod: the pod's IPC and UTS namespaces are the sandbox's, as they are the pause
@@ -268,6 +281,17 @@ mod tests {
                 {"type": "mount"}
             ]}
         })
+    }
+
+    #[test]
+    fn netns_paths() {
+        assert_eq!(
+            netns_path(&cri_spec()),
+            Some(PathBuf::from("/proc/42/ns/net"))
+        );
+        let fresh = json!({"linux": {"namespaces": [{"type": "network"}, {"type": "pid"}]}});
+        assert_eq!(netns_path(&fresh), None);
+        assert_eq!(netns_path(&json!({})), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! tasks) without racing any other reaper.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -68,6 +69,14 @@ pub enum VmError {
     },
 }
 
+/// The pod's NIC: the TAP queue the VMM inherits and its `--net fd=N,...` argument.
+pub struct VmNic {
+    /// The TAP queue fd (the shim's copy is closed once the VMM runs).
+    pub tap: OwnedFd,
+    /// The VMM argument naming it.
+    pub arg: String,
+}
+
 /// How the VMM ended: an exit code, or 128 + the signal that killed it.
 pub type VmmStatus = i32;
 
@@ -111,6 +120,7 @@ impl Vm {
     pub fn start(
         cfg: &Config,
         dir: &PodDir,
+        nic: Option<VmNic>,
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
     ) -> Result<Vm, VmError> {
         for (what, path) in [("vm.kernel", &cfg.vm.kernel), ("vm.initrd", &cfg.vm.initrd)] {
@@ -138,14 +148,24 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: prctl and setsid are async-signal-safe; nothing else runs between fork and
-        // exec. The VMM leaves the shim's session so a terminal's signals don't reach it.
+        // The TAP queue stays open in the shim until the VMM is spawned (the `VmNic` lives
+        // through this function); only the child's copy loses close-on-exec.
+        let tap_fd = nic.as_ref().map(|n| n.tap.as_raw_fd());
+        if let Some(n) = &nic {
+            cmd.arg(&n.arg);
+        }
+        // SAFETY: prctl, setsid and fcntl are async-signal-safe; nothing else runs between
+        // fork and exec. The VMM leaves the shim's session so a terminal's signals don't
+        // reach it.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 libc::setsid();
+                if let Some(fd) = tap_fd {
+                    crate::network::inheritable(fd)?;
+                }
                 Ok(())
             });
         }
@@ -165,7 +185,9 @@ impl Vm {
                     source,
                 })?;
         }
-        let pid = match rx.recv() {
+        let spawned = rx.recv();
+        drop(nic);
+        let pid = match spawned {
             Ok(Ok(pid)) => pid,
             Ok(Err(source)) => return Err(VmError::Spawn { vmm, source }),
             Err(_) => {

@@ -285,6 +285,7 @@ impl Inner {
         cid: &str,
         pod_id: &str,
         hostname: &str,
+        netns: Option<&std::path::Path>,
     ) -> TtrpcResult<(Arc<Pod>, bool)> {
         let _boot = self.boot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pod) = self.lock().pod.clone() {
@@ -311,7 +312,7 @@ impl Inner {
                 s.vm_died(status);
             }
         });
-        let pod = Pod::boot(cfg, &self.namespace, pod_id, hostname, on_exit)
+        let pod = Pod::boot(cfg, &self.namespace, pod_id, hostname, netns, on_exit)
             .map_err(|e| rpc_err(Code::UNKNOWN, format!("pod {pod_id}: {e}")))?;
         let pod = Arc::new(pod);
         log::info!("pod {pod_id}: VM up (moat-vmm pid {})", pod.vm.pid());
