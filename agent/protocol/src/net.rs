@@ -164,9 +164,8 @@ pub struct InterfaceSpec {
 impl InterfaceSpec {
     /// Checks every field (see the module doc).
     pub fn validate(&self) -> Result<(), NetSpecError> {
-        if self.mac.is_none() {
-            check_ifname("interface", &self.name)?;
-        } else if !self.name.is_empty() {
+        // Found by name: a name is needed; found by MAC: a name, if any, must be valid.
+        if self.mac.is_none() || !self.name.is_empty() {
             check_ifname("interface", &self.name)?;
         }
         if !self.new_name.is_empty() {

@@ -25,7 +25,7 @@ fn picks_eth0_or_the_only_one() {
         mac: None,
         ..link(1, "lo")
     };
-    assert_eq!(pick_interface(ns, &[lo.clone()]).unwrap(), None);
+    assert_eq!(pick_interface(ns, std::slice::from_ref(&lo)).unwrap(), None);
     let one = [lo.clone(), link(2, "net1")];
     assert_eq!(pick_interface(ns, &one).unwrap().unwrap().name, "net1");
     let two = [lo.clone(), link(2, "net1"), link(3, "eth0")];

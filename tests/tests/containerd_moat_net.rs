@@ -1,0 +1,244 @@
+//! Pod networking through containerd: a container of a moat pod is reachable at the IP its
+//! pod's network namespace was given, as with runc.
+//!
+//! The test plays CNI: a network namespace (`ip netns add`) with a veth end as `eth0`
+//! (10.231.7.2/24, default route via the host end 10.231.7.1). `ctr run --with-ns
+//! network:/run/netns/<name>` hands it to the shim, which bridges eth0 to a TAP of the VM and
+//! moves eth0's address and route into the guest. From the test host the container's busybox
+//! httpd answers at 10.231.7.2; in the container, eth0 has that address and eth0's original
+//! MAC; after kill/delete the namespace is as the test made it (no bridge, no tap, eth0's
+//! MAC and address back) and nothing of moat is left. A namespace moat cannot use (it already
+//! has a `moat-br0`) fails the create with that said, leaving nothing behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use moat_tests::moat_stack::{with_stack, Stack, RUNTIME};
+
+/// How many fresh test hosts the flow may use when the guest crashes.
+const ATTEMPTS: usize = 4;
+const HOST_IP: &str = "10.231.7.1";
+const POD_IP: &str = "10.231.7.2";
+/// The page the container serves.
+const PAGE: &str = "hello from a moat pod\n";
+/// The size of the big file fetched to time the path.
+const BIG_BYTES: usize = 2 << 20;
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pod's network namespace as CNI would leave it; removed (with the veth) on drop.
+struct PodNetns {
+    name: String,
+    host_end: String,
+}
+
+impl PodNetns {
+    fn new(name: &str) -> PodNetns {
+        let ns = PodNetns {
+            name: name.into(),
+            host_end: format!("{name}-h"),
+        };
+        sh(&format!(
+            "ip netns add {n} && ip link add {h} type veth peer name eth0 netns {n} \
+             && ip addr add {HOST_IP}/24 dev {h} && ip link set {h} up \
+             && ip -n {n} link set lo up && ip -n {n} link set eth0 up \
+             && ip -n {n} addr add {POD_IP}/24 dev eth0 \
+             && ip -n {n} route add default via {HOST_IP}",
+            n = ns.name,
+            h = ns.host_end
+        ));
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn ip(&self, args: &str) -> String {
+        sh(&format!("ip -n {} {args}", self.name))
+    }
+
+    /// `eth0`'s MAC, address and routes and the list of links: what teardown must restore.
+    fn snapshot(&self) -> String {
+        let links: Vec<String> = self
+            .ip("-br link show")
+            .lines()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        format!(
+            "{}\n{}\n{}",
+            links.join("\n"),
+            self.ip("-4 -br addr show"),
+            self.ip("route show")
+        )
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `GET path` from the pod over HTTP/1.0, retried until `deadline`; the body.
+fn http_get(path: &str, deadline: Instant) -> Vec<u8> {
+    let addr: SocketAddr = format!("{POD_IP}:80").parse().unwrap();
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let got = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: {POD_IP}\r\n\r\n")?;
+            let mut all = Vec::new();
+            s.read_to_end(&mut all)?;
+            Ok(all)
+        });
+        match got {
+            Ok(all) => {
+                let split = all
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .unwrap_or_else(|| panic!("no HTTP header end in {all:?}"));
+                let head = String::from_utf8_lossy(&all[..split]);
+                assert!(
+                    head.starts_with("HTTP/1.") && head.contains(" 200 "),
+                    "{head}"
+                );
+                return all[split + 4..].to_vec();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no answer from http://{POD_IP}{path}: {last}");
+}
+
+/// The container's script: the page, a big file, then busybox httpd in the foreground.
+fn serve_script() -> String {
+    format!(
+        "mkdir -p /tmp/www && printf '{}' > /tmp/www/index.html \
+         && dd if=/dev/zero of=/tmp/www/big bs=1024 count={} 2>/dev/null \
+         && exec httpd -f -p 80 -h /tmp/www",
+        PAGE.replace('\n', "\\n"),
+        BIG_BYTES / 1024
+    )
+}
+
+fn run_web(s: &Stack, ns: &PodNetns, id: &str) -> moat_tests::containerd::CtrOutput {
+    let with_ns = format!("network:{}", ns.path());
+    let script = serve_script();
+    s.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--with-ns",
+        &with_ns,
+        "--runtime",
+        RUNTIME,
+        &s.image,
+        id,
+        "sh",
+        "-c",
+        &script,
+    ])
+}
+
+#[test]
+fn pod_ip_reaches_the_container() {
+    moat_tests::on_kvm_retrying("pod_ip_reaches_the_container", ATTEMPTS, || {
+        let ns = PodNetns::new("moatnet1");
+        let before = ns.snapshot();
+        let mac = ns.ip("-br link show eth0");
+        let mac = mac.split_whitespace().nth(2).unwrap().to_string();
+        with_stack(|s| {
+            let t = Instant::now();
+            let o = run_web(s, &ns, "web");
+            assert_eq!(o.code(), Some(0), "{}\n{}", o.stderr_str(), s.log());
+            let page = http_get("/", Instant::now() + Duration::from_secs(120));
+            println!(
+                "ctr run -d → first HTTP answer from the pod IP: {:?}",
+                t.elapsed()
+            );
+            assert_eq!(String::from_utf8_lossy(&page), PAGE);
+            // What the network costs the pod's boot, as the shim logs it.
+            for l in s.log().lines() {
+                if l.contains("bridged to") || l.contains("route(s)") {
+                    println!("shim: {}", l.trim());
+                }
+            }
+
+            // The netns while the pod runs: eth0 is a bridge port with a new MAC, no address.
+            let links = ns.ip("-d link show");
+            assert!(
+                links.contains("moat-br0") && links.contains("moat-tap0"),
+                "{links}"
+            );
+            assert!(!ns.ip("-4 addr show eth0").contains(POD_IP));
+
+            let o = s.ctr_ok(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "ip",
+                "web",
+                "sh",
+                "-c",
+                "ip addr show eth0; ip route; cat /sys/class/net/eth0/mtu",
+            ]);
+            let out = o.stdout_str();
+            println!("in the container:\n{out}");
+            assert!(out.contains(&format!("inet {POD_IP}/24")), "{out}");
+            assert!(out.contains(&format!("link/ether {mac}")), "{out}");
+            assert!(
+                out.contains(&format!("default via {HOST_IP} dev eth0")),
+                "{out}"
+            );
+
+            let t = Instant::now();
+            let big = http_get("/big", Instant::now() + Duration::from_secs(60));
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(big.len(), BIG_BYTES);
+            assert!(big.iter().all(|&b| b == 0));
+            println!(
+                "pod → test host over HTTP: {} KiB in {secs:.2} s ({:.2} MiB/s)",
+                BIG_BYTES / 1024,
+                BIG_BYTES as f64 / (1 << 20) as f64 / secs
+            );
+
+            s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "web"]);
+            s.wait_task_status("web", "STOPPED", Duration::from_secs(30));
+            s.ctr_ok(&["task", "delete", "web"]);
+            s.ctr_ok(&["container", "delete", "web"]);
+            s.assert_no_leftovers();
+            assert_eq!(ns.snapshot(), before, "the pod netns was not restored");
+
+            // A netns moat cannot use: refused, said why, nothing left (the bridge is ours).
+            ns.ip("link add moat-br0 type bridge");
+            let o = run_web(s, &ns, "busy");
+            assert_ne!(o.code(), Some(0));
+            assert!(
+                o.stderr_str().contains("already has a moat-br0"),
+                "{}",
+                o.stderr_str()
+            );
+            let _ = s.ctr(&["container", "delete", "busy"]);
+            ns.ip("link del moat-br0");
+            s.assert_no_leftovers();
+            assert_eq!(ns.snapshot(), before, "a refused create changed the netns");
+        })
+    });
+}
