@@ -169,6 +169,100 @@ fn to_netlink(r: &RouteSpec, oif: Option<u32>) -> Route {
 mod tests {
     use super::*;
 
+    fn sh(cmd: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The RPCs for real, in a private network namespace (this test runs as root; `ip`, a
+    /// child of the thread, shares its namespace): a veth end found by MAC is renamed,
+    /// re-sized, addressed (an old address removed) and routed.
+    #[test]
+    fn configures_a_nic_in_a_private_netns() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(NEWNET)");
+            loopback_up().unwrap();
+            assert!(sh("ip link show lo").contains("UP"));
+            sh(
+                "ip link add vg0 address 02:00:00:00:aa:01 type veth peer name vg1 \
+                && ip link set vg1 up && ip addr add 10.50.0.99/24 dev vg0",
+            );
+            let spec = InterfaceSpec {
+                mac: Some([2, 0, 0, 0, 0xaa, 1]),
+                new_name: "eth0".into(),
+                mtu: 1400,
+                addresses: vec![
+                    "10.50.0.2/24".parse().unwrap(),
+                    "fd00:50::2/64".parse().unwrap(),
+                ],
+                up: true,
+                ..Default::default()
+            };
+            update_interface(&spec).unwrap();
+            let eth = sh("ip addr show eth0");
+            assert!(
+                eth.contains("mtu 1400") && eth.contains("inet 10.50.0.2/24"),
+                "{eth}"
+            );
+            assert!(
+                eth.contains("fd00:50::2/64") && !eth.contains("10.50.0.99"),
+                "{eth}"
+            );
+            update_routes(&[
+                RouteSpec {
+                    dest: Some("192.168.7.0/24".parse().unwrap()),
+                    device: "eth0".into(),
+                    scope: Scope::Link,
+                    ..Default::default()
+                },
+                RouteSpec {
+                    gateway: Some("10.50.0.1".parse().unwrap()),
+                    device: "eth0".into(),
+                    ..Default::default()
+                },
+            ])
+            .unwrap();
+            let routes = sh("ip route");
+            assert!(
+                routes.contains("default via 10.50.0.1 dev eth0"),
+                "{routes}"
+            );
+            assert!(
+                routes.contains("192.168.7.0/24 dev eth0 scope link"),
+                "{routes}"
+            );
+            // Idempotent: the same request again changes nothing and succeeds.
+            update_interface(&spec).unwrap();
+            let missing = InterfaceSpec {
+                name: "nope0".into(),
+                ..Default::default()
+            };
+            assert!(matches!(
+                update_interface(&missing),
+                Err(NetworkError::NotFound(_))
+            ));
+            let bad_dev = RouteSpec {
+                gateway: Some("10.50.0.1".parse().unwrap()),
+                device: "nope0".into(),
+                ..Default::default()
+            };
+            assert!(matches!(
+                update_routes(&[bad_dev]),
+                Err(NetworkError::NotFound(_))
+            ));
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn routes_convert() {
         let r = RouteSpec {

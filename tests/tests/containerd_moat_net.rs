@@ -8,14 +8,15 @@
 //! httpd answers at 10.231.7.2; in the container, eth0 has that address and eth0's original
 //! MAC; after kill/delete the namespace is as the test made it (no bridge, no tap, eth0's
 //! MAC and address back) and nothing of moat is left. A namespace moat cannot use (it already
-//! has a `moat-br0`) fails the create with that said, leaving nothing behind.
+//! has a `moat-br0`) fails the create with that said, leaving nothing behind. When the shim
+//! is killed, containerd's `delete` restores the namespace from the pod's record.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moat_tests::moat_stack::{with_stack, Stack, RUNTIME};
+use moat_tests::moat_stack::{sigkill, with_stack, Stack, RUNTIME};
 
 /// How many fresh test hosts the flow may use when the guest crashes.
 const ATTEMPTS: usize = 4;
@@ -239,6 +240,37 @@ fn pod_ip_reaches_the_container() {
             ns.ip("link del moat-br0");
             s.assert_no_leftovers();
             assert_eq!(ns.snapshot(), before, "a refused create changed the netns");
+        })
+    });
+}
+
+/// `kill -9` of the shim of a networked pod: its VMM dies with it (the tap goes), and the
+/// `containerd-shim-moat-v2 delete` containerd runs restores the namespace from the record.
+#[test]
+fn shim_killed_netns_restored() {
+    moat_tests::on_kvm_retrying("shim_killed_netns_restored", ATTEMPTS, || {
+        let ns = PodNetns::new("moatnet2");
+        let before = ns.snapshot();
+        with_stack(|s| {
+            let o = run_web(s, &ns, "web2");
+            assert_eq!(o.code(), Some(0), "{}\n{}", o.stderr_str(), s.log());
+            let page = http_get("/", Instant::now() + Duration::from_secs(120));
+            assert_eq!(String::from_utf8_lossy(&page), PAGE);
+            assert!(s.pod_dir("web2").join("network.json").is_file());
+            let (shim, _) = s.shim_process("web2").expect("the shim of web2");
+            let killed = Instant::now();
+            sigkill(shim);
+            s.assert_no_leftovers();
+            println!(
+                "shim killed: pod and netns cleaned up after {:?}",
+                killed.elapsed()
+            );
+            assert_eq!(
+                ns.snapshot(),
+                before,
+                "the dead shim's netns was not restored"
+            );
+            s.ctr_ok(&["container", "delete", "web2"]);
         })
     });
 }
