@@ -168,19 +168,7 @@ fn to_netlink(r: &RouteSpec, oif: Option<u32>) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sh(cmd: &str) -> String {
-        let out = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+    use moat_netlink::testing::sh;
 
     /// The RPCs for real, in a private network namespace (this test runs as root; `ip`, a
     /// child of the thread, shares its namespace): a veth end found by MAC is renamed,

@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod msg;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::io;
 use std::net::IpAddr;
@@ -88,14 +90,10 @@ impl Netlink {
 
     /// Every link of the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        let replies = self.dump("listing links", msg::get_links())?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(msg::parse_link(&l)),
-                _ => None,
-            })
-            .collect())
+        self.dump_parsed("listing links", msg::get_links(), |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(msg::parse_link(&l)),
+            _ => None,
+        })
     }
 
     /// The link named `name`, if any.
@@ -105,27 +103,19 @@ impl Netlink {
 
     /// Every address of the namespace (IPv4 and IPv6).
     pub fn addresses(&mut self) -> Result<Vec<Address>, NetlinkError> {
-        let replies = self.dump("listing addresses", msg::get_addresses())?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => msg::parse_address(&a),
-                _ => None,
-            })
-            .collect())
+        self.dump_parsed("listing addresses", msg::get_addresses(), |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => msg::parse_address(&a),
+            _ => None,
+        })
     }
 
     /// Every route of the main table (IPv4 and IPv6).
     pub fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
-        let replies = self.dump("listing routes", msg::get_routes())?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => msg::parse_route(&r),
-                _ => None,
-            })
-            .filter(|r| r.table == u32::from(msg::RT_TABLE_MAIN))
-            .collect())
+        let main = u32::from(msg::RT_TABLE_MAIN);
+        self.dump_parsed("listing routes", msg::get_routes(), |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => msg::parse_route(&r).filter(|r| r.table == main),
+            _ => None,
+        })
     }
 
     /// Changes link `index` as `change` says (name, MTU, MAC, master, up/down).
@@ -259,6 +249,16 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         let seq = self.send(op, m, flags | NLM_F_ACK)?;
         self.receive(op, seq, false, |_| Ok(()))
+    }
+
+    /// One dump, each reply turned into a value by `parse` (`None`: skipped).
+    fn dump_parsed<T>(
+        &mut self,
+        op: &str,
+        m: RouteNetlinkMessage,
+        parse: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        Ok(self.dump(op, m)?.into_iter().filter_map(parse).collect())
     }
 
     /// One dump, bounded to [`MAX_DUMP_MESSAGES`] messages.

@@ -13,9 +13,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use moat_netlink::testing::TestNetns;
 use moat_tests::moat_stack::{sigkill, with_stack, Stack, RUNTIME};
 
 /// How many fresh test hosts the flow may use when the guest crashes.
@@ -27,73 +27,15 @@ const PAGE: &str = "hello from a moat pod\n";
 /// The size of the big file fetched to time the path.
 const BIG_BYTES: usize = 2 << 20;
 
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The pod's network namespace as CNI would leave it; removed (with the veth) on drop.
-struct PodNetns {
-    name: String,
-    host_end: String,
-}
-
-impl PodNetns {
-    fn new(name: &str) -> PodNetns {
-        let ns = PodNetns {
-            name: name.into(),
-            host_end: format!("{name}-h"),
-        };
-        sh(&format!(
-            "ip netns add {n} && ip link add {h} type veth peer name eth0 netns {n} \
-             && ip addr add {HOST_IP}/24 dev {h} && ip link set {h} up \
-             && ip -n {n} link set lo up && ip -n {n} link set eth0 up \
-             && ip -n {n} addr add {POD_IP}/24 dev eth0 \
-             && ip -n {n} route add default via {HOST_IP}",
-            n = ns.name,
-            h = ns.host_end
-        ));
-        ns
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    fn ip(&self, args: &str) -> String {
-        sh(&format!("ip -n {} {args}", self.name))
-    }
-
-    /// `eth0`'s MAC, address and routes and the list of links: what teardown must restore.
-    fn snapshot(&self) -> String {
-        let links: Vec<String> = self
-            .ip("-br link show")
-            .lines()
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .collect();
-        format!(
-            "{}\n{}\n{}",
-            links.join("\n"),
-            self.ip("-4 -br addr show"),
-            self.ip("route show")
-        )
-    }
-}
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_end])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// The pod's network namespace as CNI would leave it.
+fn pod_netns(name: &str) -> TestNetns {
+    TestNetns::new(
+        name,
+        &format!("{POD_IP}/24"),
+        HOST_IP,
+        1500,
+        Some(&format!("{HOST_IP}/24")),
+    )
 }
 
 /// `GET path` from the pod over HTTP/1.0, retried until `deadline`; the body.
@@ -139,8 +81,8 @@ fn serve_script() -> String {
     )
 }
 
-fn run_web(s: &Stack, ns: &PodNetns, id: &str) -> moat_tests::containerd::CtrOutput {
-    let with_ns = format!("network:{}", ns.path());
+fn run_web(s: &Stack, ns: &TestNetns, id: &str) -> moat_tests::containerd::CtrOutput {
+    let with_ns = format!("network:{}", ns.path().display());
     let script = serve_script();
     s.ctr(&[
         "run",
@@ -161,10 +103,9 @@ fn run_web(s: &Stack, ns: &PodNetns, id: &str) -> moat_tests::containerd::CtrOut
 #[test]
 fn pod_ip_reaches_the_container() {
     moat_tests::on_kvm_retrying("pod_ip_reaches_the_container", ATTEMPTS, || {
-        let ns = PodNetns::new("moatnet1");
+        let ns = pod_netns("moatnet1");
         let before = ns.snapshot();
-        let mac = ns.ip("-br link show eth0");
-        let mac = mac.split_whitespace().nth(2).unwrap().to_string();
+        let mac = ns.eth0_mac();
         with_stack(|s| {
             let t = Instant::now();
             let o = run_web(s, &ns, "web");
@@ -249,7 +190,7 @@ fn pod_ip_reaches_the_container() {
 #[test]
 fn shim_killed_netns_restored() {
     moat_tests::on_kvm_retrying("shim_killed_netns_restored", ATTEMPTS, || {
-        let ns = PodNetns::new("moatnet2");
+        let ns = pod_netns("moatnet2");
         let before = ns.snapshot();
         with_stack(|s| {
             let o = run_web(s, &ns, "web2");

@@ -1,7 +1,7 @@
 //! Unit tests of the pod network: the pure choices, and setup/teardown for real in a private
 //! network namespace made with `ip netns` (this runs as root, as the shim does).
 
-use std::process::Command;
+use moat_netlink::testing::TestNetns;
 
 use super::*;
 
@@ -100,60 +100,23 @@ fn moves_global_addresses_and_non_kernel_routes() {
     assert_eq!(serde_json::from_str::<NetRecord>(&json).unwrap(), record);
 }
 
-/// A network namespace with a veth end as eth0 (10.213.x.2/24, default route via .1),
-/// deleted on drop with its other end.
-struct TestNetns {
-    name: String,
-    host_end: String,
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl TestNetns {
-    fn new(tag: u8) -> TestNetns {
-        let id = std::process::id() % 10000;
-        let name = format!("moat-ut-{id}-{tag}");
-        let host_end = format!("mut{id}h{tag}");
-        sh(&format!(
-            "ip netns add {name} && ip link add {host_end} type veth peer name eth0 netns {name} \
-             && ip -n {name} link set eth0 mtu 1400 up && ip -n {name} link set lo up \
-             && ip -n {name} addr add 10.213.{tag}.2/24 dev eth0 \
-             && ip -n {name} route add default via 10.213.{tag}.1"
-        ));
-        TestNetns { name, host_end }
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-    fn ip(&self, args: &str) -> String {
-        sh(&format!("ip -n {} {args}", self.name))
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_end])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// A namespace with eth0 at 10.213.`tag`.2/24 (MTU 1400), default route via .1.
+fn test_netns(tag: u8) -> TestNetns {
+    let name = format!("mu{}t{tag}", std::process::id() % 100_000);
+    TestNetns::new(
+        &name,
+        &format!("10.213.{tag}.2/24"),
+        &format!("10.213.{tag}.1"),
+        1400,
+        None,
+    )
 }
 
 #[test]
 fn setup_and_teardown_in_a_real_netns() {
-    let ns = TestNetns::new(1);
-    let before_link = ns.ip("-br link show eth0");
-    let mac = before_link.split_whitespace().nth(2).unwrap().to_string();
+    let ns = test_netns(1);
+    let before = ns.snapshot();
+    let mac = ns.eth0_mac();
     let dir = std::env::temp_dir().join(format!("moat-net-ut-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let record_path = dir.join(RECORD_FILE);
@@ -201,15 +164,13 @@ fn setup_and_teardown_in_a_real_netns() {
         !links.contains(BRIDGE_NAME) && !links.contains(TAP_NAME),
         "{links}"
     );
-    assert_eq!(ns.ip("-br link show eth0"), before_link);
-    assert!(ns.ip("-4 addr show eth0").contains("10.213.1.2/24"));
-    assert!(ns.ip("route show default").contains("via 10.213.1.1"));
+    assert_eq!(ns.snapshot(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_busy_netns_is_refused_untouched_and_a_record_is_replayed() {
-    let ns = TestNetns::new(2);
+    let ns = test_netns(2);
     let dir = std::env::temp_dir().join(format!("moat-net-ut2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let record_path = dir.join(RECORD_FILE);
