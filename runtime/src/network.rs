@@ -44,6 +44,10 @@ pub enum NetworkError {
         /// Why.
         source: std::io::Error,
     },
+    /// The namespace is the shim's own (the host's): moving its interface into a VM would
+    /// take the host off its network.
+    #[error("network namespace {0} is the host's own: moat pods cannot use host networking")]
+    HostNetns(PathBuf),
     /// A thread for the namespace could not be started.
     #[error("starting the network-namespace thread: {0}")]
     Thread(std::io::Error),
@@ -153,6 +157,20 @@ fn in_netns<T: Send>(
     })
 }
 
+/// Whether `netns` is the network namespace the shim itself runs in.
+fn is_own_netns(netns: &Path) -> Result<bool, NetworkError> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|source| NetworkError::Netns {
+                path: p.to_path_buf(),
+                source,
+            })
+    };
+    Ok(id(netns)? == id(Path::new("/proc/self/ns/net"))?)
+}
+
 /// The interface to move into the guest: `eth0`, else the only one that is not loopback
 /// and not moat's own; `None` when there is none.
 fn pick_interface(netns: &Path, links: &[Link]) -> Result<Option<Link>, NetworkError> {
@@ -255,6 +273,9 @@ impl PodNetwork {
             path: netns.to_path_buf(),
             source,
         };
+        if is_own_netns(netns)? {
+            return Err(NetworkError::HostNetns(netns.to_path_buf()));
+        }
         in_netns(netns, || {
             let mut nl = Netlink::open().map_err(nl_err)?;
             let links = nl.links().map_err(nl_err)?;

@@ -196,4 +196,8 @@ fn a_busy_netns_is_refused_untouched_and_a_record_is_replayed() {
 
     let e = PodNetwork::setup(Path::new("/run/netns/no-such-moat-ns"), &record_path).unwrap_err();
     assert!(e.to_string().contains("no-such-moat-ns"), "{e}");
+    // The shim's own (host) namespace is never touched.
+    let e = PodNetwork::setup(Path::new("/proc/self/ns/net"), &record_path).unwrap_err();
+    assert!(matches!(e, NetworkError::HostNetns(_)), "{e}");
+    assert!(!record_path.exists());
 }
