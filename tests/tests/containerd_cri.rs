@@ -3,9 +3,12 @@
 //! (`moat_tests::cri`): RunPodSandbox with the locally built pause image, two busybox
 //! containers in the one VM of the pod, ExecSync, ContainerStatus/Stats, ListContainers,
 //! UpdateContainerResources, a container exiting on its own, StopContainer, RemoveContainer,
+//! the pod's CNI address reaching a container in the VM,
 //! StopPodSandbox and RemovePodSandbox; then nothing of moat or of the pod may be left. Runs in
 //! the test host (nested KVM) unless this machine has hardware KVM.
 
+use std::io::BufRead;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,7 @@ fn cri_pod_lifecycle() {
             |s| {
                 let pod = Pod::run(s);
                 pod.check_one_vm();
+                pod.check_network();
                 pod.check_pod_files();
                 pod.check_exec_stats_update();
                 pod.check_own_exit();
@@ -163,6 +167,41 @@ impl<'a> Pod<'a> {
             logs,
             termination_log,
         }
+    }
+
+    /// The pod's CNI address is the guest's: eth0 in the containers has it, and a listener in
+    /// a container answers the test host at it (through CNI's bridge, the pod netns' bridge to
+    /// the VM's tap, virtio-net).
+    fn check_network(&self) {
+        let st = self.c.pod_sandbox_status(&self.id).unwrap();
+        let ip = st
+            .network
+            .as_ref()
+            .map(|n| n.ip.clone())
+            .unwrap_or_default();
+        let addr = self.exec_ok(&self.b, &["sh", "-c", "ip -4 addr show eth0"]);
+        assert!(addr.contains(&format!("inet {ip}/")), "pod IP {ip}: {addr}");
+        let to: SocketAddr = format!("{ip}:8080").parse().unwrap();
+        std::thread::scope(|sc| {
+            let script = "echo pong from the pod | nc -l -p 8080";
+            let server = sc.spawn(|| self.exec_ok(&self.a, &["sh", "-c", script]));
+            let deadline = Instant::now() + SETTLE;
+            let line = loop {
+                match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                    Ok(conn) => {
+                        conn.set_read_timeout(Some(SETTLE)).unwrap();
+                        let mut line = String::new();
+                        std::io::BufReader::new(conn).read_line(&mut line).unwrap();
+                        break line;
+                    }
+                    Err(e) if Instant::now() >= deadline => panic!("connecting to {to}: {e}"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            };
+            assert_eq!(line, "pong from the pod\n");
+            server.join().unwrap();
+        });
+        println!("pod IP {ip}: reached from the test host");
     }
 
     /// ExecSync of `cmd` in container `cid`.
