@@ -516,6 +516,32 @@ oom_score = 0
         })
     }
 
+    /// Waits until `ctr task ls` lists task `id` with status `status` (`RUNNING`, `STOPPED`,
+    /// `PAUSED`...); after `timeout` an error with the last listing.
+    pub fn wait_task_status(
+        &self,
+        id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<(), ContainerdError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ls = self.ctr_ok(&["task", "ls"])?;
+            let listed = ls.stdout_str().lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&id) && f.last() == Some(&status)
+            });
+            if listed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let why = format!("never listed task {id} as {status} in {timeout:?}");
+                return Err(ctr_error("task ls".into(), why, &ls, &self.log));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Imports an image archive (`ctr images import`, unpacked for the overlayfs
     /// snapshotter) into the harness's namespace.
     pub fn import(&self, tar: &Path) -> Result<CtrOutput, ContainerdError> {

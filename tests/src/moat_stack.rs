@@ -156,22 +156,9 @@ impl Stack {
 
     /// Waits until task `id` is listed as `status` (`RUNNING`, `STOPPED`...) by `ctr task ls`.
     pub fn wait_task_status(&self, id: &str, status: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ls = self.ctr(&["task", "ls"]).stdout_str();
-            if ls
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} never became {status} in {timeout:?}:\n{ls}\n--- log ---\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.containerd
+            .wait_task_status(id, status, timeout)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Stops containerd, failing if it left anything behind.
@@ -210,17 +197,30 @@ impl Stack {
 
     /// `ctr run -d --null-io --runtime RUNTIME IMAGE ID ARGS...`, which must succeed.
     pub fn run_detached(&self, id: &str, args: &[&str]) -> CtrOutput {
-        let mut all = vec![
-            "run",
-            "-d",
-            "--null-io",
-            "--runtime",
-            RUNTIME,
-            &self.image,
-            id,
-        ];
+        self.run_detached_with(&[], id, args)
+    }
+
+    /// [`Self::run_detached`] with more `ctr run` flags (`--memory-limit N`...).
+    pub fn run_detached_with(&self, flags: &[&str], id: &str, args: &[&str]) -> CtrOutput {
+        self.ctr_ok(&self.detached_args(flags, id, args))
+    }
+
+    /// [`Self::run_detached_with`], whatever its exit status (for runs that may be refused).
+    pub fn try_run_detached_with(&self, flags: &[&str], id: &str, args: &[&str]) -> CtrOutput {
+        self.ctr(&self.detached_args(flags, id, args))
+    }
+
+    fn detached_args<'a>(
+        &'a self,
+        flags: &[&'a str],
+        id: &'a str,
+        args: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut all = vec!["run", "-d", "--null-io", "--runtime", RUNTIME];
+        all.extend_from_slice(flags);
+        all.extend([self.image.as_str(), id]);
         all.extend_from_slice(args);
-        self.ctr_ok(&all)
+        all
     }
 
     /// Pod `pod`'s state directory (`<state dir>/<namespace>/<pod>`).

@@ -114,13 +114,9 @@ fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), 
         .filter(|pid| {
             procs.iter().any(|p| {
                 p.0 == *pid
-                    && p.2.first().is_some_and(|a| {
-                        String::from_utf8_lossy(a).contains(if runtime == RUNC {
-                            "runc"
-                        } else {
-                            "moat"
-                        })
-                    })
+                    && p.2
+                        .first()
+                        .is_some_and(|a| String::from_utf8_lossy(a).contains(short(runtime)))
             })
         })
         .collect();

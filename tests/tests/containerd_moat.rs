@@ -66,18 +66,7 @@ fn ctr_run_rm() {
 fn ctr_task_lifecycle() {
     moat_tests::on_kvm_retrying("ctr_task_lifecycle", ATTEMPTS, || {
         with_stack(|s| {
-            s.ctr_ok(&[
-                "run",
-                "-d",
-                "--null-io",
-                "--runtime",
-                RUNTIME,
-                &s.image,
-                "box",
-                "sh",
-                "-c",
-                "while true; do sleep 1; done",
-            ]);
+            s.run_detached("box", &["sh", "-c", "while true; do sleep 1; done"]);
             let o = s.ctr_ok(&[
                 "task",
                 "exec",

@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use moat_netlink::testing::TestNetns;
-use moat_tests::moat_stack::{sigkill, with_stack, Stack, RUNTIME};
+use moat_tests::moat_stack::{sigkill, with_stack, Stack};
 
 /// How many fresh test hosts the flow may use when the guest crashes.
 const ATTEMPTS: usize = 4;
@@ -84,20 +84,7 @@ fn serve_script() -> String {
 fn run_web(s: &Stack, ns: &TestNetns, id: &str) -> moat_tests::containerd::CtrOutput {
     let with_ns = format!("network:{}", ns.path().display());
     let script = serve_script();
-    s.ctr(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--with-ns",
-        &with_ns,
-        "--runtime",
-        RUNTIME,
-        &s.image,
-        id,
-        "sh",
-        "-c",
-        &script,
-    ])
+    s.try_run_detached_with(&["--with-ns", &with_ns], id, &["sh", "-c", &script])
 }
 
 #[test]

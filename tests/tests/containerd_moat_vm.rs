@@ -85,19 +85,7 @@ fn vm_sizing_annotations() {
 fn memory_limit_reaches_the_guest_cgroup() {
     moat_tests::on_kvm_retrying("memory_limit_reaches_the_guest_cgroup", ATTEMPTS, || {
         with_stack(|s| {
-            s.ctr_ok(&[
-                "run",
-                "-d",
-                "--null-io",
-                "--runtime",
-                RUNTIME,
-                "--memory-limit",
-                "134217728",
-                &s.image,
-                "upd",
-                "sleep",
-                "600",
-            ]);
+            s.run_detached_with(&["--memory-limit", "134217728"], "upd", &["sleep", "600"]);
             assert_eq!(memory_limit(s, "upd"), Some(134217728));
             s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "upd"]);
             s.wait_task_status("upd", "STOPPED", Duration::from_secs(30));

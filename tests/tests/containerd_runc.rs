@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use moat_tests::containerd::{Containerd, ContainerdOptions, CtrOutput};
+use moat_tests::containerd::{sys, Containerd, ContainerdOptions, CtrOutput};
 use moat_tests::guards::ScratchDir;
 use moat_tests::oci_image::{build_busybox_image, DEFAULT_BUSYBOX_IMAGE};
 
@@ -97,7 +97,8 @@ moat_tests::kvm_test!(containerd_runs_busybox_with_runc, {
     let mut stdin = child.stdin.take().unwrap();
     let to_send = data.clone();
     let writer = std::thread::spawn(move || stdin.write_all(&to_send).map(|()| stdin));
-    wait_running(&cd, "id2");
+    cd.wait_task_status("id2", "RUNNING", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
     drop(writer.join().unwrap().expect("writing ctr's stdin"));
     let cat = child
         .wait(Duration::from_secs(120))
@@ -119,22 +120,8 @@ moat_tests::kvm_test!(containerd_runs_busybox_with_runc, {
     let t = Instant::now();
     cd.stop().unwrap_or_else(|e| panic!("{e}"));
     let t_stop = t.elapsed();
-    assert!(!dir.exists(), "{} not removed", dir.display());
-    assert!(!alive(pid), "containerd (pid {pid}) still running");
-    let ours = processes(|_, cmdline| cmdline.contains(&*dir.to_string_lossy()));
-    assert!(ours.is_empty(), "processes of the harness left: {ours:?}");
-    if moat_tests::in_test_host() {
-        // Nothing else runs in the test host: no containerd, shim or runc may be left.
-        let names = ["containerd", "containerd-shim", "runc"];
-        let left = processes(|comm, _| names.contains(&comm));
-        assert!(left.is_empty(), "processes left: {left:?}");
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(&*dir.to_string_lossy()),
-        "mounts left under {}:\n{mounts}",
-        dir.display()
-    );
+    assert!(!sys::alive(pid), "containerd (pid {pid}) still running");
+    assert_harness_gone(&dir);
 
     println!(
         "timings: build image {t_image:?} ({} KiB), start containerd {t_start:?}, import \
@@ -172,7 +159,8 @@ moat_tests::kvm_test!(containerd_is_cleaned_up_after_a_panic, {
             script,
         ];
         cd.ctr_ok(&args).unwrap_or_else(|e| panic!("{e}"));
-        wait_running(&cd, "sleeper");
+        cd.wait_task_status("sleeper", "RUNNING", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let dir = cd.dir().to_string_lossy().into_owned();
         assert!(mounts.contains(&dir), "no rootfs mount:\n{mounts}");
@@ -189,13 +177,20 @@ moat_tests::kvm_test!(containerd_is_cleaned_up_after_a_panic, {
     );
     let (dir, sleeps) = rx.iter().last().unwrap();
     println!("run + unwind: {:?}", t.elapsed());
-    assert!(!dir.exists(), "{} not removed", dir.display());
     assert!(
-        !sleeps.iter().any(|&p| alive(p)),
+        !sleeps.iter().any(|&p| sys::alive(p)),
         "the container's sleeps {sleeps:?} run"
     );
+    assert_harness_gone(&dir);
+});
+
+/// Fails unless everything of the harness in `dir` is gone: the directory, any process naming
+/// it, (in the test host, where nothing else runs) any containerd, shim or runc, any mount
+/// under it.
+fn assert_harness_gone(dir: &Path) {
+    assert!(!dir.exists(), "{} not removed", dir.display());
     let ours = processes(|_, cmdline| cmdline.contains(&*dir.to_string_lossy()));
-    assert!(ours.is_empty(), "processes left: {ours:?}");
+    assert!(ours.is_empty(), "processes of the harness left: {ours:?}");
     if moat_tests::in_test_host() {
         let names = ["containerd", "containerd-shim", "runc"];
         let left = processes(|comm, _| names.contains(&comm));
@@ -204,25 +199,9 @@ moat_tests::kvm_test!(containerd_is_cleaned_up_after_a_panic, {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&*dir.to_string_lossy()),
-        "mounts left:\n{mounts}"
+        "mounts left under {}:\n{mounts}",
+        dir.display()
     );
-});
-
-/// Waits until `ctr tasks ls` shows task `id` RUNNING.
-fn wait_running(cd: &Containerd, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let tasks = cd.ctr_ok(&["tasks", "ls"]).unwrap().stdout_str();
-        let running = tasks.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.first() == Some(&id) && f.last() == Some(&"RUNNING")
-        });
-        if running {
-            return;
-        }
-        assert!(Instant::now() < deadline, "task {id} not running:\n{tasks}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Asserts that `cat` exited 0 having echoed exactly `data`.
@@ -234,14 +213,6 @@ fn check_echo(cat: &CtrOutput, data: &[u8]) {
         cat.stdout.len(),
         data.len()
     );
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
 }
 
 /// Live processes for which `pred(comm, cmdline)` holds, as `pid comm cmdline`.
@@ -268,7 +239,7 @@ fn scan(pred: impl Fn(&str, &str) -> bool) -> Vec<(u32, String)> {
         let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
         let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if pid != std::process::id() && alive(pid) && pred(comm.trim(), &cmdline) {
+        if pid != std::process::id() && sys::alive(pid) && pred(comm.trim(), &cmdline) {
             out.push((pid, format!("{} {cmdline}", comm.trim())));
         }
     }
