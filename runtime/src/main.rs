@@ -1,21 +1,7 @@
 //! `containerd-shim-moat-v2`: containerd's shim v2 for runtime `io.containerd.moat.v2`. Each
 //! pod runs in its own moat microVM (moat-vmm + moat-agent); see `runtime/README.md`.
 
-mod config;
-mod events;
-mod io;
-mod layout;
-mod metrics;
-mod mounts;
-mod network;
-mod options;
-mod pod;
-mod process;
-mod service;
-mod shim;
-mod sizing;
-mod spec;
-mod vm;
+use moat_runtime::shim;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
