@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The configuration file read when no other is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/moat/configuration.toml";
@@ -51,7 +51,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How each pod's microVM is built.
@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// `[vm]`: the microVM of a pod.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct VmConfig {
     /// The `moat-vmm` binary; empty: `moat-vmm` beside the shim binary, else on `$PATH`.
@@ -80,9 +80,11 @@ pub struct VmConfig {
     pub boot_timeout_secs: u64,
     /// The most vCPUs a pod's VM may get from annotations and CRI pod limits
     /// (see [`crate::sizing`]); unset: [`DEFAULT_MAX_VCPUS`] or `vcpus` if larger.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_vcpus: Option<u32>,
     /// The most guest memory a pod's VM may get from annotations and CRI pod limits, MiB;
     /// unset: [`DEFAULT_MAX_MEMORY_MIB`] or `memory_mib` if larger.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_mib: Option<u64>,
     /// Whether the pod annotations `moat.vm.vcpus` / `moat.vm.memory_mib` may size the VM
     /// (within the maxima); when off they are refused.
@@ -125,7 +127,7 @@ impl VmConfig {
 }
 
 /// `[runtime]`: the shim.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Root of per-pod state: `<state_dir>/<namespace>/<pod id>/`.
@@ -152,6 +154,11 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MEMORY_MIB_RANGE: (u64, u64) = (64, 1 << 20);
 
 impl Config {
+    /// The configuration as a TOML file's text (what [`Config::parse`] reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration always serialises to TOML")
+    }
+
     /// Parses and checks `text` read from `path` (used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -303,6 +310,16 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let mut cfg = Config::default();
+        cfg.vm.vcpus = 2;
+        cfg.vm.max_memory_mib = Some(4096);
+        cfg.runtime.guest_console = false;
+        assert_eq!(parse(&cfg.to_toml()).unwrap(), cfg);
+        assert_eq!(parse(&Config::default().to_toml()).unwrap(), Config::default());
     }
 
     #[test]

@@ -17,3 +17,7 @@ pub mod shim;
 pub mod sizing;
 pub mod spec;
 pub mod vm;
+
+pub use config::{Config, DEFAULT_STATE_DIR};
+pub use layout::PodDir;
+pub use shim::RUNTIME_ID;
