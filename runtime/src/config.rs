@@ -8,7 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
+use moat_vmm_config::{
+    check_extra_cmdline, check_memory_mib, check_vcpus, ConfigError as VmmConfigError,
+};
 use serde::{Deserialize, Serialize};
+
+pub mod options;
 
 /// The configuration file read when no other is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/moat/configuration.toml";
@@ -55,7 +60,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How each pod's microVM is built.
-    pub vm: VmConfig,
+    pub vm: PodVmConfig,
     /// The shim itself.
     pub runtime: RuntimeConfig,
 }
@@ -63,7 +68,7 @@ pub struct Config {
 /// `[vm]`: the microVM of a pod.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct VmConfig {
+pub struct PodVmConfig {
     /// The `moat-vmm` binary; empty: `moat-vmm` beside the shim binary, else on `$PATH`.
     pub vmm: PathBuf,
     /// The guest kernel (vmlinux, PVH ELF).
@@ -79,7 +84,7 @@ pub struct VmConfig {
     /// How long to wait for the agent to answer after the VMM starts, seconds.
     pub boot_timeout_secs: u64,
     /// The most vCPUs a pod's VM may get from annotations and CRI pod limits
-    /// (see [`crate::sizing`]); unset: [`DEFAULT_MAX_VCPUS`] or `vcpus` if larger.
+    /// (see [`crate::host::sizing`]); unset: [`DEFAULT_MAX_VCPUS`] or `vcpus` if larger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_vcpus: Option<u32>,
     /// The most guest memory a pod's VM may get from annotations and CRI pod limits, MiB;
@@ -91,9 +96,9 @@ pub struct VmConfig {
     pub enable_annotations: bool,
 }
 
-impl Default for VmConfig {
+impl Default for PodVmConfig {
     fn default() -> Self {
-        VmConfig {
+        PodVmConfig {
             vmm: PathBuf::new(),
             kernel: PathBuf::from("/usr/share/moat/vmlinux"),
             initrd: PathBuf::from("/usr/share/moat/moat-agent.cpio.gz"),
@@ -113,7 +118,7 @@ pub const DEFAULT_MAX_VCPUS: u32 = 8;
 /// The default of `[vm] max_memory_mib`.
 pub const DEFAULT_MAX_MEMORY_MIB: u64 = 8192;
 
-impl VmConfig {
+impl PodVmConfig {
     /// The effective `max_vcpus`.
     pub fn max_vcpus(&self) -> u32 {
         self.max_vcpus.unwrap_or(DEFAULT_MAX_VCPUS.max(self.vcpus))
@@ -147,11 +152,6 @@ impl Default for RuntimeConfig {
         }
     }
 }
-
-/// The largest vCPU count accepted.
-pub const MAX_VCPUS: u32 = 64;
-/// The smallest and largest guest memory accepted, MiB.
-pub const MEMORY_MIB_RANGE: (u64, u64) = (64, 1 << 20);
 
 impl Config {
     /// The configuration as a TOML file's text (what [`Config::parse`] reads back).
@@ -213,29 +213,28 @@ impl Config {
             why,
         };
         let vm = &self.vm;
-        if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {
-            return Err(bad(
-                "vm.vcpus",
-                format!("{} is not in 1..={MAX_VCPUS}", vm.vcpus),
-            ));
-        }
-        let (lo, hi) = MEMORY_MIB_RANGE;
-        if vm.memory_mib < lo || vm.memory_mib > hi {
-            return Err(bad(
-                "vm.memory_mib",
-                format!("{} is not in {lo}..={hi}", vm.memory_mib),
-            ));
-        }
-        if vm.max_vcpus() < vm.vcpus || vm.max_vcpus() > MAX_VCPUS {
+        // Sizes are checked by moat-vmm's own rules (the one place they are defined).
+        let vmm_rule =
+            |field, r: Result<(), VmmConfigError>| r.map_err(|e| bad(field, e.to_string()));
+        vmm_rule("vm.vcpus", check_vcpus(vm.vcpus.into()))?;
+        vmm_rule("vm.memory_mib", check_memory_mib(vm.memory_mib))?;
+        vmm_rule("vm.max_vcpus", check_vcpus(vm.max_vcpus().into()))?;
+        vmm_rule("vm.max_memory_mib", check_memory_mib(vm.max_memory_mib()))?;
+        vmm_rule("vm.kernel_params", check_extra_cmdline(&vm.kernel_params))?;
+        if vm.max_vcpus() < vm.vcpus {
             return Err(bad(
                 "vm.max_vcpus",
-                format!("{} is not in {}..={MAX_VCPUS}", vm.max_vcpus(), vm.vcpus),
+                format!("{} is less than vm.vcpus ({})", vm.max_vcpus(), vm.vcpus),
             ));
         }
-        if vm.max_memory_mib() < vm.memory_mib || vm.max_memory_mib() > hi {
+        if vm.max_memory_mib() < vm.memory_mib {
             return Err(bad(
                 "vm.max_memory_mib",
-                format!("{} is not in {}..={hi}", vm.max_memory_mib(), vm.memory_mib),
+                format!(
+                    "{} is less than vm.memory_mib ({})",
+                    vm.max_memory_mib(),
+                    vm.memory_mib
+                ),
             ));
         }
         if vm.boot_timeout_secs == 0 || vm.boot_timeout_secs > 3600 {
@@ -319,7 +318,10 @@ mod tests {
         cfg.vm.max_memory_mib = Some(4096);
         cfg.runtime.guest_console = false;
         assert_eq!(parse(&cfg.to_toml()).unwrap(), cfg);
-        assert_eq!(parse(&Config::default().to_toml()).unwrap(), Config::default());
+        assert_eq!(
+            parse(&Config::default().to_toml()).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]

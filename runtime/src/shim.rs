@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{api, Config as ShimConfig, DeleteResponse, ExitSignal, Flags, StartOpts};
+use containerd_shim::{Config as ShimConfig, DeleteResponse, ExitSignal, Flags, StartOpts};
 
-use crate::events::Events;
-use crate::service::Service;
-use crate::{pod, spec};
+use crate::pod::{cleanup, spec};
+use crate::task::events::Events;
+use crate::task::TaskService;
 
 /// containerd's runtime type for moat.
 pub const RUNTIME_ID: &str = "io.containerd.moat.v2";
@@ -64,7 +64,7 @@ fn remove_dead_socket(address: &str) -> Option<String> {
 }
 
 impl containerd_shim::Shim for Shim {
-    type T = Service;
+    type T = TaskService;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
         Shim {
@@ -86,17 +86,17 @@ impl containerd_shim::Shim for Shim {
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         let bundle =
             std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        let mut what = pod::cleanup_after_dead_shim(&bundle, &self.id);
+        let mut what = cleanup::after_dead_shim(&bundle, &self.id);
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
             if let Some(removed) = remove_dead_socket(&address) {
                 what.push_str(&format!("; removed the dead shim's socket {removed}"));
             }
         }
         eprintln!("{RUNTIME_ID}: delete {}: {what}", self.id);
-        Ok(api::DeleteResponse {
+        Ok(DeleteResponse {
             pid: 0,
             exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: Some(crate::process::timestamp(std::time::SystemTime::now())).into(),
+            exited_at: Some(crate::task::process::timestamp(std::time::SystemTime::now())).into(),
             ..Default::default()
         })
     }
@@ -106,7 +106,7 @@ impl containerd_shim::Shim for Shim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        Service::new(
+        TaskService::new(
             &self.namespace,
             Events::new(Some(publisher), &self.namespace),
             self.exit.clone(),
@@ -129,8 +129,8 @@ mod tests {
 
     #[test]
     fn only_a_dead_shim_socket_is_removed() {
-        let dir = std::env::temp_dir().join(format!("moat-shim-sock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = tmp.path();
         let live = dir.join("live");
         let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
         let dead = dir.join("dead");
@@ -149,6 +149,5 @@ mod tests {
         assert!(file.exists());
         assert_eq!(remove_dead_socket(&addr(&dir.join("none"))), None);
         assert_eq!(remove_dead_socket("/no/scheme"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -339,8 +339,8 @@ mod tests {
 
     #[test]
     fn copy_out_reaches_a_file_and_drains_after_failure() {
-        let dir = std::env::temp_dir().join(format!("moat-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = tmp.path();
         let log = dir.join("out.log");
         let (mut a, b) = UnixStream::pair().unwrap();
         let t = {
@@ -357,13 +357,12 @@ mod tests {
         a.write_all(&vec![7u8; 1 << 20]).unwrap();
         drop(a);
         t.join().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn copy_in_half_closes_at_fifo_eof() {
-        let dir = std::env::temp_dir().join(format!("moat-io-in-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = tmp.path();
         let fifo = dir.join("stdin");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let (a, mut b) = UnixStream::pair().unwrap();
@@ -376,13 +375,12 @@ mod tests {
         b.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"payload");
         t.join().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn close_io_still_delivers_what_the_fifo_holds() {
-        let dir = std::env::temp_dir().join(format!("moat-io-close-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = tmp.path();
         let fifo = dir.join("stdin");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let (a, mut b) = UnixStream::pair().unwrap();
@@ -401,6 +399,5 @@ mod tests {
         assert_eq!(got.len(), data.len());
         t.join().unwrap();
         drop(w);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

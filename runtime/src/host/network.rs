@@ -24,6 +24,8 @@ use moat_agent_protocol::net::{self as pnet, InterfaceSpec, IpNet, RouteSpec};
 use moat_netlink::{Address, Link, LinkChange, Netlink, NetlinkError, Route, RouteScope};
 use serde::{Deserialize, Serialize};
 
+use crate::vm::VmNic;
+
 pub use tap::inheritable;
 
 /// The bridge made in the pod's network namespace.
@@ -320,18 +322,14 @@ impl PodNetwork {
         })
     }
 
-    /// The TAP queue fd for the VMM (once).
-    pub fn take_tap(&mut self) -> Option<OwnedFd> {
-        self.tap.take()
-    }
-
-    /// `--net fd=FD,mac=..,mtu=..` for the VMM.
-    pub fn vmm_arg(&self, fd: i32) -> String {
-        format!(
-            "--net=fd={fd},mac={},mtu={}",
-            pnet::format_mac(&self.guest.mac),
-            self.guest.mtu
-        )
+    /// The VM's NIC on this network, once: the TAP queue the VMM inherits, with the guest
+    /// MAC (the interface's original one) and MTU.
+    pub fn take_nic(&mut self) -> Option<VmNic> {
+        Some(VmNic {
+            tap: self.tap.take()?,
+            mac: self.guest.mac,
+            mtu: self.guest.mtu,
+        })
     }
 
     /// Puts the namespace back as it was and removes the record; failures are logged.

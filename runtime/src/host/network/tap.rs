@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn request_has_the_kernel_layout() {
-        assert_eq!(std::mem::size_of::<TunRequest>(), 40);
+        assert_eq!(size_of::<TunRequest>(), 40);
         assert!(create("").is_err());
         assert!(create("a-name-far-too-long").is_err());
     }

@@ -302,7 +302,8 @@ mod tests {
     #[test]
     #[ignore = "run by bind_and_unmount_in_a_private_namespace inside unshare"]
     fn bind_child() {
-        let base = std::env::temp_dir().join(format!("moat-mounts-{}", std::process::id()));
+        let tmp = tempfile::TempDir::new().unwrap();
+        let base = tmp.path();
         let src = base.join("src");
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::write(src.join("f"), "file").unwrap();
@@ -322,7 +323,6 @@ mod tests {
         assert!(under[0].ends_with("0-f"), "deepest first: {under:?}");
         unmount_under(&share).unwrap();
         assert!(mounts_under(&share).unwrap().is_empty());
-        assert!(mount_rootfs(&[], &base, Path::new("missing"), &share.join("c2/rootfs")).is_err());
-        std::fs::remove_dir_all(&base).unwrap();
+        assert!(mount_rootfs(&[], base, Path::new("missing"), &share.join("c2/rootfs")).is_err());
     }
 }

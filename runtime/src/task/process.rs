@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 
-use crate::io::{ProcessIo, StdioPaths};
+use crate::pod::io::{ProcessIo, StdioPaths};
 
 /// The exit status reported for a process whose VM died under it.
 pub const VM_DIED_STATUS: u32 = 255;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use moat_agent_protocol::POD_SHM_DIR;
 use serde_json::{json, Value};
 
-use crate::layout::guest_container_dir;
+use crate::pod::layout::guest_container_dir;
 
 /// The largest config.json accepted (containerd's own are a few KiB).
 pub const MAX_SPEC_BYTES: u64 = 4 << 20;

@@ -16,8 +16,10 @@
 
 use serde_json::Value;
 
-use crate::config::{VmConfig, MEMORY_MIB_RANGE};
-use crate::spec::annotation;
+use moat_vmm_config::limits::MIN_MEMORY_MIB;
+
+use crate::config::PodVmConfig;
+use crate::pod::spec::annotation;
 
 /// The pod annotation asking for a number of vCPUs.
 pub const VCPUS_ANNOTATION: &str = "moat.vm.vcpus";
@@ -74,7 +76,7 @@ pub struct VmSize {
 }
 
 /// The VM size for a pod whose sandbox (or lone) container has OCI spec `spec`.
-pub fn size_for(vm: &VmConfig, spec: &Value) -> Result<VmSize, SizingError> {
+pub fn size_for(vm: &PodVmConfig, spec: &Value) -> Result<VmSize, SizingError> {
     let mut size = VmSize {
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
@@ -137,7 +139,7 @@ pub fn size_for(vm: &VmConfig, spec: &Value) -> Result<VmSize, SizingError> {
         size.vcpus = v as u32;
         size.notes.push(format!("{VCPUS_ANNOTATION}: {v} vCPUs"));
     }
-    let min_mib = MEMORY_MIB_RANGE.0;
+    let min_mib = MIN_MEMORY_MIB;
     if let Some(v) = explicit(MEMORY_ANNOTATION, min_mib, vm.max_memory_mib())? {
         size.memory_mib = v;
         size.notes.push(format!("{MEMORY_ANNOTATION}: {v} MiB"));
@@ -159,13 +161,13 @@ mod tests {
 
     use super::*;
 
-    fn vm() -> VmConfig {
-        VmConfig {
+    fn vm() -> PodVmConfig {
+        PodVmConfig {
             vcpus: 1,
             memory_mib: 256,
             max_vcpus: Some(4),
             max_memory_mib: Some(2048),
-            ..VmConfig::default()
+            ..PodVmConfig::default()
         }
     }
 
@@ -229,7 +231,10 @@ mod tests {
             "{e}"
         );
         let e = size_for(&vm(), &spec(json!({ MEMORY_ANNOTATION: "16" }))).unwrap_err();
-        assert!(matches!(e, SizingError::OutOfRange { min: 64, .. }), "{e}");
+        assert!(
+            matches!(e, SizingError::OutOfRange { min, .. } if min == MIN_MEMORY_MIB),
+            "{e}"
+        );
         let e = size_for(&vm(), &spec(json!({ MEMORY_ANNOTATION: "lots" }))).unwrap_err();
         assert!(e.to_string().contains("\"lots\""), "{e}");
         let e = size_for(&vm(), &spec(json!({ CRI_SANDBOX_MEMORY: "-1" }))).unwrap_err();
@@ -238,7 +243,7 @@ mod tests {
 
     #[test]
     fn annotations_can_be_switched_off() {
-        let vm = VmConfig {
+        let vm = PodVmConfig {
             enable_annotations: false,
             ..vm()
         };

@@ -33,14 +33,19 @@ impl PodDir {
         self.root.join("vsock.sock")
     }
 
+    /// The VMM's configuration (`moat-vmm --config`).
+    pub fn vm_config(&self) -> PathBuf {
+        self.root.join("vm.json")
+    }
+
     /// The VMM's pid file.
     pub fn vmm_pid(&self) -> PathBuf {
         self.root.join("vmm.pid")
     }
 
-    /// What the shim changed in the pod's network namespace ([`crate::network`]).
+    /// What the shim changed in the pod's network namespace ([`crate::host::network`]).
     pub fn network_record(&self) -> PathBuf {
-        self.root.join(crate::network::RECORD_FILE)
+        self.root.join(crate::host::network::RECORD_FILE)
     }
 
     /// The directory shared with the guest.
@@ -89,9 +94,19 @@ impl BundleMarker {
     }
 }
 
+/// An id that is not usable as one path component.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {id:?} is not a valid id ([A-Za-z0-9_.-], at most 128)")]
+pub struct InvalidId {
+    /// Which id (`container id`, `pod id`, `exec id`).
+    pub what: &'static str,
+    /// The id given.
+    pub id: String,
+}
+
 /// Checks that `id` is usable as one path component (containerd ids are
 /// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 76 characters; we only need a safe component).
-pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+pub fn check_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id != "."
@@ -102,9 +117,10 @@ pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {id:?} is not a valid id ([A-Za-z0-9_.-], at most 128)"
-        ))
+        Err(InvalidId {
+            what,
+            id: id.into(),
+        })
     }
 }
 
@@ -136,15 +152,14 @@ mod tests {
 
     #[test]
     fn marker_round_trip() {
-        let dir = std::env::temp_dir().join(format!("moat-marker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = tmp.path();
         let m = BundleMarker {
             pod: PodDir::new(Path::new("/run/moat"), "default", "p"),
             pod_id: "p".into(),
             is_sandbox: true,
         };
-        m.write(&dir).unwrap();
-        assert_eq!(BundleMarker::read(&dir), Some(m));
-        std::fs::remove_dir_all(&dir).unwrap();
+        m.write(dir).unwrap();
+        assert_eq!(BundleMarker::read(dir), Some(m));
     }
 }

@@ -117,8 +117,8 @@ fn setup_and_teardown_in_a_real_netns() {
     let ns = test_netns(1);
     let before = ns.snapshot();
     let mac = ns.eth0_mac();
-    let dir = std::env::temp_dir().join(format!("moat-net-ut-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path();
     let record_path = dir.join(RECORD_FILE);
 
     let mut net = PodNetwork::setup(&ns.path(), &record_path)
@@ -139,12 +139,11 @@ fn setup_and_teardown_in_a_real_netns() {
             .collect::<Vec<_>>(),
         ["default via 10.213.1.1 dev eth0"]
     );
-    let fd = net.take_tap().expect("a tap fd");
-    assert!(
-        net.vmm_arg(7).starts_with("--net=fd=7,mac="),
-        "{}",
-        net.vmm_arg(7)
-    );
+    let mtu = net.guest.mtu;
+    let nic = net.take_nic().expect("a NIC");
+    assert_eq!((nic.mac, nic.mtu), (net.record.mac, mtu));
+    assert!(net.take_nic().is_none(), "the TAP queue is handed out once");
+    let fd = nic.tap;
     let links = ns.ip("-d link show");
     assert!(
         links.contains(BRIDGE_NAME) && links.contains(TAP_NAME),
@@ -165,14 +164,13 @@ fn setup_and_teardown_in_a_real_netns() {
         "{links}"
     );
     assert_eq!(ns.snapshot(), before);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_busy_netns_is_refused_untouched_and_a_record_is_replayed() {
     let ns = test_netns(2);
-    let dir = std::env::temp_dir().join(format!("moat-net-ut2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path();
     let record_path = dir.join(RECORD_FILE);
     ns.ip(&format!("link add {BRIDGE_NAME} type bridge"));
     let before = ns.ip("addr show");
@@ -192,7 +190,6 @@ fn a_busy_netns_is_refused_untouched_and_a_record_is_replayed() {
     assert!(!ns.ip("link show").contains(BRIDGE_NAME));
     assert!(ns.ip("-4 addr show eth0").contains("10.213.2.2/24"));
     assert!(cleanup_recorded(&record_path).is_none());
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let e = PodNetwork::setup(Path::new("/run/netns/no-such-moat-ns"), &record_path).unwrap_err();
     assert!(e.to_string().contains("no-such-moat-ns"), "{e}");

@@ -23,14 +23,14 @@ pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, String> {
     }
     let mut input = CodedInputStream::from_bytes(&any.value);
     let mut path = None;
-    let bad = |e: containerd_shim::protos::protobuf::Error| format!("runtime options: {e}");
+    let bad = |e: protobuf::Error| format!("runtime options: {e}");
     while !input.eof().map_err(bad)? {
         let tag = input.read_raw_varint32().map_err(bad)?;
         let (field, wire) = (tag >> 3, tag & 7);
         if field == CONFIG_PATH_FIELD && wire == 2 {
             path = Some(input.read_string().map_err(bad)?);
         } else {
-            let wire_type = containerd_shim::protos::protobuf::rt::WireType::new(wire)
+            let wire_type = protobuf::rt::WireType::new(wire)
                 .ok_or_else(|| format!("runtime options: bad wire type {wire}"))?;
             input.skip_field(wire_type).map_err(bad)?;
         }

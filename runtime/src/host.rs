@@ -1,0 +1,7 @@
+//! Host resources a pod uses besides its VM: the mounts that fill its virtio-fs share
+//! ([`mounts`]), its network namespace bridged to a TAP of the VM ([`network`]), and the
+//! size of its VM ([`sizing`]). Each records what it changes and undoes it at teardown.
+
+pub mod mounts;
+pub mod network;
+pub mod sizing;

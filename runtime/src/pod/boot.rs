@@ -1,0 +1,146 @@
+//! Bringing a pod up: its state directory, its network namespace connected to a NIC of the
+//! VM ([`crate::host::network`]), the VM, then the guest's side of the pod (clock, pod
+//! environment, NIC addresses and routes). On failure every step is undone.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use moat_agent_protocol::agent::CreateSandboxRequest;
+
+use super::cleanup::remove_pod_dir;
+use super::layout::PodDir;
+use super::{Pod, PodError, VMM_STOP_GRACE};
+use crate::config::Config;
+use crate::host::network::{self, PodNetwork};
+use crate::vm::{Vm, VmmStatus};
+
+/// What a pod is booted with.
+pub struct PodSpec<'a> {
+    /// The containerd namespace.
+    pub namespace: &'a str,
+    /// The pod id.
+    pub id: &'a str,
+    /// The guest's hostname.
+    pub hostname: &'a str,
+    /// The pod's network namespace, if the spec names one.
+    pub netns: Option<&'a Path>,
+}
+
+impl Pod {
+    /// Makes the pod's directory, connects its network namespace (if any) to a NIC of the VM,
+    /// boots the VM, creates the agent's pod and gives the guest NIC the pod's addresses and
+    /// routes. `on_exit` runs when the VMM ends. On failure nothing is left behind.
+    pub fn boot(
+        cfg: &Config,
+        spec: &PodSpec<'_>,
+        on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
+    ) -> Result<Pod, PodError> {
+        let dir = make_dir(cfg, spec)?;
+        let mut network = match connect_network(&dir, spec) {
+            Ok(n) => n,
+            Err(e) => {
+                remove_pod_dir(&dir);
+                return Err(e);
+            }
+        };
+        let nic = network.as_mut().and_then(PodNetwork::take_nic);
+        let booted = Vm::start(cfg, &dir, nic, on_exit)
+            .map_err(PodError::from)
+            .and_then(|vm| {
+                let vm = Arc::new(vm);
+                match prepare_guest(&vm, spec, network.as_ref()) {
+                    Ok(()) => Ok(vm),
+                    Err(e) => {
+                        vm.stop(VMM_STOP_GRACE);
+                        Err(e)
+                    }
+                }
+            });
+        match booted {
+            Ok(vm) => Ok(Pod {
+                id: spec.id.into(),
+                dir,
+                vm,
+                network: Mutex::new(network),
+            }),
+            Err(e) => {
+                if let Some(n) = network {
+                    n.teardown();
+                }
+                remove_pod_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Creates the pod's state directory and its share; refuses a pod that already has one.
+fn make_dir(cfg: &Config, spec: &PodSpec<'_>) -> Result<PodDir, PodError> {
+    let dir = PodDir::new(&cfg.runtime.state_dir, spec.namespace, spec.id);
+    if dir.root.exists() {
+        return Err(PodError::Exists(dir.root));
+    }
+    std::fs::create_dir_all(dir.share()).map_err(|source| PodError::Dir {
+        path: dir.share(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// Bridges the pod network namespace's interface to a new TAP, recorded in the pod dir.
+fn connect_network(dir: &PodDir, spec: &PodSpec<'_>) -> Result<Option<PodNetwork>, PodError> {
+    let Some(netns) = spec.netns else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let network = PodNetwork::setup(netns, &dir.network_record())?;
+    match &network {
+        Some(n) => log::info!(
+            "pod {}: {} of {} bridged to {} ({:?})",
+            spec.id,
+            n.record.interface,
+            n.record.netns.display(),
+            network::TAP_NAME,
+            t.elapsed()
+        ),
+        None => log::info!(
+            "pod {}: {} has no interface: no NIC",
+            spec.id,
+            netns.display()
+        ),
+    }
+    Ok(network)
+}
+
+/// The guest's clock and pod, then its NIC: addresses and routes of the pod's network.
+fn prepare_guest(
+    vm: &Vm,
+    spec: &PodSpec<'_>,
+    network: Option<&PodNetwork>,
+) -> Result<(), PodError> {
+    let c = &vm.client;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = spec.id.into();
+    req.hostname = spec.hostname.into();
+    req.sandbox_pidns = true;
+    c.set_guest_date_time(SystemTime::now())
+        .and_then(|_| c.create_sandbox(&req))
+        .map_err(|e| PodError::GuestPod(e.to_string()))?;
+    let Some(n) = network else {
+        return Ok(());
+    };
+    let t = Instant::now();
+    c.update_interface(&n.guest.interface)
+        .and_then(|_| c.update_routes(&n.guest.routes))
+        .map_err(|e| PodError::GuestNetwork(e.to_string()))?;
+    log::info!(
+        "pod {}: guest {} has {} address(es), {} route(s) ({:?})",
+        spec.id,
+        n.guest.interface.new_name,
+        n.guest.interface.addresses.len(),
+        n.guest.routes.len(),
+        t.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! `Create`: a container's spec is read and translated for the guest, its pod found (or
+//! booted, for the pod's first container, sized by its spec), its host side set up, and the
+//! agent creates it; its stdio is attached before `TaskCreate` is published. Every failure
+//! leaves nothing behind (and a pod booted for it is torn down).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_shim::protos::events::task::{TaskCreate, TaskIO};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::types::mount::Mount as ApiMount;
+use serde_json::Value;
+
+use super::process::Process;
+use super::state::{Container, Tasks};
+use super::REMOVE_TIMEOUT;
+use crate::config::Config;
+use crate::error::TaskError;
+use crate::host::sizing;
+use crate::pod::boot::PodSpec;
+use crate::pod::cleanup::remove_container_dir;
+use crate::pod::io::{ProcessIo, StdioPaths};
+use crate::pod::layout::check_id;
+use crate::pod::spec::{self, GuestSpec};
+use crate::pod::{ContainerSetup, Pod};
+
+/// A container to create, as containerd's `Create` asks for it.
+pub struct NewContainer {
+    /// The container id.
+    pub id: String,
+    /// Its bundle directory (with `config.json`).
+    pub bundle: PathBuf,
+    /// containerd's rootfs mounts (empty: the spec's `root.path` is ready).
+    pub rootfs: Vec<ApiMount>,
+    /// Its init process's stdio.
+    pub stdio: StdioPaths,
+    /// The moat config file named by the runtime options, if any.
+    pub config_path: Option<PathBuf>,
+}
+
+/// What the spec says about where and how the container runs.
+struct Plan {
+    /// The spec as containerd wrote it.
+    host_spec: Value,
+    /// Its `root.path`.
+    spec_root: PathBuf,
+    /// The pod it belongs to.
+    pod_id: String,
+    /// The spec for the guest.
+    guest: GuestSpec,
+    /// The shim's configuration, with the VM sized for a pod's first container.
+    cfg: Config,
+}
+
+impl Plan {
+    fn is_sandbox(&self, id: &str) -> bool {
+        self.pod_id == id
+    }
+}
+
+impl Tasks {
+    /// Creates container `c`; returns its init's pid (in the guest's pod PID namespace).
+    pub fn create(&self, c: NewContainer) -> Result<u32, TaskError> {
+        check_id("container id", &c.id)?;
+        if self.lock().containers.contains_key(&c.id) {
+            return Err(TaskError::ContainerExists(c.id));
+        }
+        c.stdio.check()?;
+        let plan = self.plan(&c)?;
+        let (pod, booted) = self.pod_for(&plan, &c.id)?;
+        let (pid, io) = self.create_in_pod(&pod, &c, &plan).inspect_err(|_| {
+            remove_container_dir(&pod.dir, &c.id);
+            if booted {
+                self.end_pod();
+            }
+        })?;
+        let mut init = Process::new(c.stdio.clone());
+        init.pid = pid;
+        init.io = Some(io);
+        let container = Container {
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            is_sandbox: plan.is_sandbox(&c.id),
+            init,
+            execs: HashMap::new(),
+        };
+        self.lock().containers.insert(c.id.clone(), container);
+        log::info!("{}: created in pod {}, guest pid {pid}", c.id, plan.pod_id);
+        self.publish_create(&c, pid);
+        Ok(pid)
+    }
+
+    /// Reads the bundle's spec, finds the container's pod and translates the spec; resolves
+    /// the configuration and, for a pod's first container, sizes the VM from the spec.
+    fn plan(&self, c: &NewContainer) -> Result<Plan, TaskError> {
+        let host_spec = spec::read_bundle_spec(&c.bundle)?;
+        let spec_root = spec::root_path(&host_spec)?;
+        let pod_id = spec::pod_of(&host_spec, &c.id);
+        check_id("pod id", &pod_id)?;
+        // A CRI app container shares its pod sandbox's IPC/UTS namespaces and /dev/shm.
+        let sandbox_pid = (pod_id != c.id)
+            .then(|| self.with_container(&pod_id, |s| Ok(s.init.pid)).ok())
+            .flatten();
+        let guest = spec::translate(&host_spec, &c.id, sandbox_pid)?;
+        for n in &guest.notes {
+            log::info!("{}: {n}", c.id);
+        }
+        let mut cfg = Config::resolve(c.config_path.as_deref())?;
+        if pod_id == c.id {
+            let size = sizing::size_for(&cfg.vm, &host_spec)?;
+            for n in &size.notes {
+                log::info!("pod {pod_id}: {n}");
+            }
+            (cfg.vm.vcpus, cfg.vm.memory_mib) = (size.vcpus, size.memory_mib);
+        }
+        Ok(Plan {
+            host_spec,
+            spec_root,
+            pod_id,
+            guest,
+            cfg,
+        })
+    }
+
+    /// The pod for a new container: the existing one, or a freshly booted one when this is
+    /// the pod's first container (then `true`).
+    fn pod_for(&self, plan: &Plan, cid: &str) -> Result<(Arc<Pod>, bool), TaskError> {
+        let _boot = crate::util::lock(&self.boot);
+        if let Some(pod) = self.lock().pod.clone() {
+            if pod.id != plan.pod_id {
+                return Err(TaskError::OtherPod {
+                    container: cid.into(),
+                    pod: plan.pod_id.clone(),
+                    running: pod.id.clone(),
+                });
+            }
+            return Ok((pod, false));
+        }
+        if !plan.is_sandbox(cid) {
+            return Err(TaskError::PodNotHere {
+                container: cid.into(),
+                pod: plan.pod_id.clone(),
+            });
+        }
+        let weak = self.this.clone();
+        let on_exit = Box::new(move |status| {
+            if let Some(s) = weak.upgrade() {
+                s.vm_died(status);
+            }
+        });
+        let netns = spec::netns_path(&plan.host_spec);
+        let pod_spec = PodSpec {
+            namespace: &self.namespace,
+            id: &plan.pod_id,
+            hostname: plan.host_spec["hostname"].as_str().unwrap_or(""),
+            netns: netns.as_deref(),
+        };
+        let pod = Pod::boot(&plan.cfg, &pod_spec, on_exit).map_err(|source| TaskError::Boot {
+            pod: plan.pod_id.clone(),
+            source: Box::new(source),
+        })?;
+        let pod = Arc::new(pod);
+        log::info!("pod {}: VM up (moat-vmm pid {})", pod.id, pod.vm.pid());
+        self.lock().pod = Some(pod.clone());
+        self.watch_oom(pod.clone());
+        Ok((pod, true))
+    }
+
+    /// The host side, then the agent's container, then its stdio streams.
+    fn create_in_pod(
+        &self,
+        pod: &Pod,
+        c: &NewContainer,
+        plan: &Plan,
+    ) -> Result<(u32, ProcessIo), TaskError> {
+        let setup = ContainerSetup {
+            id: &c.id,
+            bundle: &c.bundle,
+            rootfs: &c.rootfs,
+            spec_root: &plan.spec_root,
+            binds: &plan.guest.binds,
+            is_sandbox: plan.is_sandbox(&c.id),
+        };
+        pod.setup_container(&setup)
+            .map_err(|e| TaskError::HostSetup(Box::new(e)))?;
+        let client = &pod.vm.client;
+        let spec_json = plan.guest.spec.to_string();
+        let pid = client
+            .create_container(
+                &c.id,
+                &spec_json,
+                c.stdio.channels(),
+                plan.guest.sandbox_pidns,
+            )
+            .map_err(TaskError::agent("CreateContainer"))?;
+        let io = ProcessIo::attach(client, &c.id, "", &c.stdio).inspect_err(|_| {
+            let _ = client.remove_container(&c.id, Some(REMOVE_TIMEOUT));
+        })?;
+        Ok((pid, io))
+    }
+
+    fn publish_create(&self, c: &NewContainer, pid: u32) {
+        let ev = TaskCreate {
+            container_id: c.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            rootfs: c.rootfs.clone(),
+            io: Some(TaskIO {
+                stdin: c.stdio.stdin.clone(),
+                stdout: c.stdio.stdout.clone(),
+                stderr: c.stdio.stderr.clone(),
+                terminal: c.stdio.terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid,
+            ..Default::default()
+        };
+        self.events
+            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev));
+    }
+}
