@@ -207,13 +207,44 @@ impl Config {
 
     /// Checks ranges and path shapes; names the first bad field.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: &'static str, why: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            why,
-        };
-        let vm = &self.vm;
-        // Sizes are checked by moat-vmm's own rules (the one place they are defined).
+        self.vm
+            .check()
+            .and_then(|_| self.runtime.check())
+            .map_err(|(field, why)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                why,
+            })
+    }
+
+    /// The VMM binary to run: `vm.vmm`, else `moat-vmm` beside `shim_exe`, else `moat-vmm`
+    /// (looked up on `$PATH` when spawned).
+    pub fn vmm_binary(&self, shim_exe: Option<&Path>) -> PathBuf {
+        if !self.vm.vmm.as_os_str().is_empty() {
+            return self.vm.vmm.clone();
+        }
+        if let Some(beside) = shim_exe
+            .and_then(Path::parent)
+            .map(|d| d.join("moat-vmm"))
+            .filter(|p| p.is_file())
+        {
+            return beside;
+        }
+        PathBuf::from("moat-vmm")
+    }
+}
+
+/// A bad field of the configuration: its dotted name and what is wrong.
+type FieldError = (&'static str, String);
+
+fn bad(field: &'static str, why: String) -> FieldError {
+    (field, why)
+}
+
+impl PodVmConfig {
+    /// Checks `[vm]`; sizes by moat-vmm's own rules (the one place they are defined).
+    fn check(&self) -> Result<(), FieldError> {
+        let vm = self;
         let vmm_rule =
             |field, r: Result<(), VmmConfigError>| r.map_err(|e| bad(field, e.to_string()));
         vmm_rule("vm.vcpus", check_vcpus(vm.vcpus.into()))?;
@@ -260,41 +291,29 @@ impl Config {
         if vm.kernel_params.contains('\n') {
             return Err(bad("vm.kernel_params", "contains a newline".into()));
         }
-        if !self.runtime.state_dir.is_absolute() {
+        Ok(())
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks `[runtime]`.
+    fn check(&self) -> Result<(), FieldError> {
+        if !self.state_dir.is_absolute() {
             return Err(bad(
                 "runtime.state_dir",
-                format!(
-                    "{} is not an absolute path",
-                    self.runtime.state_dir.display()
-                ),
+                format!("{} is not an absolute path", self.state_dir.display()),
             ));
         }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.runtime.log_level.as_str()) {
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(bad(
                 "runtime.log_level",
                 format!(
                     "{:?} is not one of error, warn, info, debug, trace",
-                    self.runtime.log_level
+                    self.log_level
                 ),
             ));
         }
         Ok(())
-    }
-
-    /// The VMM binary to run: `vm.vmm`, else `moat-vmm` beside `shim_exe`, else `moat-vmm`
-    /// (looked up on `$PATH` when spawned).
-    pub fn vmm_binary(&self, shim_exe: Option<&Path>) -> PathBuf {
-        if !self.vm.vmm.as_os_str().is_empty() {
-            return self.vm.vmm.clone();
-        }
-        if let Some(beside) = shim_exe
-            .and_then(Path::parent)
-            .map(|d| d.join("moat-vmm"))
-            .filter(|p| p.is_file())
-        {
-            return beside;
-        }
-        PathBuf::from("moat-vmm")
     }
 }
 

@@ -418,7 +418,22 @@ fn connect(nl: &mut Netlink, rec: &NetRecord) -> Result<OwnedFd, NetworkError> {
         nl.del_address(rec.index, a.addr, a.prefix)
             .map_err(nl_err)?;
     }
-    let steps = [
+    for (index, change) in &link_steps(rec, bridge, tap_index, fresh_mac) {
+        nl.set_link(*index, change).map_err(nl_err)?;
+    }
+    Ok(tap)
+}
+
+/// The link changes that bridge the pod's interface to the TAP, in order: the interface
+/// down, given a fresh MAC (the guest keeps its original one) and enslaved to the bridge, the
+/// TAP enslaved with the interface's MTU, then the bridge, the interface and the TAP up.
+fn link_steps(
+    rec: &NetRecord,
+    bridge: u32,
+    tap: u32,
+    fresh_mac: [u8; 6],
+) -> [(u32, LinkChange); 6] {
+    [
         (
             rec.index,
             LinkChange {
@@ -435,7 +450,7 @@ fn connect(nl: &mut Netlink, rec: &NetRecord) -> Result<OwnedFd, NetworkError> {
             },
         ),
         (
-            tap_index,
+            tap,
             LinkChange {
                 mtu: Some(rec.mtu),
                 master: Some(bridge),
@@ -458,17 +473,13 @@ fn connect(nl: &mut Netlink, rec: &NetRecord) -> Result<OwnedFd, NetworkError> {
             },
         ),
         (
-            tap_index,
+            tap,
             LinkChange {
                 up: Some(true),
                 ..Default::default()
             },
         ),
-    ];
-    for (index, change) in &steps {
-        nl.set_link(*index, change).map_err(nl_err)?;
-    }
-    Ok(tap)
+    ]
 }
 
 /// Puts the interface back (out of the bridge, its MAC, addresses and routes) and deletes the

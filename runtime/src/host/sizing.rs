@@ -94,29 +94,7 @@ pub fn size_for(vm: &PodVmConfig, spec: &Value) -> Result<VmSize, SizingError> {
             })
             .transpose()
     };
-    // 2. CRI pod limits on top of the base, capped.
-    if let Some(bytes) = number(CRI_SANDBOX_MEMORY)?.filter(|b| *b > 0) {
-        let want = vm.memory_mib.saturating_add(bytes.div_ceil(MIB));
-        size.memory_mib = want.min(vm.max_memory_mib());
-        size.notes.push(format!(
-            "pod memory limit {} MiB: VM memory {} MiB{}",
-            bytes.div_ceil(MIB),
-            size.memory_mib,
-            capped(want, size.memory_mib)
-        ));
-    }
-    let quota = number(CRI_SANDBOX_CPU_QUOTA)?.filter(|q| *q > 0);
-    let period = number(CRI_SANDBOX_CPU_PERIOD)?.filter(|p| *p > 0);
-    if let (Some(quota), Some(period)) = (quota, period) {
-        let extra = u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX);
-        let want = vm.vcpus.saturating_add(extra);
-        size.vcpus = want.min(vm.max_vcpus());
-        size.notes.push(format!(
-            "pod CPU limit {quota}/{period}: {} vCPUs{}",
-            size.vcpus,
-            capped(u64::from(want), u64::from(size.vcpus))
-        ));
-    }
+    cri_limits(vm, &number, &mut size)?;
     // 3. Explicit annotations replace the result, within range.
     let explicit = |key: &'static str, min: u64, max: u64| -> Result<Option<u64>, SizingError> {
         let Some(value) = number(key)? else {
@@ -145,6 +123,38 @@ pub fn size_for(vm: &PodVmConfig, spec: &Value) -> Result<VmSize, SizingError> {
         size.notes.push(format!("{MEMORY_ANNOTATION}: {v} MiB"));
     }
     Ok(size)
+}
+
+/// Step 2 of [`size_for`]: CRI's pod limits (containerd >= 1.7 annotations) on top of the
+/// base, capped at the maxima. `number` reads an annotation as a number.
+fn cri_limits(
+    vm: &PodVmConfig,
+    number: &dyn Fn(&'static str) -> Result<Option<u64>, SizingError>,
+    size: &mut VmSize,
+) -> Result<(), SizingError> {
+    if let Some(bytes) = number(CRI_SANDBOX_MEMORY)?.filter(|b| *b > 0) {
+        let want = vm.memory_mib.saturating_add(bytes.div_ceil(MIB));
+        size.memory_mib = want.min(vm.max_memory_mib());
+        size.notes.push(format!(
+            "pod memory limit {} MiB: VM memory {} MiB{}",
+            bytes.div_ceil(MIB),
+            size.memory_mib,
+            capped(want, size.memory_mib)
+        ));
+    }
+    let quota = number(CRI_SANDBOX_CPU_QUOTA)?.filter(|q| *q > 0);
+    let period = number(CRI_SANDBOX_CPU_PERIOD)?.filter(|p| *p > 0);
+    if let (Some(quota), Some(period)) = (quota, period) {
+        let extra = u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX);
+        let want = vm.vcpus.saturating_add(extra);
+        size.vcpus = want.min(vm.max_vcpus());
+        size.notes.push(format!(
+            "pod CPU limit {quota}/{period}: {} vCPUs{}",
+            size.vcpus,
+            capped(u64::from(want), u64::from(size.vcpus))
+        ));
+    }
+    Ok(())
 }
 
 fn capped(want: u64, got: u64) -> String {

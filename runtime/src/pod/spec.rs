@@ -148,103 +148,22 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
         "root".into(),
         json!({"path": guest_dir.join("rootfs"), "readonly": readonly}),
     );
-
     // Hooks run on the host for runc; inside a VM there is nowhere to run them.
     if obj.remove("hooks").is_some_and(|h| !h.is_null()) {
         notes.push("OCI hooks are not supported in a moat VM; dropped".into());
     }
-
-    // Namespaces.
     let mut sandbox_pidns = false;
     if let Some(nss) = obj
         .get_mut("linux")
         .and_then(|l| l.get_mut("namespaces"))
         .and_then(Value::as_array_mut)
     {
-        let mut kept = Vec::new();
-        for ns in nss.drain(..) {
-            let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
-            let path = ns.get("path").and_then(Value::as_str).unwrap_or("");
-            if path.is_empty() {
-                kept.push(ns);
-                continue;
-            }
-            match (kind, sandbox_pid) {
-                ("ipc" | "uts", Some(pid)) => {
-                    notes.push(format!("{kind} namespace {path}: the pod sandbox's"));
-                    kept.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{kind}")}));
-                }
-                ("network" | "ipc" | "uts", _) => {
-                    notes.push(format!(
-                        "{kind} namespace {path}: the pod's, i.e. the VM's own"
-                    ));
-                }
-                ("pid", _) => {
-                    sandbox_pidns = true;
-                    notes.push(format!("pid namespace {path}: the pod's PID namespace"));
-                }
-                ("cgroup", _) => {
-                    notes.push(format!("cgroup namespace {path}: a new one in the guest"));
-                    kept.push(json!({"type": "cgroup"}));
-                }
-                (other, _) => {
-                    return Err(SpecError::Invalid(format!(
-                        "joining the host's {other} namespace {path} is not possible in a VM"
-                    )))
-                }
-            }
-        }
-        *nss = kept;
+        sandbox_pidns = guest_namespaces(nss, sandbox_pid, &mut notes)?;
     }
-
-    // Mounts: host binds become binds of the share; the pod's /dev/shm a tmpfs in the guest.
     let mut binds = Vec::new();
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
         for (i, m) in mounts.iter_mut().enumerate() {
-            let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
-            let options: Vec<&str> = m
-                .get("options")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let is_bind = ty == "bind" || options.iter().any(|o| *o == "bind" || *o == "rbind");
-            if !is_bind {
-                continue;
-            }
-            let readonly = options.contains(&"ro");
-            let dest = m
-                .get("destination")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let source = m
-                .get("source")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if !Path::new(&source).is_absolute() {
-                return Err(SpecError::Invalid(format!(
-                    "mount {dest}: bind source {source:?} is not an absolute path"
-                )));
-            }
-            if dest == "/dev/shm" {
-                // The pod's (CRI's sandbox shm dir on the host): the agent's pod tmpfs.
-                *m = json!({"destination": "/dev/shm", "type": "bind", "source": POD_SHM_DIR,
-                    "options": ["rbind", "nosuid", "noexec", "nodev"]});
-                notes.push(format!("/dev/shm from {source}: the pod's, in the guest"));
-                continue;
-            }
-            let base = Path::new(&source)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "root".into());
-            let share_name = format!("{i}-{base}");
-            binds.push(HostBind {
-                source: PathBuf::from(&source),
-                share_name: share_name.clone(),
-                readonly,
-            });
-            m["source"] = json!(guest_dir.join("mounts").join(&share_name));
+            binds.extend(guest_mount(i, m, &guest_dir, &mut notes)?);
         }
     }
     Ok(GuestSpec {
@@ -253,6 +172,103 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
         binds,
         notes,
     })
+}
+
+/// Rewrites the spec's namespaces for the VM: joining the pod's network/IPC/UTS namespaces
+/// means the VM's own (or the sandbox's IPC/UTS for an app container), the pod's PID
+/// namespace the agent's pod PID namespace (returns `true`), a cgroup namespace a new one;
+/// joining any other host namespace is refused.
+fn guest_namespaces(
+    nss: &mut Vec<Value>,
+    sandbox_pid: Option<u32>,
+    notes: &mut Vec<String>,
+) -> Result<bool, SpecError> {
+    let mut pod_pidns = false;
+    let mut kept = Vec::new();
+    for ns in nss.drain(..) {
+        let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
+        let path = ns.get("path").and_then(Value::as_str).unwrap_or("");
+        if path.is_empty() {
+            kept.push(ns);
+            continue;
+        }
+        match (kind, sandbox_pid) {
+            ("ipc" | "uts", Some(pid)) => {
+                notes.push(format!("{kind} namespace {path}: the pod sandbox's"));
+                kept.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{kind}")}));
+            }
+            ("network" | "ipc" | "uts", _) => {
+                notes.push(format!(
+                    "{kind} namespace {path}: the pod's, i.e. the VM's own"
+                ));
+            }
+            ("pid", _) => {
+                pod_pidns = true;
+                notes.push(format!("pid namespace {path}: the pod's PID namespace"));
+            }
+            ("cgroup", _) => {
+                notes.push(format!("cgroup namespace {path}: a new one in the guest"));
+                kept.push(json!({"type": "cgroup"}));
+            }
+            (other, _) => {
+                return Err(SpecError::Invalid(format!(
+                    "joining the host's {other} namespace {path} is not possible in a VM"
+                )))
+            }
+        }
+    }
+    *nss = kept;
+    Ok(pod_pidns)
+}
+
+/// Rewrites mount `i` for the guest: a host bind becomes a bind of the container's share
+/// directory (the host side to mount there is returned), the pod's `/dev/shm` the guest's
+/// pod tmpfs; other mounts stay as they are.
+fn guest_mount(
+    i: usize,
+    m: &mut Value,
+    guest_dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Option<HostBind>, SpecError> {
+    let text = |m: &Value, key: &str| m.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let options: Vec<String> = m
+        .get("options")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let is_bind = text(m, "type") == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+    if !is_bind {
+        return Ok(None);
+    }
+    let (dest, source) = (text(m, "destination"), text(m, "source"));
+    if !Path::new(&source).is_absolute() {
+        return Err(SpecError::Invalid(format!(
+            "mount {dest}: bind source {source:?} is not an absolute path"
+        )));
+    }
+    if dest == "/dev/shm" {
+        // The pod's (CRI's sandbox shm dir on the host): the agent's pod tmpfs.
+        *m = json!({"destination": "/dev/shm", "type": "bind", "source": POD_SHM_DIR,
+            "options": ["rbind", "nosuid", "noexec", "nodev"]});
+        notes.push(format!("/dev/shm from {source}: the pod's, in the guest"));
+        return Ok(None);
+    }
+    let base = Path::new(&source)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let share_name = format!("{i}-{base}");
+    m["source"] = json!(guest_dir.join("mounts").join(&share_name));
+    Ok(Some(HostBind {
+        source: PathBuf::from(&source),
+        share_name,
+        readonly: options.iter().any(|o| o == "ro"),
+    }))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use containerd_shim::protos::cgroups_v2::metrics::{
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
-use moat_agent_protocol::agent::StatsContainerResponse;
+use moat_agent_protocol::agent::{MemoryStats, StatsContainerResponse};
 
 /// The type URL containerd's typeurl registry gives cgroup v2 metrics.
 pub const METRICS_V2_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
@@ -35,46 +35,7 @@ pub fn to_metrics(s: &StatsContainerResponse) -> Metrics {
         .into();
     }
     if let Some(mem) = s.memory.as_ref() {
-        let k = |key: &str| mem.stat.get(key).copied().unwrap_or(0);
-        m.memory = Some(MemoryStat {
-            anon: k("anon"),
-            file: k("file"),
-            kernel_stack: k("kernel_stack"),
-            slab: k("slab"),
-            sock: k("sock"),
-            shmem: k("shmem"),
-            file_mapped: k("file_mapped"),
-            file_dirty: k("file_dirty"),
-            file_writeback: k("file_writeback"),
-            anon_thp: k("anon_thp"),
-            inactive_anon: k("inactive_anon"),
-            active_anon: k("active_anon"),
-            inactive_file: k("inactive_file"),
-            active_file: k("active_file"),
-            unevictable: k("unevictable"),
-            slab_reclaimable: k("slab_reclaimable"),
-            slab_unreclaimable: k("slab_unreclaimable"),
-            pgfault: k("pgfault"),
-            pgmajfault: k("pgmajfault"),
-            workingset_refault: k("workingset_refault"),
-            workingset_activate: k("workingset_activate"),
-            workingset_nodereclaim: k("workingset_nodereclaim"),
-            pgrefill: k("pgrefill"),
-            pgscan: k("pgscan"),
-            pgsteal: k("pgsteal"),
-            pgactivate: k("pgactivate"),
-            pgdeactivate: k("pgdeactivate"),
-            pglazyfree: k("pglazyfree"),
-            pglazyfreed: k("pglazyfreed"),
-            thp_fault_alloc: k("thp_fault_alloc"),
-            thp_collapse_alloc: k("thp_collapse_alloc"),
-            usage: mem.usage,
-            usage_limit: mem.limit,
-            swap_usage: mem.swap_usage,
-            swap_limit: mem.swap_limit,
-            ..Default::default()
-        })
-        .into();
+        m.memory = Some(memory_stat(mem)).into();
         m.memory_events = Some(MemoryEvents {
             low: mem.events_low,
             high: mem.events_high,
@@ -117,6 +78,50 @@ pub fn to_metrics(s: &StatsContainerResponse) -> Metrics {
     m
 }
 
+/// The agent's memory statistics (`memory.current`, `memory.max`, `memory.stat` keys) as
+/// containerd's `MemoryStat`.
+fn memory_stat(mem: &MemoryStats) -> MemoryStat {
+    let k = |key: &str| mem.stat.get(key).copied().unwrap_or(0);
+    MemoryStat {
+        anon: k("anon"),
+        file: k("file"),
+        kernel_stack: k("kernel_stack"),
+        slab: k("slab"),
+        sock: k("sock"),
+        shmem: k("shmem"),
+        file_mapped: k("file_mapped"),
+        file_dirty: k("file_dirty"),
+        file_writeback: k("file_writeback"),
+        anon_thp: k("anon_thp"),
+        inactive_anon: k("inactive_anon"),
+        active_anon: k("active_anon"),
+        inactive_file: k("inactive_file"),
+        active_file: k("active_file"),
+        unevictable: k("unevictable"),
+        slab_reclaimable: k("slab_reclaimable"),
+        slab_unreclaimable: k("slab_unreclaimable"),
+        pgfault: k("pgfault"),
+        pgmajfault: k("pgmajfault"),
+        workingset_refault: k("workingset_refault"),
+        workingset_activate: k("workingset_activate"),
+        workingset_nodereclaim: k("workingset_nodereclaim"),
+        pgrefill: k("pgrefill"),
+        pgscan: k("pgscan"),
+        pgsteal: k("pgsteal"),
+        pgactivate: k("pgactivate"),
+        pgdeactivate: k("pgdeactivate"),
+        pglazyfree: k("pglazyfree"),
+        pglazyfreed: k("pglazyfreed"),
+        thp_fault_alloc: k("thp_fault_alloc"),
+        thp_collapse_alloc: k("thp_collapse_alloc"),
+        usage: mem.usage,
+        usage_limit: mem.limit,
+        swap_usage: mem.swap_usage,
+        swap_limit: mem.swap_limit,
+        ..Default::default()
+    }
+}
+
 /// [`to_metrics`] packed the way containerd's `StatsResponse.stats` expects.
 pub fn to_any(s: &StatsContainerResponse) -> Result<Any, String> {
     let bytes = to_metrics(s)
@@ -131,7 +136,7 @@ pub fn to_any(s: &StatsContainerResponse) -> Result<Any, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_agent_protocol::agent::{CpuStats, MemoryStats, PidsStats};
+    use moat_agent_protocol::agent::{CpuStats, PidsStats};
 
     #[test]
     fn maps_every_controller() {
