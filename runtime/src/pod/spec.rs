@@ -6,7 +6,7 @@
 //! In a moat pod the VM is the pod: its network, IPC and UTS namespaces are the pod's, so a
 //! container that joins the pod's (by path) stays in the agent's; one that asks for a new one
 //! gets a new one inside the guest. A pod-shared PID namespace becomes the agent's pod PID
-//! namespace (`sandbox_pidns`).
+//! namespace (`pod_pidns`).
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +59,7 @@ pub struct GuestSpec {
     /// The spec for the agent.
     pub spec: Value,
     /// Join the pod's PID namespace.
-    pub sandbox_pidns: bool,
+    pub pod_pidns: bool,
     /// Host paths to share first.
     pub binds: Vec<HostBind>,
     /// What was dropped or changed, for the log.
@@ -152,13 +152,13 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
     if obj.remove("hooks").is_some_and(|h| !h.is_null()) {
         notes.push("OCI hooks are not supported in a moat VM; dropped".into());
     }
-    let mut sandbox_pidns = false;
+    let mut pod_pidns = false;
     if let Some(nss) = obj
         .get_mut("linux")
         .and_then(|l| l.get_mut("namespaces"))
         .and_then(Value::as_array_mut)
     {
-        sandbox_pidns = guest_namespaces(nss, sandbox_pid, &mut notes)?;
+        pod_pidns = guest_namespaces(nss, sandbox_pid, &mut notes)?;
     }
     let mut binds = Vec::new();
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -168,7 +168,7 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
     }
     Ok(GuestSpec {
         spec,
-        sandbox_pidns,
+        pod_pidns,
         binds,
         notes,
     })
@@ -315,7 +315,7 @@ mod tests {
         let s = cri_spec();
         assert_eq!(pod_of(&s, "c1"), "pod9");
         let g = translate(&s, "c1", None).unwrap();
-        assert!(g.sandbox_pidns);
+        assert!(g.pod_pidns);
         assert_eq!(
             g.spec["root"],
             json!({"path": "/run/moat/shares/pod/c1/rootfs", "readonly": true})
@@ -360,7 +360,7 @@ mod tests {
             "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
         assert_eq!(pod_of(&s, "c1"), "c1");
         let g = translate(&s, "c1", None).unwrap();
-        assert!(!g.sandbox_pidns);
+        assert!(!g.pod_pidns);
         assert_eq!(g.spec["linux"]["namespaces"], s["linux"]["namespaces"]);
         assert_eq!(root_path(&s).unwrap(), Path::new("/abs/rootfs"));
     }

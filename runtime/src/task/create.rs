@@ -190,7 +190,7 @@ impl Tasks {
                 &c.id,
                 &spec_json,
                 c.stdio.channels(),
-                plan.guest.sandbox_pidns,
+                plan.guest.pod_pidns,
             )
             .map_err(TaskError::agent("CreateContainer"))?;
         let io = ProcessIo::attach(client, &c.id, "", &c.stdio).inspect_err(|_| {
