@@ -16,7 +16,8 @@ use crate::arch::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, SERIAL_IRQ, VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST,
     VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
 };
-use crate::bus::{lock, Bus, BusError};
+use crate::bus::{Bus, BusError};
+use crate::config::tap::NotATap;
 use crate::config::{insert_kernel_args, NetDeviceConfig, ValidConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
@@ -33,6 +34,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{load_guest, LoadError};
 use crate::memory::{create_guest_memory, host_ranges, MemoryError};
 use crate::metrics::Metrics;
+use crate::util::lock;
 use crate::vstate::vcpu::{install_kick_handler, stop_vcpus, ExitContext, Vcpu, VcpuError};
 use crate::vstate::vm::{create_vm, open_kvm, VmError};
 
@@ -178,10 +180,10 @@ fn open_net(dev: &NetDeviceConfig) -> Result<Net, VmmError> {
         (_, Some(fd)) => unsafe { Tap::from_raw_fd(fd)? },
         (Some(name), None) => Tap::open(name)?,
         (None, None) => {
-            return Err(VmmError::Tap(TapError::NotATap {
+            return Err(VmmError::Tap(TapError::NotATap(NotATap {
                 fd: -1,
                 why: "a net device needs tap=NAME or fd=N".into(),
-            }))
+            })))
         }
     };
     let mac = dev.mac.unwrap_or_else(MacAddr::random_local);

@@ -12,7 +12,8 @@ use vm_superio::Serial;
 use vmm_sys_util::epoll::EventSet;
 
 use super::IrqTrigger;
-use crate::bus::{byte_register, lock, BusDevice};
+use crate::bus::{byte_register, BusDevice};
+use crate::util::lock;
 
 /// Base I/O port of COM1.
 pub const COM1_PORT: u64 = 0x3f8;

@@ -13,7 +13,7 @@ use virtio_queue::desc::RawDescriptor;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::*;
-use crate::devices::virtio::test_utils::TestQueue;
+use crate::devices::virtio::testing::TestQueue;
 
 const ROOT: u64 = 1;
 const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;

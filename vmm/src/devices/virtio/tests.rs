@@ -15,10 +15,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
 use super::mmio::MmioTransport;
-use super::net::tests::socket_backend;
+use super::net::testing::socket_backend;
 use super::net::{MacAddr, Net};
 use super::rng::Rng;
-use super::test_utils::{TestQueue, TEST_MEM_BYTES};
+use super::testing::{TestQueue, TEST_MEM_BYTES};
 use super::VirtioDevice;
 use crate::bus::BusDevice;
 

@@ -1,7 +1,7 @@
 //! virtio-blk request handling against mock queues and a temporary backing file.
 
 use super::*;
-use crate::devices::virtio::test_utils::{desc, read_bytes, TestQueue, TEST_MEM_BYTES};
+use crate::devices::virtio::testing::{desc, read_bytes, TestQueue, TEST_MEM_BYTES};
 use vm_memory::Bytes;
 
 const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
