@@ -198,7 +198,9 @@ fn block_devices_are_checked() {
         .unwrap_err();
     assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
     // Root may open a 0444 file for writing, so only an unprivileged run sees the refusal.
-    if unsafe { libc::geteuid() } != 0 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
         let ro = dir.join("ro.img");
         File::create(&ro).unwrap();
         let mut perms = std::fs::metadata(&ro).unwrap().permissions();

@@ -2,7 +2,6 @@
 //! for the tap (one datagram = one frame, vnet header included, like a tap queue).
 
 use std::io::ErrorKind;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
