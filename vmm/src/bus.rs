@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::util::lock;
+
 /// A device model reachable through a bus. `offset` is relative to the device's base address.
 pub trait BusDevice: Send {
     /// Guest reads `data.len()` bytes at `offset`.
@@ -111,11 +113,6 @@ impl Bus {
 /// exactly one byte at an offset that fits a `u8`, `None` for anything else (to be ignored).
 pub fn byte_register(offset: u64, len: usize) -> Option<u8> {
     u8::try_from(offset).ok().filter(|_| len == 1)
-}
-
-/// Locks a device even if a previous holder panicked (device state stays usable for teardown).
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

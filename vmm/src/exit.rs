@@ -1,13 +1,5 @@
-//! Why a microVM stopped, and the VMM process exit status each reason maps to.
-//!
-//! | status | meaning                                                              |
-//! |--------|----------------------------------------------------------------------|
-//! | 0      | the guest shut itself down (reboot or poweroff through the i8042)    |
-//! | 1      | VMM error (setup failed, KVM error, I/O error)                       |
-//! | 2      | invalid configuration or command line                                |
-//! | 3      | the guest kernel panicked (warm-reset flag set before the reset)     |
-//! | 4      | the guest crashed (triple fault, KVM emulation failure, entry failure)|
-//! | 128+N  | the host stopped the VM with signal N (SIGTERM, SIGINT, SIGHUP)       |
+//! Why a microVM stopped, and the VMM process exit status each reason maps to (the statuses
+//! and what they mean are part of the configuration contract: [`moat_vmm_config::status`]).
 
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -16,18 +8,11 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
 
-use crate::bus::lock;
+use crate::util::lock;
 
-/// Exit status: the guest shut down cleanly.
-pub const EXIT_OK: i32 = 0;
-/// Exit status: the VMM itself failed.
-pub const EXIT_VMM_ERROR: i32 = 1;
-/// Exit status: bad configuration or command-line arguments.
-pub const EXIT_BAD_CONFIG: i32 = 2;
-/// Exit status: the guest kernel panicked.
-pub const EXIT_GUEST_PANIC: i32 = 3;
-/// Exit status: the guest crashed (triple fault or an unrecoverable vCPU state).
-pub const EXIT_GUEST_CRASH: i32 = 4;
+pub use moat_vmm_config::status::{
+    signal_status, EXIT_BAD_CONFIG, EXIT_GUEST_CRASH, EXIT_GUEST_PANIC, EXIT_OK, EXIT_VMM_ERROR,
+};
 
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,14 +30,14 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// The process exit status for this reason (see the module table).
+    /// The process exit status for this reason (see [`moat_vmm_config::status`]).
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::GuestShutdown => EXIT_OK,
             ExitReason::GuestPanic => EXIT_GUEST_PANIC,
             ExitReason::GuestCrash(_) => EXIT_GUEST_CRASH,
             ExitReason::VmmError(_) => EXIT_VMM_ERROR,
-            ExitReason::Signal(sig) => 128 + sig,
+            ExitReason::Signal(sig) => signal_status(*sig),
         }
     }
 }

@@ -9,11 +9,14 @@
 
 pub mod arch;
 pub mod bus;
-pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod loader;
 pub mod memory;
 pub mod metrics;
+pub mod util;
 pub mod vmm;
 pub mod vstate;
+
+/// The VMM's configuration, checks and exit statuses: the `moat-vmm-config` crate.
+pub use moat_vmm_config as config;

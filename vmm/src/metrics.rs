@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bus::lock;
+use crate::util::lock;
 
 /// Metrics of one VMM run; every value is set at most once.
 pub struct Metrics {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -16,8 +17,9 @@ use crate::arch::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, SERIAL_IRQ, VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST,
     VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
 };
-use crate::bus::{lock, Bus, BusError};
-use crate::config::{insert_kernel_args, NetDeviceConfig, ValidConfig};
+use crate::bus::{Bus, BusError};
+use crate::config::tap::NotATap;
+use crate::config::{insert_kernel_args, NetDeviceConfig, SerialConfig, ValidConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{open_sink, SerialDevice, StdinInput, COM1_PORT, COM1_PORTS};
@@ -33,7 +35,10 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{load_guest, LoadError};
 use crate::memory::{create_guest_memory, host_ranges, MemoryError};
 use crate::metrics::Metrics;
-use crate::vstate::vcpu::{install_kick_handler, stop_vcpus, ExitContext, Vcpu, VcpuError};
+use crate::util::lock;
+use crate::vstate::vcpu::{
+    install_kick_handler, stop_vcpus, BootEntry, ExitContext, Vcpu, VcpuError,
+};
 use crate::vstate::vm::{create_vm, open_kvm, VmError};
 
 /// How long teardown waits for vCPU threads to leave KVM_RUN.
@@ -117,57 +122,159 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// Hands out virtio-mmio slots (4 KiB each from `VIRTIO_MMIO_START`) and IRQs, and collects
-/// the `virtio_mmio.device=` kernel parameters that tell the guest about them.
-struct VirtioSlots {
+/// Hands out virtio-mmio slots (4 KiB each from `VIRTIO_MMIO_START`) and IRQs, wires the
+/// devices up in the VM, and collects the `virtio_mmio.device=` kernel parameters that tell
+/// the guest about them.
+struct VirtioSlots<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    event_manager: &'a mut EventManager<Subscriber>,
     next_addr: u64,
     next_irq: u32,
     kernel_args: Vec<String>,
 }
 
-impl VirtioSlots {
-    fn new() -> VirtioSlots {
+impl<'a> VirtioSlots<'a> {
+    fn new(
+        vm: &'a VmFd,
+        mem: &'a GuestMemoryMmap,
+        mmio: &'a mut Bus,
+        event_manager: &'a mut EventManager<Subscriber>,
+    ) -> VirtioSlots<'a> {
         VirtioSlots {
+            vm,
+            mem,
+            mmio,
+            event_manager,
             next_addr: VIRTIO_MMIO_START,
             next_irq: VIRTIO_IRQ_FIRST,
             kernel_args: Vec::new(),
         }
     }
 
+    /// Creates and attaches every virtio device `config` asks for, in a fixed order (disks,
+    /// vsock, shares, rng, NICs), so the guest sees the same slots on every boot.
+    fn attach_all(&mut self, config: &ValidConfig, metrics: &Metrics) -> Result<(), VmmError> {
+        for disk in &config.block_devices {
+            self.attach(Block::open(&disk.path, disk.read_only)?)?;
+        }
+        if let Some(v) = &config.vsock {
+            let cfg = VsockConfig::new(v.guest_cid.into(), v.uds_path.clone());
+            self.attach(VsockDevice::new(cfg)?)?;
+        }
+        for share in &config.shared_dirs {
+            self.attach(VirtioFs::new(&share.tag, &share.path)?)?;
+        }
+        if config.rng {
+            self.attach(Rng::new().map_err(io_err("create virtio-rng"))?)?;
+        }
+        for dev in &config.net_devices {
+            let net = open_net(dev)?;
+            metrics.add_net(
+                net.backend_name(),
+                net.mac().to_string(),
+                net.counters().clone(),
+            );
+            self.attach(net)?;
+        }
+        Ok(())
+    }
+
     /// Wires `device` up: irqfd on its GSI, one ioeventfd per queue on QueueNotify (datamatch
     /// = queue index), the transport on the MMIO bus, the device in the event loop.
-    fn attach<D: VirtioDevice + 'static>(
-        &mut self,
-        vm: &kvm_ioctls::VmFd,
-        mem: &GuestMemoryMmap,
-        mmio: &mut Bus,
-        event_manager: &mut EventManager<Subscriber>,
-        device: D,
-    ) -> Result<(), VmmError> {
+    fn attach<D: VirtioDevice + 'static>(&mut self, device: D) -> Result<(), VmmError> {
         let kvm_err = |what| move |source| VmmError::Kvm { what, source };
         if self.next_irq > VIRTIO_IRQ_LAST {
             return Err(VmmError::OutOfIrqs);
         }
         let (addr, irq) = (self.next_addr, self.next_irq);
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(io_err("create virtio irq"))?;
-        vm.register_irqfd(&irqfd, irq)
+        self.vm
+            .register_irqfd(&irqfd, irq)
             .map_err(kvm_err("register virtio irqfd"))?;
         let notify = kvm_ioctls::IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
         for (index, fd) in (0u32..).zip(device.queue_events()) {
-            vm.register_ioevent(fd, &notify, index)
+            self.vm
+                .register_ioevent(fd, &notify, index)
                 .map_err(kvm_err("register virtio queue ioeventfd"))?;
         }
         let device = Arc::new(Mutex::new(device));
         let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
-        let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt);
-        mmio.insert(Arc::new(Mutex::new(transport)), addr, VIRTIO_MMIO_SLOT_SIZE)?;
-        event_manager.add_subscriber(device);
+        let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt);
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), addr, VIRTIO_MMIO_SLOT_SIZE)?;
+        self.event_manager.add_subscriber(device);
         self.kernel_args
             .push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
         self.next_addr += VIRTIO_MMIO_SLOT_SIZE;
         self.next_irq += 1;
         Ok(())
     }
+}
+
+/// The platform devices every VM has: COM1 and the i8042 reset line on the port-I/O bus, the
+/// boot timer on the MMIO bus (which the virtio devices join later).
+struct LegacyDevices {
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+}
+
+impl LegacyDevices {
+    /// Creates the devices: the serial console writes to its configured output and
+    /// interrupts through an irqfd, the i8042 reset line stops the VM through `exit`, the
+    /// boot timer records in `metrics`.
+    fn new(
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        serial: &SerialConfig,
+        exit: &ExitSignal,
+        metrics: &Arc<Metrics>,
+    ) -> Result<LegacyDevices, VmmError> {
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create serial irq"))?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(|source| VmmError::Kvm {
+                what: "register serial irqfd",
+                source,
+            })?;
+        let sink =
+            open_sink(&serial.output, serial.limit_bytes).map_err(io_err("open serial output"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(IrqTrigger(serial_irq), sink)));
+        let i8042 = Arc::new(Mutex::new(I8042::new(ResetTrigger::new(
+            exit.clone(),
+            mem.clone(),
+        ))));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_PORT, COM1_PORTS)?;
+        pio.insert(i8042, I8042_PORT, I8042_PORTS)?;
+        let mut mmio = Bus::new();
+        let timer = Arc::new(Mutex::new(BootTimer::new(metrics.clone())));
+        mmio.insert(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+        Ok(LegacyDevices { pio, mmio, serial })
+    }
+}
+
+/// Creates and configures the `num_cpus` vCPUs (CPUID filtered from what KVM supports, the
+/// TSC-deadline timer where KVM has it); the boot vCPU starts at `boot`.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    num_cpus: u8,
+    boot: BootEntry,
+) -> Result<Vec<Vcpu>, VmmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmmError::Kvm {
+            what: "get supported CPUID",
+            source,
+        })?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    let vcpus = (0..num_cpus)
+        .map(|id| Vcpu::new(vm, id, num_cpus, &supported, tsc_deadline, mem, boot))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(vcpus)
 }
 
 /// Opens the TAP backend of a validated virtio-net device and builds the device.
@@ -178,10 +285,10 @@ fn open_net(dev: &NetDeviceConfig) -> Result<Net, VmmError> {
         (_, Some(fd)) => unsafe { Tap::from_raw_fd(fd)? },
         (Some(name), None) => Tap::open(name)?,
         (None, None) => {
-            return Err(VmmError::Tap(TapError::NotATap {
+            return Err(VmmError::Tap(TapError::NotATap(NotATap {
                 fd: -1,
                 why: "a net device needs tap=NAME or fd=N".into(),
-            }))
+            })))
         }
     };
     let mac = dev.mac.unwrap_or_else(MacAddr::random_local);
@@ -193,7 +300,7 @@ fn open_net(dev: &NetDeviceConfig) -> Result<Net, VmmError> {
 pub struct Vmm {
     // Field order matters for drop: vCPU fds and the VM go before guest memory.
     vcpus: Vec<Vcpu>,
-    _vm: kvm_ioctls::VmFd,
+    _vm: VmFd,
     ctx: ExitContext,
     serial: Arc<Mutex<SerialDevice>>,
     event_manager: EventManager<Subscriber>,
@@ -213,71 +320,24 @@ impl Vmm {
         metrics.phase_done("vm_create");
         let exit = ExitSignal::new().map_err(io_err("create exit event"))?;
 
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create serial irq"))?;
-        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
-            .map_err(|source| VmmError::Kvm {
-                what: "register serial irqfd",
-                source,
-            })?;
-        let sink = open_sink(&config.serial.output, config.serial.limit_bytes)
-            .map_err(io_err("open serial output"))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(IrqTrigger(serial_irq), sink)));
-        let i8042 = Arc::new(Mutex::new(I8042::new(ResetTrigger::new(
-            exit.clone(),
-            mem.clone(),
-        ))));
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), COM1_PORT, COM1_PORTS)?;
-        pio.insert(i8042, I8042_PORT, I8042_PORTS)?;
-        let mut mmio = Bus::new();
-        let timer = Arc::new(Mutex::new(BootTimer::new(metrics.clone())));
-        mmio.insert(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+        let LegacyDevices {
+            pio,
+            mut mmio,
+            serial,
+        } = LegacyDevices::new(&vm, &mem, &config.serial, &exit, &metrics)?;
         let mut event_manager = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
-        let mut slots = VirtioSlots::new();
-        for disk in &config.block_devices {
-            let block = Block::open(&disk.path, disk.read_only)?;
-            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, block)?;
-        }
-        if let Some(v) = &config.vsock {
-            let cfg = VsockConfig::new(v.guest_cid.into(), v.uds_path.clone());
-            let vsock = VsockDevice::new(cfg)?;
-            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, vsock)?;
-        }
-        for share in &config.shared_dirs {
-            let fs = VirtioFs::new(&share.tag, &share.path)?;
-            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, fs)?;
-        }
-        if config.rng {
-            let rng = Rng::new().map_err(io_err("create virtio-rng"))?;
-            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, rng)?;
-        }
-        for dev in &config.net_devices {
-            let net = open_net(dev)?;
-            metrics.add_net(
-                net.backend_name(),
-                net.mac().to_string(),
-                net.counters().clone(),
-            );
-            slots.attach(&vm, &mem, &mut mmio, &mut event_manager, net)?;
-        }
-
+        let mut slots = VirtioSlots::new(&vm, &mem, &mut mmio, &mut event_manager);
+        slots.attach_all(config, &metrics)?;
+        let device_args = slots.kernel_args;
         metrics.phase_done("devices");
-        let cmdline = insert_kernel_args(&config.cmdline, &slots.kernel_args);
+
+        let cmdline = insert_kernel_args(&config.cmdline, &device_args);
         let initrd = config.initrd.as_ref().map(|(p, s)| (p.as_path(), *s));
         let boot = load_guest(&mem, &config.kernel, initrd, &cmdline, config.vcpus)?;
         metrics.phase_done("load_guest");
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| VmmError::Kvm {
-                what: "get supported CPUID",
-                source,
-            })?;
-        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
-        let vcpus = (0..config.vcpus)
-            .map(|id| Vcpu::new(&vm, id, config.vcpus, &supported, tsc_deadline, &mem, boot))
-            .collect::<Result<Vec<_>, _>>()?;
-
+        let vcpus = create_vcpus(&kvm, &vm, &mem, config.vcpus, boot)?;
         metrics.phase_done("vcpus");
+
         event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
         if config.serial.stdin {
             event_manager.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))));

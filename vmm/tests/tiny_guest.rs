@@ -5,8 +5,11 @@
 //!
 //! No /dev/kvm means these tests FAIL (loudly): they never skip.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+use moat_vmm::config::{SerialConfig, SerialOutput, VmConfig};
+use tempfile::TempDir;
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
@@ -131,10 +134,8 @@ struct Run {
     metrics: serde_json::Value,
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moat-tiny-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch() -> TempDir {
+    TempDir::new().unwrap()
 }
 
 fn assert_kvm() {
@@ -147,35 +148,37 @@ fn assert_kvm() {
     }
 }
 
-fn boot(name: &str, code: Asm, extra_args: &[&str]) -> Run {
+fn boot(code: Asm, extra_args: &[&str]) -> Run {
     assert_kvm();
-    let dir = scratch(name);
-    let kernel = dir.join("vmlinux");
+    let dir = scratch();
+    let kernel = dir.path().join("vmlinux");
     std::fs::write(&kernel, pvh_elf(&code.0)).unwrap();
-    let serial = dir.join("serial.out");
-    let metrics = dir.join("metrics.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-        .arg("--kernel")
+    let serial = dir.path().join("serial.out");
+    let metrics = dir.path().join("metrics.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat-vmm"));
+    cmd.arg("--kernel")
         .arg(&kernel)
         .args(["--memory-mib", "64", "--cmdline", "moat-tiny"])
         .arg(format!("--serial=file:{}", serial.display()))
         .arg("--metrics-file")
         .arg(&metrics)
-        .args(extra_args)
-        .env("MOAT_LOG", "info")
-        .output()
-        .expect("run moat-vmm");
-    let run = Run {
+        .args(extra_args);
+    run(cmd, &serial, &metrics)
+}
+
+/// Runs `cmd` (moat-vmm with info logs) to the end; collects the guest's serial output and
+/// the boot metrics from the files it was told to write.
+fn run(mut cmd: Command, serial: &Path, metrics: &Path) -> Run {
+    let out = cmd.env("MOAT_LOG", "info").output().expect("run moat-vmm");
+    Run {
         status: out.status.code().unwrap_or(-1),
-        serial: std::fs::read(&serial).unwrap_or_default(),
+        serial: std::fs::read(serial).unwrap_or_default(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        metrics: std::fs::read(&metrics)
+        metrics: std::fs::read(metrics)
             .ok()
             .and_then(|m| serde_json::from_slice(&m).ok())
             .unwrap_or_default(),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    run
+    }
 }
 
 fn check(run: &Run, status: i32, serial: &[u8]) {
@@ -200,7 +203,7 @@ fn serial_boot_timer_and_clean_reset() {
         .print(b"hello\n")
         .store8(0xd000_0000, 123)
         .reset();
-    let run = boot("hello", code, &[]);
+    let run = boot(code, &[]);
     check(&run, 0, b"hello\n");
     let m = &run.metrics;
     let first_run = m["first_kvm_run_us"]
@@ -220,7 +223,7 @@ fn pvh_start_info_and_cmdline_are_in_place() {
         .print_cmdline_first_byte()
         .print(b"\n")
         .reset();
-    check(&boot("pvh", code, &[]), 0, b"Pm\n");
+    check(&boot(code, &[]), 0, b"Pm\n");
 }
 
 #[test]
@@ -231,14 +234,14 @@ fn unmapped_ports_read_all_ones_and_writes_are_ignored() {
         .store8(0xe000_0000, 7) // nothing mapped there at all
         .print(b"\n")
         .reset();
-    check(&boot("unmapped", code, &[]), 0, b"\xff\n");
+    check(&boot(code, &[]), 0, b"\xff\n");
 }
 
 #[test]
 fn warm_reset_reports_a_guest_panic() {
     // Linux with reboot=...,panic_w writes 0x1234 at 0x472 before a panic reset.
     let code = Asm::default().store16(0x472, 0x1234).reset();
-    let run = boot("panic", code, &[]);
+    let run = boot(code, &[]);
     check(&run, 3, b"");
     assert!(
         run.stderr.contains("guest kernel panicked"),
@@ -249,7 +252,7 @@ fn warm_reset_reports_a_guest_panic() {
 
 #[test]
 fn triple_fault_reports_a_crash() {
-    let run = boot("crash", Asm::default().print(b"x").triple_fault(), &[]);
+    let run = boot(Asm::default().print(b"x").triple_fault(), &[]);
     check(&run, 4, b"x");
     assert!(run.stderr.contains("triple fault"), "{}", run.stderr);
 }
@@ -258,18 +261,70 @@ fn triple_fault_reports_a_crash() {
 fn secondary_vcpus_are_stopped_at_exit() {
     // vCPUs 1..3 wait for INIT/SIPI inside KVM_RUN; the VMM must still exit promptly.
     let code = Asm::default().print(b"smp\n").reset();
-    check(&boot("smp", code, &["--vcpus", "4"]), 0, b"smp\n");
+    check(&boot(code, &["--vcpus", "4"]), 0, b"smp\n");
 }
 
 #[test]
 fn guest_output_is_capped() {
-    let dir = scratch("cap");
-    let cfg = dir.join("vm.json");
+    let dir = scratch();
+    let cfg = dir.path().join("vm.json");
     std::fs::write(&cfg, r#"{"serial": {"limit_bytes": 3}}"#).unwrap();
     let code = Asm::default().print(b"0123456789").reset();
-    let run = boot("cap", code, &["--config", cfg.to_str().unwrap()]);
+    let run = boot(code, &["--config", cfg.to_str().unwrap()]);
     check(&run, 0, b"012");
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The whole configuration from a file written with serde_json, and no other flag (how the
+/// shim starts the VMM): every value the file gives is used, none is reset by an absent flag.
+#[test]
+fn a_config_file_alone_is_the_whole_configuration() {
+    assert_kvm();
+    let dir = scratch();
+    let kernel = dir.path().join("vmlinux");
+    // Secondary vCPUs and no rng: values that differ from the defaults and from flag defaults.
+    let code = Asm::default()
+        .print_cmdline_first_byte()
+        .print(b"\n")
+        .reset();
+    std::fs::write(&kernel, pvh_elf(&code.0)).unwrap();
+    let serial = dir.path().join("serial.out");
+    let metrics = dir.path().join("metrics.json");
+    let config = VmConfig {
+        kernel: Some(kernel),
+        cmdline: Some("Z-from-the-file".into()),
+        vcpus: 2,
+        memory_mib: 48,
+        serial: SerialConfig {
+            output: SerialOutput::File(serial.clone()),
+            stdin: false,
+            limit_bytes: 1,
+        },
+        metrics_file: Some(metrics.clone()),
+        rng: false,
+        ..VmConfig::default()
+    };
+    let file = dir.path().join("vm.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat-vmm"));
+    cmd.arg("--config").arg(&file);
+    let run = run(cmd, &serial, &metrics);
+    // One byte: the file's serial limit; 'Z': the file's command line.
+    check(&run, 0, b"Z");
+    assert_eq!(
+        run.metrics["exit_reason"], "guest shut down",
+        "{}",
+        run.stderr
+    );
+
+    let printed = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let effective: VmConfig = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(effective, config);
 }
 
 #[test]
@@ -299,12 +354,12 @@ fn bad_arguments_exit_2_with_a_clear_error() {
 #[test]
 fn kernel_without_pvh_note_is_refused() {
     assert_kvm();
-    let dir = scratch("nopvh");
+    let dir = scratch();
     let mut elf = pvh_elf(&Asm::default().spin().0);
     // Turn the note's type into something else.
     let note_type_at = 64 + 2 * 56 + 8;
     elf[note_type_at] = 17;
-    let kernel = dir.join("vmlinux");
+    let kernel = dir.path().join("vmlinux");
     std::fs::write(&kernel, elf).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
         .arg("--kernel")
@@ -314,18 +369,17 @@ fn kernel_without_pvh_note_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no PVH entry note"), "{stderr}");
-    let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
 
 #[test]
 fn sigterm_stops_the_vm_cleanly_and_removes_its_socket() {
     assert_kvm();
-    let dir = scratch("sigterm");
-    let kernel = dir.join("vmlinux");
+    let dir = scratch();
+    let kernel = dir.path().join("vmlinux");
     std::fs::write(&kernel, pvh_elf(&Asm::default().print(b"up\n").spin().0)).unwrap();
-    let sock = dir.join("vm.sock");
-    let metrics = dir.join("metrics.json");
-    let serial = dir.join("serial.out");
+    let sock = dir.path().join("vm.sock");
+    let metrics = dir.path().join("metrics.json");
+    let serial = dir.path().join("serial.out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
         .arg("--kernel")
         .arg(&kernel)
@@ -349,5 +403,4 @@ fn sigterm_stops_the_vm_cleanly_and_removes_its_socket() {
     assert!(!sock.exists(), "vsock socket left behind");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
     assert_eq!(m["exit_reason"], "stopped by signal 15");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,9 @@ use vm_superio::Serial;
 use vmm_sys_util::epoll::EventSet;
 
 use super::IrqTrigger;
-use crate::bus::{byte_register, lock, BusDevice};
+use crate::bus::{byte_register, BusDevice};
+use crate::config::SerialOutput;
+use crate::util::lock;
 
 /// Base I/O port of COM1.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -133,8 +135,7 @@ impl BusDevice for SerialDevice {
 }
 
 /// Opens the sink the configuration names.
-pub fn open_sink(output: &crate::config::SerialOutput, limit: u64) -> io::Result<SerialSink> {
-    use crate::config::SerialOutput;
+pub fn open_sink(output: &SerialOutput, limit: u64) -> io::Result<SerialSink> {
     let out: Option<Box<dyn Write + Send>> = match output {
         SerialOutput::Stdout => Some(Box::new(io::stdout())),
         SerialOutput::File(path) => Some(Box::new(File::create(path)?)),

@@ -94,7 +94,7 @@ pub fn configure_pvh(
     }
 
     let memmap = pvh_memmap(mem);
-    let memmap_bytes = memmap.len() * std::mem::size_of::<hvm_memmap_table_entry>();
+    let memmap_bytes = memmap.len() * size_of::<hvm_memmap_table_entry>();
     if MEMMAP_START + memmap_bytes as u64 > BOOT_STACK_POINTER {
         return Err(BootError::MemmapTooLarge(memmap.len()));
     }
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(module.size, 0x12345);
         assert_eq!(module.cmdline_paddr, 0);
         // The module list does not overlap start_info.
-        assert!(PVH_INFO_START + std::mem::size_of::<hvm_start_info>() as u64 <= MODLIST_START);
+        assert!(PVH_INFO_START + size_of::<hvm_start_info>() as u64 <= MODLIST_START);
     }
 
     #[test]

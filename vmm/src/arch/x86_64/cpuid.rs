@@ -19,7 +19,7 @@ const LEAF1_ECX_VMX: u32 = 1 << 5;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 0x1 ECX: running under a hypervisor.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 0x1 EDX: HTT (EBX[23:16] is valid).
+/// Leaf 0x1 EDX: HTT (EBX\[23:16\] is valid).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64 bytes).
 const CLFLUSH_LINE_8B: u32 = 8;

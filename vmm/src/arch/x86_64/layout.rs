@@ -18,6 +18,9 @@
 //! 0x1_0000_0000 RAM above the hole when memory > MMIO_GAP_START
 //! ```
 
+// Defined by the configuration contract, which checks configurations against them.
+pub use moat_vmm_config::limits::{CMDLINE_MAX_SIZE, MAX_VCPUS, MMIO_GAP_START};
+
 /// Start of the GDT written for the boot vCPU.
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Start of the (empty) IDT written for the boot vCPU.
@@ -32,16 +35,12 @@ pub const MEMMAP_START: u64 = 0x7000;
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Address of the kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-/// Largest command line accepted (Linux x86 COMMAND_LINE_SIZE).
-pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the EBDA, where the MP table lives.
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of usable low memory (start of the legacy VGA/ROM hole).
 pub const EBDA_END: u64 = 0xa0000;
 /// First byte of high memory; kernel segments must load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
-/// Start of the 32-bit MMIO hole; RAM resumes at `FIRST_ADDR_PAST_32BITS`.
-pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// Size of the 32-bit MMIO hole.
 pub const MMIO_GAP_SIZE: u64 = FIRST_ADDR_PAST_32BITS - MMIO_GAP_START;
 /// First address above 4 GiB.
@@ -70,5 +69,3 @@ pub const IOAPIC_PINS: u8 = 24;
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 keyboard interrupt line.
 pub const I8042_IRQ: u32 = 1;
-/// Maximum vCPUs moat configures (APIC IDs fit the MP table's u8 fields).
-pub const MAX_VCPUS: u8 = 64;

@@ -218,25 +218,61 @@ fn checksum(bytes: &[u8]) -> u8 {
 /// Builds the whole table (floating pointer first) as it must appear at
 /// `base`. `num_cpus` must already be validated.
 fn build_mptable(base: u64, num_cpus: u8) -> Vec<u8> {
-    let mpf_len = size_of::<MpfIntel>();
-    let hdr_len = size_of::<MpcTable>();
+    let mut out = floating_pointer(base).as_slice().to_vec();
+    out.extend_from_slice(&config_table(num_cpus));
+    out
+}
 
+/// The MP floating pointer at `base`, pointing at the configuration table right after it.
+fn floating_pointer(base: u64) -> MpfIntel {
+    let mut mpf = MpfIntel {
+        signature: MPF_SIGNATURE,
+        physptr: (base + size_of::<MpfIntel>() as u64) as u32,
+        length: 1, // in 16-byte paragraphs
+        specification: MP_SPEC_REV,
+        checksum: 0,
+        feature1: 0, // a configuration table is present
+        feature2: 0,
+        feature3: [0; 3],
+    };
+    mpf.checksum = checksum(mpf.as_slice());
+    mpf
+}
+
+/// The configuration table: its header (with the checksum over the whole table) and
+/// entries.
+fn config_table(num_cpus: u8) -> Vec<u8> {
+    let hdr_len = size_of::<MpcTable>();
+    let entries = table_entries(num_cpus);
+    // Sizes are bounded by MAX_VCPUS (checked by the caller): they fit u16.
+    let mut hdr = MpcTable {
+        signature: MPC_SIGNATURE,
+        length: (hdr_len + entries.len()) as u16,
+        spec: MP_SPEC_REV,
+        checksum: 0,
+        oem: MPC_OEM,
+        productid: MPC_PRODUCT_ID,
+        oemptr: 0,
+        oemsize: 0,
+        oemcount: entry_count(num_cpus) as u16,
+        lapic: APIC_START as u32,
+        ext_length: 0,
+        ext_checksum: 0,
+        reserved: 0,
+    };
+    let mut table = hdr.as_slice().to_vec();
+    table.extend_from_slice(&entries);
+    hdr.checksum = checksum(&table);
+    table[..hdr_len].copy_from_slice(hdr.as_slice());
+    table
+}
+
+/// The configuration table's entries, in the order the MP spec wants them: processors,
+/// the ISA bus, the IOAPIC, then the interrupt assignments.
+fn table_entries(num_cpus: u8) -> Vec<u8> {
     let mut entries: Vec<u8> = Vec::with_capacity(mptable_size(num_cpus));
     for cpu in 0..num_cpus {
-        let mut cpuflag = CPU_ENABLED;
-        if cpu == 0 {
-            cpuflag |= CPU_BOOTPROCESSOR;
-        }
-        let e = MpcCpu {
-            type_: MP_PROCESSOR,
-            apicid: cpu,
-            apicver: APIC_VERSION,
-            cpuflag,
-            cpufeature: CPU_SIGNATURE,
-            featureflag: CPU_FEATURES,
-            reserved: [0; 2],
-        };
-        entries.extend_from_slice(e.as_slice());
+        entries.extend_from_slice(processor_entry(cpu).as_slice());
     }
     let bus = MpcBus {
         type_: MP_BUS,
@@ -254,6 +290,30 @@ fn build_mptable(base: u64, num_cpus: u8) -> Vec<u8> {
         apicaddr: IOAPIC_START as u32,
     };
     entries.extend_from_slice(ioapic.as_slice());
+    push_interrupt_entries(&mut entries, ioapic_id);
+    entries
+}
+
+/// The processor entry of vCPU `cpu` (APIC id `cpu`; vCPU 0 is the boot processor).
+fn processor_entry(cpu: u8) -> MpcCpu {
+    let mut cpuflag = CPU_ENABLED;
+    if cpu == 0 {
+        cpuflag |= CPU_BOOTPROCESSOR;
+    }
+    MpcCpu {
+        type_: MP_PROCESSOR,
+        apicid: cpu,
+        apicver: APIC_VERSION,
+        cpuflag,
+        cpufeature: CPU_SIGNATURE,
+        featureflag: CPU_FEATURES,
+        reserved: [0; 2],
+    }
+}
+
+/// Appends the interrupt assignments: ISA IRQ `i` to pin `i` of IOAPIC `ioapic_id` for
+/// every pin, ExtINT to LINT0 and NMI to LINT1 of every local APIC.
+fn push_interrupt_entries(entries: &mut Vec<u8>, ioapic_id: u8) {
     for pin in 0..IOAPIC_PINS {
         let e = MpcIntsrc {
             type_: MP_INTSRC,
@@ -278,43 +338,6 @@ fn build_mptable(base: u64, num_cpus: u8) -> Vec<u8> {
         };
         entries.extend_from_slice(e.as_slice());
     }
-
-    // Sizes are bounded by MAX_VCPUS (checked by the caller): they fit u16.
-    let mut hdr = MpcTable {
-        signature: MPC_SIGNATURE,
-        length: (hdr_len + entries.len()) as u16,
-        spec: MP_SPEC_REV,
-        checksum: 0,
-        oem: MPC_OEM,
-        productid: MPC_PRODUCT_ID,
-        oemptr: 0,
-        oemsize: 0,
-        oemcount: entry_count(num_cpus) as u16,
-        lapic: APIC_START as u32,
-        ext_length: 0,
-        ext_checksum: 0,
-        reserved: 0,
-    };
-    let mut table = hdr.as_slice().to_vec();
-    table.extend_from_slice(&entries);
-    hdr.checksum = checksum(&table);
-    table[..hdr_len].copy_from_slice(hdr.as_slice());
-
-    let mut mpf = MpfIntel {
-        signature: MPF_SIGNATURE,
-        physptr: (base + mpf_len as u64) as u32,
-        length: 1, // in 16-byte paragraphs
-        specification: MP_SPEC_REV,
-        checksum: 0,
-        feature1: 0, // a configuration table is present
-        feature2: 0,
-        feature3: [0; 3],
-    };
-    mpf.checksum = checksum(mpf.as_slice());
-
-    let mut out = mpf.as_slice().to_vec();
-    out.extend_from_slice(&table);
-    out
 }
 
 /// Writes the MP floating pointer and configuration table for `num_cpus`

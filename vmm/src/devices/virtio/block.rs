@@ -369,5 +369,4 @@ impl MutEventSubscriber for Block {
 }
 
 #[cfg(test)]
-#[path = "block_tests.rs"]
 mod tests;

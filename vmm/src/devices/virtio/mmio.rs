@@ -17,7 +17,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
-use crate::bus::{lock, BusDevice};
+use crate::bus::BusDevice;
+use crate::util::lock;
 
 /// "virt" in little endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -358,5 +359,4 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
-#[path = "mmio_tests.rs"]
 mod tests;

@@ -147,7 +147,7 @@ impl MutEventSubscriber for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::test_utils::{read_bytes, TestQueue};
+    use crate::devices::virtio::testing::{read_bytes, TestQueue};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
 

@@ -8,20 +8,21 @@ use std::path::PathBuf;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, Opcode, OutHeader};
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
+use tempfile::TempDir;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::*;
-use crate::devices::virtio::test_utils::TestQueue;
+use crate::devices::virtio::testing::TestQueue;
 
 const ROOT: u64 = 1;
 const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 
 /// `<tmp>/{secret.txt, share/{hello.txt, sub/, link-etc, link-fd0, link-secret}}`.
-fn share(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("moat-fs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn share() -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
     let share = dir.join("share");
     std::fs::create_dir_all(share.join("sub")).unwrap();
     std::fs::write(dir.join("secret.txt"), "moat-secret-outside\n").unwrap();
@@ -29,7 +30,7 @@ fn share(name: &str) -> (PathBuf, PathBuf) {
     symlink("/etc/passwd", share.join("link-etc")).unwrap();
     symlink("/proc/self/fd/0", share.join("link-fd0")).unwrap();
     symlink(dir.join("secret.txt"), share.join("link-secret")).unwrap();
-    (dir, share)
+    (tmp, share)
 }
 
 fn lookup(fs: &Fs, parent: u64, name: &str) -> std::io::Result<Entry> {
@@ -52,7 +53,7 @@ fn tags_are_validated() {
 
 #[test]
 fn symlinks_are_not_followed_on_the_host() {
-    let (_dir, share) = share("symlinks");
+    let (_dir, share) = share();
     let fs = new_passthrough(&share.canonicalize().unwrap()).unwrap();
     let ctx = Context::new();
     for name in ["link-etc", "link-fd0", "link-secret"] {
@@ -72,7 +73,7 @@ fn symlinks_are_not_followed_on_the_host() {
 
 #[test]
 fn dotdot_stays_inside_the_share() {
-    let (_dir, share) = share("dotdot");
+    let (_dir, share) = share();
     let fs = new_passthrough(&share.canonicalize().unwrap()).unwrap();
     let ctx = Context::new();
     let root_ino = fs.getattr(&ctx, ROOT, None).unwrap().0.st_ino;
@@ -92,7 +93,7 @@ fn dotdot_stays_inside_the_share() {
 
 #[test]
 fn config_space_has_tag_and_queue_count() {
-    let (_dir, share) = share("config");
+    let (_dir, share) = share();
     let dev = VirtioFs::new("moatfs", &share).unwrap();
     let mut cfg = [0xffu8; TAG_LEN + 4];
     dev.read_config(0, &mut cfg);
@@ -109,7 +110,7 @@ fn config_space_has_tag_and_queue_count() {
 
 #[test]
 fn malformed_chains_complete_with_zero_bytes() {
-    let (_dir, share) = share("malformed");
+    let (_dir, share) = share();
     let mut dev = VirtioFs::new("moatfs", &share).unwrap();
     let t = TestQueue::new(16);
     // Too short for a FUSE header; a reply buffer outside guest memory; an empty chain.
@@ -130,11 +131,11 @@ fn malformed_chains_complete_with_zero_bytes() {
 
 #[test]
 fn init_request_gets_a_reply() {
-    let (_dir, share) = share("init");
+    let (_dir, share) = share();
     let mut dev = VirtioFs::new("moatfs", &share).unwrap();
     let t = TestQueue::new(16);
     let header = InHeader {
-        len: (std::mem::size_of::<InHeader>() + std::mem::size_of::<InitIn>()) as u32,
+        len: (size_of::<InHeader>() + size_of::<InitIn>()) as u32,
         opcode: Opcode::Init as u32,
         unique: 7,
         ..Default::default()
@@ -161,6 +162,6 @@ fn init_request_gets_a_reply() {
     assert_eq!(out.unique, 7);
     assert_eq!(out.error, 0);
     assert_eq!(t.used_len(0), out.len);
-    assert!(out.len as usize > std::mem::size_of::<OutHeader>());
+    assert!(out.len as usize > size_of::<OutHeader>());
     assert!(t.irq_raised());
 }

@@ -7,24 +7,16 @@
 //! pod's network namespace), so the jailed VMM needs neither CAP_NET_ADMIN nor the netns.
 //! [`check_tap_fd`] validates such an fd without changing it.
 
-use std::ffi::CStr;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::RawFd;
 
-use super::{NetBackend, VNET_HDR_LEN};
+pub use moat_vmm_config::tap::{check_tap_fd, valid_ifname, TUN_DEVICE};
+use moat_vmm_config::tap::{IfReq, NotATap, TAP_FLAGS};
 
-/// The clone device every TAP queue is opened from.
-pub const TUN_DEVICE: &str = "/dev/net/tun";
-/// Longest interface name (`IFNAMSIZ` 16 with the NUL).
-pub const MAX_IFNAME_LEN: usize = 15;
-/// The flags moat needs on a TAP queue.
-const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-/// `/dev/net/tun` is character device 10:200.
-const TUN_MAJOR: u32 = 10;
-const TUN_MINOR: u32 = 200;
+use super::{NetBackend, VNET_HDR_LEN};
 
 /// Errors opening or adopting a TAP queue.
 #[derive(Debug, thiserror::Error)]
@@ -50,99 +42,19 @@ pub enum TapError {
         hint: &'static str,
     },
     /// An inherited fd is not a usable TAP queue.
-    #[error("fd {fd}: {why}")]
-    NotATap {
-        /// The fd number.
-        fd: RawFd,
-        /// What is wrong with it.
-        why: String,
-    },
+    #[error(transparent)]
+    NotATap(#[from] NotATap),
 }
 
-/// `struct ifreq` as the tun ioctls use it: the name and the flags word.
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-impl IfReq {
-    fn new(name: &str, flags: libc::c_int) -> IfReq {
-        let mut req = IfReq {
-            name: [0; 16],
-            // The TAP flags all fit in the kernel's 16-bit field.
-            flags: flags as libc::c_short,
-            _pad: [0; 22],
-        };
-        let n = name.len().min(MAX_IFNAME_LEN);
-        req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        req
-    }
-
-    fn name(&self) -> String {
-        CStr::from_bytes_until_nul(&self.name)
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-}
-
-/// Whether `name` is a valid Linux interface name (1..=15 bytes, not `.`/`..`, no `/`,
-/// `:` or whitespace).
-pub fn valid_ifname(name: &str) -> bool {
-    (1..=MAX_IFNAME_LEN).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
-/// Runs a tun ioctl whose argument is a pointer.
-fn ioctl_ptr<T>(fd: RawFd, request: libc::Ioctl, arg: &mut T) -> io::Result<()> {
-    // SAFETY: `arg` is a live, exclusively borrowed value of the type the request expects
-    // (checked at each call site); the kernel reads or writes only that object.
-    let rc = unsafe { libc::ioctl(fd, request, arg as *mut T) };
+/// Runs a tun ioctl whose argument is a pointer to a C `int`.
+fn ioctl_int(fd: RawFd, request: libc::Ioctl, arg: &mut libc::c_int) -> io::Result<()> {
+    // SAFETY: the requests passed (TUNSETVNETHDRSZ, TUNGETVNETHDRSZ) read or write one
+    // `int`, and `arg` is a live, exclusively borrowed `c_int`.
+    let rc = unsafe { libc::ioctl(fd, request, arg as *mut libc::c_int) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Checks that `fd` is an open `/dev/net/tun` queue attached to a TAP interface with
-/// `IFF_NO_PI` and `IFF_VNET_HDR`; returns the interface name. Changes nothing.
-pub fn check_tap_fd(fd: RawFd) -> Result<String, TapError> {
-    let not_tap = |why: String| TapError::NotATap { fd, why };
-    // SAFETY: fstat only writes the stat buffer we pass.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; an invalid fd is reported as EBADF.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(not_tap(format!(
-            "not an open file descriptor ({})",
-            io::Error::last_os_error()
-        )));
-    }
-    let is_tun = st.st_mode & libc::S_IFMT == libc::S_IFCHR
-        && libc::major(st.st_rdev) == TUN_MAJOR
-        && libc::minor(st.st_rdev) == TUN_MINOR;
-    if !is_tun {
-        return Err(not_tap(format!("not a {TUN_DEVICE} file descriptor")));
-    }
-    let mut req = IfReq::new("", 0);
-    ioctl_ptr(fd, libc::TUNGETIFF, &mut req).map_err(|e| {
-        not_tap(format!(
-            "not attached to an interface (TUNGETIFF: {e}); open it with TUNSETIFF first"
-        ))
-    })?;
-    let flags = libc::c_int::from(req.flags) & 0xffff;
-    if flags & TAP_FLAGS != TAP_FLAGS {
-        return Err(not_tap(format!(
-            "interface {} has flags {flags:#x}; moat needs IFF_TAP|IFF_NO_PI|IFF_VNET_HDR \
-             ({TAP_FLAGS:#x})",
-            req.name()
-        )));
-    }
-    Ok(req.name())
 }
 
 /// One queue of a TAP interface.
@@ -167,14 +79,15 @@ impl Tap {
             })?;
         let fd = OwnedFd::from(file);
         let mut req = IfReq::new(name, TAP_FLAGS);
-        ioctl_ptr(fd.as_raw_fd(), libc::TUNSETIFF, &mut req).map_err(|error| TapError::Ioctl {
-            name: name.to_string(),
-            call: "TUNSETIFF",
-            error,
-            hint: " (EPERM: the interface is missing or owned by another user and moat \
+        req.set_iff(fd.as_raw_fd())
+            .map_err(|error| TapError::Ioctl {
+                name: name.to_string(),
+                call: "TUNSETIFF",
+                error,
+                hint: " (EPERM: the interface is missing or owned by another user and moat \
                        lacks CAP_NET_ADMIN; EBUSY: another process has it open; EINVAL: it \
                        is not a TAP interface)",
-        })?;
+            })?;
         let tap = Tap {
             fd,
             name: req.name(),
@@ -226,7 +139,7 @@ impl Tap {
             hint: "",
         };
         let mut len = VNET_HDR_LEN as libc::c_int;
-        ioctl_ptr(self.fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &mut len)
+        ioctl_int(self.fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &mut len)
             .map_err(|e| err("TUNSETVNETHDRSZ", e))?;
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0
@@ -244,7 +157,7 @@ impl Tap {
     /// The vnet header length the kernel uses on this queue (TUNGETVNETHDRSZ).
     pub fn vnet_hdr_len(&self) -> io::Result<usize> {
         let mut len: libc::c_int = 0;
-        ioctl_ptr(self.fd.as_raw_fd(), libc::TUNGETVNETHDRSZ, &mut len)?;
+        ioctl_int(self.fd.as_raw_fd(), libc::TUNGETVNETHDRSZ, &mut len)?;
         usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
     }
 
@@ -299,5 +212,4 @@ impl NetBackend for Tap {
 }
 
 #[cfg(test)]
-#[path = "tap_tests.rs"]
 mod tests;

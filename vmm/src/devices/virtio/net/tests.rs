@@ -2,7 +2,6 @@
 //! for the tap (one datagram = one frame, vnet header included, like a tap queue).
 
 use std::io::ErrorKind;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,45 +15,17 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::MAX_FRAMES_PER_EVENT;
+use super::testing::socket_backend;
 use super::*;
 use crate::bus::BusDevice;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::test_utils::{desc, read_bytes, TestQueue, TEST_MEM_BYTES};
+use crate::devices::virtio::testing::{desc, read_bytes, TestQueue, TEST_MEM_BYTES};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
 
 const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 const MAC: MacAddr = MacAddr([0x02, 0x6d, 0x6f, 0x61, 0x74, 0x01]);
 const BUF: u64 = 0x10_0000;
 const QSIZE: u16 = 16;
-
-/// The device end of a datagram socket pair as a backend.
-pub(crate) struct SocketBackend(UnixDatagram);
-
-impl NetBackend for SocketBackend {
-    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.recv(buf)
-    }
-
-    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.0.send(frame).map(|_| ())
-    }
-
-    fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
-    fn describe(&self) -> String {
-        "socket".into()
-    }
-}
-
-/// A backend and the peer socket the test plays the host network on (both non-blocking).
-pub(crate) fn socket_backend() -> (Box<dyn NetBackend>, UnixDatagram) {
-    let (dev, peer) = UnixDatagram::pair().unwrap();
-    dev.set_nonblocking(true).unwrap();
-    peer.set_nonblocking(true).unwrap();
-    (Box::new(SocketBackend(dev)), peer)
-}
 
 /// A device activated on an RX and a TX mock queue in one guest memory.
 struct Rig {

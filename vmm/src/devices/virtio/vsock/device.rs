@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use moat_vmm_config::limits::{MAX_GUEST_CID, MIN_GUEST_CID};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
@@ -56,7 +57,7 @@ pub struct VsockDevice {
 impl VsockDevice {
     /// A new, inactive device; binds the host listener at `cfg.uds_path`.
     pub fn new(cfg: VsockConfig) -> Result<VsockDevice, VsockError> {
-        if cfg.guest_cid < 3 || cfg.guest_cid >= u64::from(u32::MAX) {
+        if !(u64::from(MIN_GUEST_CID)..=u64::from(MAX_GUEST_CID)).contains(&cfg.guest_cid) {
             return Err(VsockError::InvalidCid(cfg.guest_cid));
         }
         let config_space = cfg.guest_cid.to_le_bytes();

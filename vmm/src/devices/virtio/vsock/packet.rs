@@ -137,33 +137,6 @@ impl Header {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_round_trip() {
-        let h = Header {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 0x1234_5678,
-            dst_port: 1024,
-            len: 77,
-            type_: TYPE_STREAM,
-            op: OP_RW,
-            flags: SHUTDOWN_SEND,
-            buf_alloc: 4096,
-            fwd_cnt: u32::MAX,
-        };
-        assert_eq!(Header::from_bytes(&h.to_bytes()), h);
-        let r = h.reset_reply();
-        assert_eq!(
-            (r.src_cid, r.dst_port, r.op, r.len),
-            (2, 0x1234_5678, OP_RST, 0)
-        );
-    }
-}
-
 /// Why a tx chain was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TxChainError {
@@ -253,92 +226,119 @@ where
 }
 
 #[cfg(test)]
-mod chain_tests {
+mod tests {
     use super::*;
-    use crate::devices::virtio::test_utils::{desc, TestQueue};
-    use virtio_queue::QueueOwnedT;
-    use vm_memory::GuestAddress;
 
-    const WRITE: u16 = 2;
-
-    /// Posts `descs` as one chain and reads it back with `read_tx_chain`.
-    fn read(
-        q: &TestQueue,
-        descs: &[virtio_queue::desc::RawDescriptor],
-    ) -> Result<(Header, Vec<u8>), TxChainError> {
-        q.add_chain(descs);
-        let mut queue = q.queue();
-        let mut chain = queue.iter(&q.mem).unwrap().next().unwrap();
-        let mut data = vec![0u8; 64 * 1024];
-        read_tx_chain(&q.mem, &mut chain, &mut data).map(|(h, n)| (h, data[..n].to_vec()))
-    }
-
-    fn header(len: u32) -> Header {
-        Header {
+    #[test]
+    fn header_round_trip() {
+        let h = Header {
             src_cid: 3,
             dst_cid: 2,
-            src_port: 1025,
-            dst_port: 5000,
-            len,
+            src_port: 0x1234_5678,
+            dst_port: 1024,
+            len: 77,
             type_: TYPE_STREAM,
             op: OP_RW,
-            ..Default::default()
+            flags: SHUTDOWN_SEND,
+            buf_alloc: 4096,
+            fwd_cnt: u32::MAX,
+        };
+        assert_eq!(Header::from_bytes(&h.to_bytes()), h);
+        let r = h.reset_reply();
+        assert_eq!(
+            (r.src_cid, r.dst_port, r.op, r.len),
+            (2, 0x1234_5678, OP_RST, 0)
+        );
+    }
+
+    /// Reading tx descriptor chains ([`read_tx_chain`]) of every shape.
+    mod chains {
+        use super::*;
+        use crate::devices::virtio::testing::{desc, TestQueue};
+        use virtio_queue::QueueOwnedT;
+        use vm_memory::GuestAddress;
+
+        const WRITE: u16 = 2;
+
+        /// Posts `descs` as one chain and reads it back with `read_tx_chain`.
+        fn read(
+            q: &TestQueue,
+            descs: &[virtio_queue::desc::RawDescriptor],
+        ) -> Result<(Header, Vec<u8>), TxChainError> {
+            q.add_chain(descs);
+            let mut queue = q.queue();
+            let mut chain = queue.iter(&q.mem).unwrap().next().unwrap();
+            let mut data = vec![0u8; 64 * 1024];
+            read_tx_chain(&q.mem, &mut chain, &mut data).map(|(h, n)| (h, data[..n].to_vec()))
         }
-    }
 
-    #[test]
-    fn payload_split_over_many_descriptors_like_linux_page_frags() {
-        let q = TestQueue::new(16);
-        let payload: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
-        let hdr = header(payload.len() as u32);
-        // Header split 20 + 24 bytes, payload in 4 KiB fragments plus a tail.
-        let base = 0x10_0000u64;
-        q.mem
-            .write_slice(&hdr.to_bytes(), GuestAddress(base))
-            .unwrap();
-        q.mem
-            .write_slice(&payload, GuestAddress(base + 0x1000))
-            .unwrap();
-        let mut descs = vec![desc(base, 20, 0), desc(base + 20, 24, 0)];
-        let mut off = 0u64;
-        while off < payload.len() as u64 {
-            let n = (payload.len() as u64 - off).min(4096);
-            descs.push(desc(base + 0x1000 + off, n as u32, 0));
-            off += n;
+        fn header(len: u32) -> Header {
+            Header {
+                src_cid: 3,
+                dst_cid: 2,
+                src_port: 1025,
+                dst_port: 5000,
+                len,
+                type_: TYPE_STREAM,
+                op: OP_RW,
+                ..Default::default()
+            }
         }
-        let (got_hdr, got) = read(&q, &descs).unwrap();
-        assert_eq!(got_hdr, hdr);
-        assert_eq!(got, payload);
-    }
 
-    /// A fresh queue whose guest memory holds a header with `len` at 0x10_0000.
-    fn case(
-        len: u32,
-        descs: &[virtio_queue::desc::RawDescriptor],
-    ) -> Result<(Header, Vec<u8>), TxChainError> {
-        let q = TestQueue::new(16);
-        q.mem
-            .write_slice(&header(len).to_bytes(), GuestAddress(0x10_0000))
-            .unwrap();
-        read(&q, descs)
-    }
+        #[test]
+        fn payload_split_over_many_descriptors_like_linux_page_frags() {
+            let q = TestQueue::new(16);
+            let payload: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+            let hdr = header(payload.len() as u32);
+            // Header split 20 + 24 bytes, payload in 4 KiB fragments plus a tail.
+            let base = 0x10_0000u64;
+            q.mem
+                .write_slice(&hdr.to_bytes(), GuestAddress(base))
+                .unwrap();
+            q.mem
+                .write_slice(&payload, GuestAddress(base + 0x1000))
+                .unwrap();
+            let mut descs = vec![desc(base, 20, 0), desc(base + 20, 24, 0)];
+            let mut off = 0u64;
+            while off < payload.len() as u64 {
+                let n = (payload.len() as u64 - off).min(4096);
+                descs.push(desc(base + 0x1000 + off, n as u32, 0));
+                off += n;
+            }
+            let (got_hdr, got) = read(&q, &descs).unwrap();
+            assert_eq!(got_hdr, hdr);
+            assert_eq!(got, payload);
+        }
 
-    #[test]
-    fn malformed_chains_are_refused() {
-        let base = 0x10_0000u64;
-        let hdr_desc = desc(base, HEADER_SIZE as u32, 0);
-        let err = case(100, &[hdr_desc, desc(base + 0x1000, 10, 0)]).unwrap_err();
-        assert_eq!(err, TxChainError::ShortPayload { len: 100, got: 10 });
-        let err = case(0, &[desc(base, 10, 0)]).unwrap_err();
-        assert_eq!(err, TxChainError::ShortHeader);
-        let err = case(0, &[desc(base, HEADER_SIZE as u32, WRITE)]).unwrap_err();
-        assert_eq!(err, TxChainError::WriteOnly);
-        let err = case(1 << 20, &[hdr_desc, desc(base + 0x1000, 4096, 0)]).unwrap_err();
-        assert_eq!(err, TxChainError::TooLarge(1 << 20));
-        let err = case(0, &[desc(1 << 40, HEADER_SIZE as u32, 0)]).unwrap_err();
-        assert_eq!(err, TxChainError::Memory);
-        // A control packet: header only, len 0.
-        let (h, data) = case(0, &[hdr_desc]).unwrap();
-        assert_eq!((h.len, data.len()), (0, 0));
+        /// A fresh queue whose guest memory holds a header with `len` at 0x10_0000.
+        fn case(
+            len: u32,
+            descs: &[virtio_queue::desc::RawDescriptor],
+        ) -> Result<(Header, Vec<u8>), TxChainError> {
+            let q = TestQueue::new(16);
+            q.mem
+                .write_slice(&header(len).to_bytes(), GuestAddress(0x10_0000))
+                .unwrap();
+            read(&q, descs)
+        }
+
+        #[test]
+        fn malformed_chains_are_refused() {
+            let base = 0x10_0000u64;
+            let hdr_desc = desc(base, HEADER_SIZE as u32, 0);
+            let err = case(100, &[hdr_desc, desc(base + 0x1000, 10, 0)]).unwrap_err();
+            assert_eq!(err, TxChainError::ShortPayload { len: 100, got: 10 });
+            let err = case(0, &[desc(base, 10, 0)]).unwrap_err();
+            assert_eq!(err, TxChainError::ShortHeader);
+            let err = case(0, &[desc(base, HEADER_SIZE as u32, WRITE)]).unwrap_err();
+            assert_eq!(err, TxChainError::WriteOnly);
+            let err = case(1 << 20, &[hdr_desc, desc(base + 0x1000, 4096, 0)]).unwrap_err();
+            assert_eq!(err, TxChainError::TooLarge(1 << 20));
+            let err = case(0, &[desc(1 << 40, HEADER_SIZE as u32, 0)]).unwrap_err();
+            assert_eq!(err, TxChainError::Memory);
+            // A control packet: header only, len 0.
+            let (h, data) = case(0, &[hdr_desc]).unwrap();
+            assert_eq!((h.len, data.len()), (0, 0));
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! End-to-end tests of the vsock device (harness in `test_harness.rs`).
+//! End-to-end tests of the vsock device (harness in `testing.rs`); the property tests are
+//! in `tests/proptests.rs`.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -6,8 +7,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use super::packet::*;
-use super::test_harness::*;
+use super::testing::*;
 use super::{VsockConfig, VsockDevice};
+
+mod proptests;
 
 fn ops(p: &[(Header, Vec<u8>)]) -> Vec<u16> {
     p.iter().map(|(h, _)| h.op).collect()
@@ -399,5 +402,5 @@ fn virtio_identity_and_config() {
     let mut b = [0u8; 8];
     h.dev.read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), GUEST_CID);
-    assert!(VsockDevice::new(VsockConfig::new(2, h.dir.0.join("x"))).is_err());
+    assert!(VsockDevice::new(VsockConfig::new(2, h.dir.path().join("x"))).is_err());
 }

@@ -67,7 +67,7 @@ pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     }
     // SAFETY: `fd` is a fresh socket this function owns from here on.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    let len = size_of::<libc::sa_family_t>() + bytes.len() + 1;
     // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
     let rc = unsafe {
         libc::connect(

@@ -21,9 +21,9 @@ pub mod rng;
 pub mod vsock;
 
 #[cfg(test)]
-mod fuzz_tests;
+pub(crate) mod testing;
 #[cfg(test)]
-pub(crate) mod test_utils;
+mod tests;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

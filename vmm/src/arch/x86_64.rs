@@ -20,7 +20,7 @@ pub mod msr;
 pub mod regs;
 
 #[cfg(test)]
-mod kvm_tests;
+mod tests;
 
 pub use boot::{configure_pvh, initrd_load_addr, BootError};
 pub use cpuid::{filter_cpuid, set_tsc_deadline, CpuidError};

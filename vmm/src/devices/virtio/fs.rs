@@ -25,13 +25,17 @@ use vmm_sys_util::eventfd::EventFd;
 use super::queue::{ActiveQueues, Chain, QueueEvents};
 use super::{read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
 
+/// Size of the tag field in config space (NUL-padded, not necessarily NUL-terminated): the
+/// longest tag a configuration may give.
+pub use moat_vmm_config::limits::MAX_FS_TAG_LEN as TAG_LEN;
+/// The configuration's tag rule, which the device enforces too.
+pub use moat_vmm_config::valid_tag;
+
 #[cfg(test)]
 mod tests;
 
 /// The virtio device id of virtio-fs.
 pub const VIRTIO_ID_FS: u32 = 26;
-/// Size of the tag field in config space (NUL-padded, not necessarily NUL-terminated).
-pub const TAG_LEN: usize = 36;
 /// Queue size of the high-priority queue.
 pub const HIPRIO_QUEUE_SIZE: u16 = 128;
 /// Queue size of the request queue.
@@ -64,14 +68,6 @@ pub enum FsError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// True if `tag` is a valid virtio-fs tag for moat: 1..=36 bytes of `[A-Za-z0-9_-]`.
-pub fn valid_tag(tag: &str) -> bool {
-    (1..=TAG_LEN).contains(&tag.len())
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The passthrough options moat uses for a share rooted at `root_dir` (already canonical).

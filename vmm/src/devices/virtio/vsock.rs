@@ -21,9 +21,7 @@ pub mod packet;
 pub mod unix;
 
 #[cfg(test)]
-mod proptests;
-#[cfg(test)]
-mod test_harness;
+mod testing;
 #[cfg(test)]
 mod tests;
 

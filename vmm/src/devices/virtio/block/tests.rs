@@ -1,8 +1,10 @@
 //! virtio-blk request handling against mock queues and a temporary backing file.
 
-use super::*;
-use crate::devices::virtio::test_utils::{desc, read_bytes, TestQueue, TEST_MEM_BYTES};
+use tempfile::{NamedTempFile, TempPath};
 use vm_memory::Bytes;
+
+use super::*;
+use crate::devices::virtio::testing::{desc, read_bytes, TestQueue, TEST_MEM_BYTES};
 
 const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 const HDR: u64 = 0x10_0000;
@@ -16,16 +18,16 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-fn disk_file(name: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("moat-blk-test-{name}-{}.img", std::process::id()));
+/// A temporary backing file holding [`pattern`], removed when the path is dropped.
+fn disk_file() -> TempPath {
+    let path = NamedTempFile::new().unwrap().into_temp_path();
     std::fs::write(&path, pattern()).unwrap();
     path
 }
 
 /// A file-backed device, activated on a fresh mock queue.
-fn device(name: &str, read_only: bool) -> (Block, TestQueue, PathBuf) {
-    let path = disk_file(name);
+fn device(read_only: bool) -> (Block, TestQueue, TempPath) {
+    let path = disk_file();
     let mut blk = Block::open(&path, read_only).unwrap();
     let t = TestQueue::new(16);
     blk.activate(t.mem.clone(), t.interrupt(), vec![t.queue()])
@@ -70,7 +72,7 @@ fn request(
 
 #[test]
 fn config_space_reports_capacity_and_limits() {
-    let (blk, _t, path) = device("config", false);
+    let (blk, _t, path) = device(false);
     let mut cap = [0u8; 8];
     blk.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), SECTORS);
@@ -88,7 +90,7 @@ fn config_space_reports_capacity_and_limits() {
 
 #[test]
 fn reads_sectors_into_scattered_buffers() {
-    let (mut blk, t, _) = device("read", false);
+    let (mut blk, t, _) = device(false);
     let (st, used) = request(&mut blk, &t, VIRTIO_BLK_T_IN, 3, &[(512, W), (1024, W)]);
     assert_eq!((st, used), (0, 1537));
     assert_eq!(read_bytes(&t.mem, DATA, 1536), pattern()[3 * 512..6 * 512]);
@@ -97,7 +99,7 @@ fn reads_sectors_into_scattered_buffers() {
 
 #[test]
 fn writes_land_in_the_file_and_flush_succeeds() {
-    let (mut blk, t, path) = device("write", false);
+    let (mut blk, t, path) = device(false);
     t.mem
         .write_slice(&[0xabu8; 1024], GuestAddress(DATA))
         .unwrap();
@@ -111,7 +113,7 @@ fn writes_land_in_the_file_and_flush_succeeds() {
 
 #[test]
 fn get_id_returns_the_serial() {
-    let (mut blk, t, _) = device("id", false);
+    let (mut blk, t, _) = device(false);
     let (st, used) = request(&mut blk, &t, VIRTIO_BLK_T_GET_ID, 0, &[(20, W)]);
     assert_eq!((st, used), (0, 21));
     let id = read_bytes(&t.mem, DATA, 20);
@@ -121,7 +123,7 @@ fn get_id_returns_the_serial() {
 
 #[test]
 fn read_only_disk_refuses_writes() {
-    let (mut blk, t, path) = device("ro", true);
+    let (mut blk, t, path) = device(true);
     let (st, _) = request(&mut blk, &t, VIRTIO_BLK_T_OUT, 0, &[(512, 0)]);
     assert_eq!(u32::from(st), VIRTIO_BLK_S_IOERR);
     assert_eq!(std::fs::read(&path).unwrap(), pattern());
@@ -131,7 +133,7 @@ fn read_only_disk_refuses_writes() {
 
 #[test]
 fn out_of_range_and_overflowing_sectors_fail() {
-    let (mut blk, t, _) = device("range", false);
+    let (mut blk, t, _) = device(false);
     let ioerr = VIRTIO_BLK_S_IOERR as u8;
     assert_eq!(
         request(&mut blk, &t, VIRTIO_BLK_T_IN, SECTORS, &[(512, W)]).0,
@@ -162,7 +164,7 @@ fn out_of_range_and_overflowing_sectors_fail() {
 
 #[test]
 fn malformed_requests_get_errors() {
-    let (mut blk, t, _) = device("malformed", false);
+    let (mut blk, t, _) = device(false);
     let ioerr = VIRTIO_BLK_S_IOERR as u8;
     // Data in the wrong direction, both ways.
     assert_eq!(
@@ -207,7 +209,7 @@ fn malformed_requests_get_errors() {
 
 #[test]
 fn requests_without_a_writable_status_are_dropped() {
-    let (mut blk, t, _) = device("nostatus", false);
+    let (mut blk, t, _) = device(false);
     header(&t, VIRTIO_BLK_T_IN, 0);
     let cases: [&[RawDescriptor]; 4] = [
         // Last descriptor readable.
@@ -230,7 +232,7 @@ fn requests_without_a_writable_status_are_dropped() {
 
 #[test]
 fn reset_stops_processing() {
-    let (mut blk, t, _) = device("reset", false);
+    let (mut blk, t, _) = device(false);
     blk.reset();
     header(&t, VIRTIO_BLK_T_IN, 0);
     t.add_chain(&[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)]);

@@ -1,7 +1,13 @@
 //! Configuration parsing and validation tests.
 
-use super::*;
+use std::fs::File;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use super::limits::MAX_BLOCK_DEVICES;
+use super::*;
 
 fn fake_kernel(dir: &Path) -> PathBuf {
     let path = dir.join("vmlinux");
@@ -13,17 +19,16 @@ fn fake_kernel(dir: &Path) -> PathBuf {
     path
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moat-config-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tmpdir() -> TempDir {
+    TempDir::new().unwrap()
 }
 
 #[test]
 fn defaults_validate_with_a_kernel() {
-    let dir = tmpdir("defaults");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let cfg = VmConfig {
-        kernel: Some(fake_kernel(&dir)),
+        kernel: Some(fake_kernel(dir)),
         ..Default::default()
     };
     let valid = cfg.validate().unwrap();
@@ -50,7 +55,8 @@ fn missing_kernel_is_named() {
 
 #[test]
 fn bzimage_or_directory_is_refused() {
-    let dir = tmpdir("notelf");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let path = dir.join("bzImage");
     std::fs::write(&path, b"MZ not an elf at all, but long enough").unwrap();
     let err = VmConfig {
@@ -61,7 +67,7 @@ fn bzimage_or_directory_is_refused() {
     .unwrap_err();
     assert!(matches!(err, ConfigError::NotElf { .. }), "{err}");
     let err = VmConfig {
-        kernel: Some(dir.clone()),
+        kernel: Some(dir.to_path_buf()),
         ..Default::default()
     }
     .validate()
@@ -71,8 +77,9 @@ fn bzimage_or_directory_is_refused() {
 
 #[test]
 fn ranges_are_enforced() {
-    let dir = tmpdir("ranges");
-    let kernel = Some(fake_kernel(&dir));
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let kernel = Some(fake_kernel(dir));
     for (vcpus, mem, field) in [(0, 128, "vcpus"), (65, 128, "vcpus"), (1, 16, "memory_mib")] {
         let err = VmConfig {
             kernel: kernel.clone(),
@@ -91,8 +98,9 @@ fn ranges_are_enforced() {
 
 #[test]
 fn initrd_must_exist_and_fit() {
-    let dir = tmpdir("initrd");
-    let kernel = Some(fake_kernel(&dir));
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let kernel = Some(fake_kernel(dir));
     let err = VmConfig {
         kernel: kernel.clone(),
         initrd: Some(dir.join("missing.cpio")),
@@ -116,7 +124,8 @@ fn initrd_must_exist_and_fit() {
 
 #[test]
 fn json_rejects_unknown_fields_and_bad_types() {
-    let dir = tmpdir("json");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let path = dir.join("vm.json");
     std::fs::write(&path, r#"{"kernel": "/k", "memory": 12}"#).unwrap();
     let err = VmConfig::from_json_file(&path).unwrap_err();
@@ -157,8 +166,9 @@ fn cmdline_rules() {
 
 #[test]
 fn block_devices_are_checked() {
-    let dir = tmpdir("block");
-    let kernel = Some(fake_kernel(&dir));
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let kernel = Some(fake_kernel(dir));
     let disk = |path: PathBuf, read_only| BlockDeviceConfig { path, read_only };
     let with = |disks: Vec<BlockDeviceConfig>| VmConfig {
         kernel: kernel.clone(),
@@ -179,14 +189,18 @@ fn block_devices_are_checked() {
         err.to_string().starts_with("block_devices: cannot open"),
         "{err}"
     );
-    let err = with(vec![disk(dir.clone(), true)]).validate().unwrap_err();
+    let err = with(vec![disk(dir.to_path_buf(), true)])
+        .validate()
+        .unwrap_err();
     assert!(matches!(err, ConfigError::NotADisk { .. }), "{err}");
     let err = with(vec![disk(img.clone(), true); MAX_BLOCK_DEVICES + 1])
         .validate()
         .unwrap_err();
     assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
     // Root may open a 0444 file for writing, so only an unprivileged run sees the refusal.
-    if unsafe { libc::geteuid() } != 0 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
         let ro = dir.join("ro.img");
         File::create(&ro).unwrap();
         let mut perms = std::fs::metadata(&ro).unwrap().permissions();
@@ -199,7 +213,8 @@ fn block_devices_are_checked() {
 
 #[test]
 fn json_block_devices_and_rng() {
-    let dir = tmpdir("json-block");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let path = dir.join("vm.json");
     std::fs::write(
         &path,
@@ -228,8 +243,9 @@ fn json_block_devices_and_rng() {
 
 #[test]
 fn vsock_is_checked() {
-    let dir = tmpdir("vsock");
-    let kernel = Some(fake_kernel(&dir));
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let kernel = Some(fake_kernel(dir));
     let with = |guest_cid, uds_path: PathBuf| VmConfig {
         kernel: kernel.clone(),
         vsock: Some(VsockDeviceConfig {
@@ -255,7 +271,8 @@ fn vsock_is_checked() {
 
 #[test]
 fn json_vsock() {
-    let dir = tmpdir("json-vsock");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let path = dir.join("vm.json");
     std::fs::write(
         &path,
@@ -271,8 +288,9 @@ fn json_vsock() {
 
 #[test]
 fn shared_dirs_are_checked() {
-    let dir = tmpdir("fs-shares");
-    let kernel = Some(fake_kernel(&dir));
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let kernel = Some(fake_kernel(dir));
     let share = dir.join("share");
     std::fs::create_dir_all(&share).unwrap();
     let with = |shares: Vec<(&str, PathBuf)>| VmConfig {
@@ -309,7 +327,8 @@ fn shared_dirs_are_checked() {
 
 #[test]
 fn json_shared_dirs() {
-    let dir = tmpdir("json-fs");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let path = dir.join("vm.json");
     std::fs::write(
         &path,
@@ -350,8 +369,9 @@ fn net_flags_parse() {
 
 #[test]
 fn net_devices_are_checked() {
-    let dir = tmpdir("net");
-    let kernel = Some(fake_kernel(&dir));
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let kernel = Some(fake_kernel(dir));
     let with = |devs: Vec<&str>| VmConfig {
         kernel: kernel.clone(),
         net_devices: devs.into_iter().map(|d| d.parse().unwrap()).collect(),
@@ -406,7 +426,8 @@ fn net_devices_are_checked() {
 
 #[test]
 fn json_net_devices() {
-    let dir = tmpdir("json-net");
+    let tmp = tmpdir();
+    let dir = tmp.path();
     let path = dir.join("vm.json");
     std::fs::write(
         &path,
@@ -424,4 +445,93 @@ fn json_net_devices() {
     std::fs::write(&path, r#"{"net_devices": [{"tap": "t", "mac": "nope"}]}"#).unwrap();
     let err = VmConfig::from_json_file(&path).unwrap_err();
     assert!(err.to_string().contains("not a MAC address"), "{err}");
+}
+
+#[test]
+fn a_full_config_round_trips_through_json() {
+    let tmp = tmpdir();
+    let cfg = VmConfig {
+        kernel: Some("/k/vmlinux".into()),
+        initrd: Some("/k/initrd.cpio".into()),
+        cmdline: Some("console=ttyS0 -- init".into()),
+        extra_cmdline: Some("moat.share=moatfs".into()),
+        vcpus: 3,
+        memory_mib: 512,
+        serial: SerialConfig {
+            output: SerialOutput::File("/run/pod/console".into()),
+            stdin: true,
+            limit_bytes: 4096,
+        },
+        metrics_file: Some("/run/pod/metrics.json".into()),
+        block_devices: vec![BlockDeviceConfig {
+            path: "/img/rootfs.ext4".into(),
+            read_only: true,
+        }],
+        rng: false,
+        vsock: Some(VsockDeviceConfig {
+            guest_cid: 3,
+            uds_path: "/run/pod/vsock".into(),
+        }),
+        shared_dirs: vec![SharedDirConfig {
+            tag: "moatfs".into(),
+            path: "/run/pod/share".into(),
+        }],
+        net_devices: vec![
+            NetDeviceConfig {
+                fd: Some(7),
+                mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
+                mtu: Some(1400),
+                ..Default::default()
+            },
+            NetDeviceConfig {
+                tap: Some("tap0".into()),
+                ..Default::default()
+            },
+        ],
+    };
+    let path = tmp.path().join("vm.json");
+    serde_json::to_writer_pretty(File::create(&path).unwrap(), &cfg).unwrap();
+    assert_eq!(VmConfig::from_json_file(&path).unwrap(), cfg);
+    for output in [SerialOutput::Stdout, SerialOutput::Null] {
+        let cfg = VmConfig {
+            serial: SerialConfig {
+                output,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        assert_eq!(VmConfig::from_json_file(&path).unwrap(), cfg);
+    }
+}
+
+#[test]
+fn an_empty_file_is_the_default_config() {
+    let tmp = tmpdir();
+    let path = tmp.path().join("vm.json");
+    std::fs::write(&path, "{}").unwrap();
+    assert_eq!(
+        VmConfig::from_json_file(&path).unwrap(),
+        VmConfig::default()
+    );
+}
+
+#[test]
+fn per_field_checks_match_validate() {
+    assert!(check_vcpus(1).is_ok());
+    assert!(check_vcpus(limits::MAX_VCPUS.into()).is_ok());
+    for bad in [0, u64::from(limits::MAX_VCPUS) + 1, 1 << 40] {
+        let err = check_vcpus(bad).unwrap_err();
+        assert!(err.to_string().starts_with("vcpus: "), "{err}");
+    }
+    assert!(check_memory_mib(limits::MIN_MEMORY_MIB).is_ok());
+    assert!(check_memory_mib(limits::MAX_MEMORY_MIB).is_ok());
+    for bad in [0, limits::MIN_MEMORY_MIB - 1, limits::MAX_MEMORY_MIB + 1] {
+        let err = check_memory_mib(bad).unwrap_err();
+        assert!(err.to_string().starts_with("memory_mib: "), "{err}");
+    }
+    assert!(check_extra_cmdline("moat.share=moatfs -- init").is_ok());
+    assert!(check_extra_cmdline("").is_ok());
+    assert!(check_extra_cmdline("a\0b").is_err());
+    assert!(check_extra_cmdline(&"x".repeat(limits::CMDLINE_MAX_SIZE)).is_err());
 }

@@ -1,7 +1,7 @@
 //! The virtio-mmio register file and status state machine, driven like a guest driver would.
 
 use super::*;
-use crate::devices::virtio::test_utils::TestQueue;
+use crate::devices::virtio::testing::TestQueue;
 use crate::devices::virtio::ActivateError;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;

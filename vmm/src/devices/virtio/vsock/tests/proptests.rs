@@ -3,9 +3,9 @@
 
 use proptest::prelude::*;
 
-use super::muxer::MAX_PENDING_CONTROL;
-use super::packet::{Header, HEADER_SIZE};
-use super::test_harness::Harness;
+use crate::devices::virtio::vsock::muxer::MAX_PENDING_CONTROL;
+use crate::devices::virtio::vsock::packet::{Header, HEADER_SIZE};
+use crate::devices::virtio::vsock::testing::Harness;
 
 const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;

@@ -15,10 +15,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
 use super::mmio::MmioTransport;
-use super::net::tests::socket_backend;
+use super::net::testing::socket_backend;
 use super::net::{MacAddr, Net};
 use super::rng::Rng;
-use super::test_utils::{TestQueue, TEST_MEM_BYTES};
+use super::testing::{TestQueue, TEST_MEM_BYTES};
 use super::VirtioDevice;
 use crate::bus::BusDevice;
 
@@ -136,12 +136,9 @@ fn check_used(t: &TestQueue, input: &QueueInput) {
     );
 }
 
-fn disk() -> (std::path::PathBuf, Block) {
-    let path = std::env::temp_dir().join(format!(
-        "moat-fuzz-{}-{:?}.img",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+/// A zeroed temporary disk (removed when the path is dropped) and a device on it.
+fn disk() -> (tempfile::TempPath, Block) {
+    let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
     std::fs::write(&path, vec![0u8; DISK_BYTES as usize]).unwrap();
     let blk = Block::open(&path, false).unwrap();
     (path, blk)
@@ -169,7 +166,6 @@ proptest! {
         blk.process_queue();
         check_used(&t, &input);
         let len = std::fs::metadata(&path).unwrap().len();
-        let _ = std::fs::remove_file(&path);
         prop_assert_eq!(len, DISK_BYTES);
     }
 
@@ -218,7 +214,7 @@ proptest! {
         use_blk in any::<bool>(),
     ) {
         let t = TestQueue::new(QUEUE_SIZE);
-        let (path, blk) = disk();
+        let (_path, blk) = disk();
         let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
         let blk = Arc::new(Mutex::new(blk));
         let device: Arc<Mutex<dyn VirtioDevice>> =
@@ -236,6 +232,5 @@ proptest! {
             rng.lock().unwrap().process_queue();
             blk.lock().unwrap().process_queue();
         }
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -4,9 +4,9 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tempfile::TempDir;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
@@ -21,29 +21,6 @@ const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
 pub(super) const QSIZE: u16 = 256;
 const SLOT_BYTES: u64 = 0x1_1000;
 const RX_DATA: u32 = 4096;
-
-/// A unique directory removed on drop.
-pub(super) struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "moat-vsock-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The driver side of one split queue: chain slot `k` uses descriptors `2k`, `2k + 1` and
 /// buffer memory at `bufs + k * SLOT_BYTES` (header at +0, data at +0x1000).
@@ -168,8 +145,8 @@ impl Harness {
     }
 
     pub fn with(tweak: impl FnOnce(&mut VsockConfig)) -> Harness {
-        let dir = TempDir::new();
-        let uds = dir.0.join("v.sock");
+        let dir = TempDir::new().unwrap();
+        let uds = dir.path().join("v.sock");
         let mut cfg = VsockConfig::new(GUEST_CID, &uds);
         cfg.timeout = Duration::from_millis(300);
         tweak(&mut cfg);
