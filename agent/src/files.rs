@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn files_land_under_the_root_and_escapes_are_refused() {
-        let tmp = crate::test_util::TempDir::new("files");
+        let tmp = crate::testing::tempdir("files");
         let base = tmp.path();
         let root = base.join("root");
         let outside = base.join("outside");

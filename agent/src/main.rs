@@ -6,8 +6,6 @@
 //! Not as PID 1, or with `--no-guest-init` (tests: `moat-agent --listen unix:PATH`), it skips
 //! all of that and stops on SIGTERM/SIGINT.
 
-#![warn(missing_docs)]
-
 mod cmdline;
 mod container;
 mod files;
@@ -24,7 +22,8 @@ mod stats;
 mod stdio;
 mod switch_root;
 #[cfg(test)]
-mod test_util;
+mod testing;
+mod util;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -32,7 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
-use crate::container::registry::Runtime;
+use crate::container::registry::Containers;
 use crate::listener::ListenAddr;
 use crate::pid1::MountOutcome;
 use crate::reaper::Reaper;
@@ -56,8 +55,8 @@ struct Cli {
     /// run the agent as PID 1 of fresh user/pid/mount/net namespaces on a host).
     #[arg(long)]
     no_guest_init: bool,
-    /// Where the agent keeps its files (sandbox DNS files, CopyFile's tree).
-    #[arg(long, default_value = container::sandbox::DEFAULT_STATE_DIR)]
+    /// Where the agent keeps its files (the pod's DNS files, CopyFile's tree).
+    #[arg(long, default_value = container::pod::DEFAULT_STATE_DIR)]
     state_dir: std::path::PathBuf,
 }
 
@@ -126,7 +125,7 @@ fn main() {
                 stdio_listen: None,
                 log_level: None,
                 no_guest_init: false,
-                state_dir: container::sandbox::DEFAULT_STATE_DIR.into(),
+                state_dir: container::pod::DEFAULT_STATE_DIR.into(),
             }
         }
         Err(e) => e.exit(),
@@ -251,8 +250,8 @@ fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
     hub.serve(stdio_fd)
         .context("starting the stdio stream listener")?;
     info!("serving process stdio streams on {stdio_addr}");
-    let runtime = Runtime::new(reaper.clone(), hub);
-    let services = service::Services::new(runtime, cli.state_dir.clone());
+    let containers = Containers::new(reaper.clone(), hub);
+    let services = service::Services::new(containers, cli.state_dir.clone());
     let fd = listener::bind(&cli.listen).with_context(|| format!("listening on {}", cli.listen))?;
     let mut server =
         service::server(listener::into_raw(fd), services).context("creating the ttrpc server")?;

@@ -1,4 +1,4 @@
-//! The guest's network: loopback at sandbox creation, and the pod's NIC configured as the
+//! The guest's network: loopback at pod creation, and the pod's NIC configured as the
 //! host asks (`UpdateInterface`, `UpdateRoutes`) over rtnetlink.
 //!
 //! Requests are untrusted: they arrive as [`moat_agent_protocol::net`] forms, already checked
@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use moat_agent_protocol::net::{InterfaceSpec, RouteSpec, Scope};
 use moat_netlink::{LinkChange, Netlink, NetlinkError, Route, RouteScope};
+
+use crate::util::lock;
 
 /// Serialises network changes: two RPCs never interleave their netlink requests.
 static NET_LOCK: Mutex<()> = Mutex::new(());
@@ -26,7 +28,7 @@ pub enum NetworkError {
 
 /// Brings `lo` up (idempotent).
 pub fn loopback_up() -> Result<(), NetworkError> {
-    let _g = NET_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = lock(&NET_LOCK);
     let mut nl = Netlink::open()?;
     let lo = nl
         .links()?
@@ -49,7 +51,7 @@ fn up(up: bool) -> LinkChange {
 /// Finds the interface of `spec` (by MAC, else by name), renames it, sets its MTU, replaces
 /// its addresses (link-local ones stay) and brings it up, as asked.
 pub fn update_interface(spec: &InterfaceSpec) -> Result<(), NetworkError> {
-    let _g = NET_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = lock(&NET_LOCK);
     let mut nl = Netlink::open()?;
     let link = nl
         .links()?
@@ -128,7 +130,7 @@ pub fn update_interface(spec: &InterfaceSpec) -> Result<(), NetworkError> {
 /// Adds `routes`, in order, to the main table (an existing route to the same destination is
 /// replaced). Devices are named; each must exist.
 pub fn update_routes(routes: &[RouteSpec]) -> Result<(), NetworkError> {
-    let _g = NET_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = lock(&NET_LOCK);
     let mut nl = Netlink::open()?;
     let links = nl.links()?;
     for r in routes {

@@ -470,5 +470,4 @@ fn out_of_range(field: &'static str, value: impl ToString, reason: &'static str)
 }
 
 #[cfg(test)]
-#[path = "resources_tests.rs"]
 mod tests;

@@ -390,8 +390,8 @@ pub(super) fn remount_read_only(cdest: &Path, flags: c_ulong) -> Result<(), Root
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{spec, TempDir};
     use super::*;
+    use crate::testing::{spec, tempdir};
 
     fn mount(json: &str) -> Mount {
         serde_json::from_str(json).unwrap()
@@ -413,8 +413,8 @@ mod tests {
 
     #[test]
     fn mount_validation() {
-        let t = TempDir::new("mnt-validate");
-        let src = t.0.display();
+        let t = tempdir("mnt-validate");
+        let src = t.path().display();
         assert!(validate_mount(&mount(&format!(
             r#"{{"destination":"/data","type":"bind","source":"{src}","options":["rbind","ro"]}}"#
         )))

@@ -226,7 +226,7 @@ impl StdioHub {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
         // A panic while holding the lock leaves the map consistent (every change is one
         // insert/remove/replace), so poisoning is ignored.
-        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.procs)
     }
 
     /// Creates the fds of a new process: pipes for the requested channels, `/dev/null` for
