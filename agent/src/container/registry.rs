@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+use oci_spec::runtime::{Linux, LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::cgroup::{self, Cgroup};
 use super::init::{InitConfig, InitKind, NamespaceStep};
@@ -171,6 +171,54 @@ impl Containers {
         channels: Channels,
         pod_pidns: bool,
     ) -> Result<u32, ContainerError> {
+        let plan = self.plan_container(id, spec_json, pod_pidns)?;
+        let cgroup = self.container_cgroup(id, plan.linux.resources().as_ref())?;
+        let terminal = plan.process.terminal().unwrap_or(false);
+        let cfg = InitConfig {
+            kind: InitKind::Container {
+                spec: Box::new(plan.spec),
+                rootfs: plan.rootfs,
+            },
+            process: plan.process,
+            namespaces: plan.namespaces,
+            cgroup_procs: cgroup.as_ref().map(|c| c.path().join("cgroup.procs")),
+            seccomp: plan.seccomp.clone(),
+            terminal,
+        };
+        let pending = match self.spawn_process(id, "", &cfg, channels, plan.id_maps.as_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                discard_cgroup(&cgroup);
+                return Err(e);
+            }
+        };
+        let pid = pending.pid;
+        if let (Some(oom), Some(cg)) = (&self.oom, &cgroup) {
+            if let Err(e) = oom.watch(id, cg) {
+                tracing::warn!("container {id}: OOM events will not be reported: {e}");
+            }
+        }
+        let c = Container {
+            id: id.to_string(),
+            cgroup,
+            seccomp: plan.seccomp,
+            init_pid: pid,
+            pending: Mutex::new(Some(pending)),
+            execs: Mutex::new(HashMap::new()),
+        };
+        lock(&self.by_id).insert(id.to_string(), Arc::new(c));
+        tracing::info!("container {id}: created, init pid {pid}");
+        Ok(pid)
+    }
+
+    /// Checks a CreateContainer request (id, spec, process, seccomp, namespaces, root) before
+    /// anything is made.
+    fn plan_container(
+        &self,
+        id: &str,
+        spec_json: &str,
+        pod_pidns: bool,
+    ) -> Result<ContainerPlan, ContainerError> {
         validate_id("container", id)?;
         let spec: Spec = serde_json::from_str(spec_json)
             .map_err(|e| ContainerError::Invalid(format!("container {id}: bad OCI spec: {e}")))?;
@@ -192,61 +240,38 @@ impl Containers {
             .as_ref()
             .map(|r| r.path().clone())
             .ok_or_else(|| ContainerError::Invalid(format!("container {id}: spec has no root")))?;
+        Ok(ContainerPlan {
+            spec,
+            process,
+            linux,
+            seccomp,
+            namespaces,
+            id_maps,
+            rootfs,
+        })
+    }
 
+    /// The container's cgroup (`None` without cgroup v2) with `resources` applied; limits
+    /// without cgroup v2 are refused.
+    fn container_cgroup(
+        &self,
+        id: &str,
+        resources: Option<&LinuxResources>,
+    ) -> Result<Option<Cgroup>, ContainerError> {
         let cgroup = self.make_cgroup(id)?;
-        let cleanup = |cg: &Option<Cgroup>| {
-            if let Some(cg) = cg {
-                let _ = cg.remove(Duration::from_secs(5));
-            }
-        };
-        if let (Some(res), Some(cg)) = (linux.resources().as_ref(), &cgroup) {
+        if let (Some(res), Some(cg)) = (resources, &cgroup) {
             if let Err(e) = cg.apply(res) {
-                cleanup(&cgroup);
+                discard_cgroup(&cgroup);
                 return Err(ContainerError::Invalid(format!(
                     "container {id}: resources: {e}"
                 )));
             }
-        } else if linux.resources().as_ref().is_some_and(has_limits) && cgroup.is_none() {
+        } else if resources.is_some_and(has_limits) && cgroup.is_none() {
             return Err(ContainerError::Invalid(format!(
                 "container {id}: resource limits need cgroup v2, which this guest lacks"
             )));
         }
-        let terminal = process.terminal().unwrap_or(false);
-        let cfg = InitConfig {
-            kind: InitKind::Container {
-                spec: Box::new(spec.clone()),
-                rootfs,
-            },
-            process,
-            namespaces,
-            cgroup_procs: cgroup.as_ref().map(|c| c.path().join("cgroup.procs")),
-            seccomp: seccomp.clone(),
-            terminal,
-        };
-        let pending = match self.spawn_process(id, "", &cfg, channels, id_maps.as_ref()) {
-            Ok(p) => p,
-            Err(e) => {
-                cleanup(&cgroup);
-                return Err(e);
-            }
-        };
-        let pid = pending.pid;
-        if let (Some(oom), Some(cg)) = (&self.oom, &cgroup) {
-            if let Err(e) = oom.watch(id, cg) {
-                tracing::warn!("container {id}: OOM events will not be reported: {e}");
-            }
-        }
-        let c = Container {
-            id: id.to_string(),
-            cgroup,
-            seccomp,
-            init_pid: pid,
-            pending: Mutex::new(Some(pending)),
-            execs: Mutex::new(HashMap::new()),
-        };
-        lock(&self.by_id).insert(id.to_string(), Arc::new(c));
-        tracing::info!("container {id}: created, init pid {pid}");
-        Ok(pid)
+        Ok(cgroup)
     }
 
     /// Stdio + spawn (a terminal process's pty master, from its init process, goes to the
@@ -321,16 +346,7 @@ impl Containers {
             });
         }
         if pod_pidns {
-            let holder = lock(&self.pod)
-                .as_ref()
-                .and_then(|s| s.pid_holder())
-                .ok_or_else(|| {
-                    ContainerError::State("the pod has no pod-wide PID namespace".into())
-                })?;
-            steps.push(NamespaceStep {
-                typ: LinuxNamespaceType::Pid,
-                join: Some(PathBuf::from(format!("/proc/{holder}/ns/pid"))),
-            });
+            steps.push(self.pod_pid_namespace()?);
         }
         if !steps
             .iter()
@@ -340,22 +356,20 @@ impl Containers {
                 "the spec must ask for a new mount namespace".into(),
             ));
         }
-        let id_maps = steps
-            .iter()
-            .any(|s| s.typ == LinuxNamespaceType::User && s.join.is_none())
-            .then(|| IdMaps {
-                uid: linux.uid_mappings().clone().unwrap_or_default(),
-                gid: linux.gid_mappings().clone().unwrap_or_default(),
-            });
-        if id_maps
-            .as_ref()
-            .is_some_and(|m| m.uid.is_empty() || m.gid.is_empty())
-        {
-            return Err(ContainerError::Invalid(
-                "a new user namespace needs uidMappings and gidMappings".into(),
-            ));
-        }
+        let id_maps = new_user_id_maps(&steps, &linux)?;
         Ok((steps, id_maps))
+    }
+
+    /// The step joining the pod's PID namespace (its holder's).
+    fn pod_pid_namespace(&self) -> Result<NamespaceStep, ContainerError> {
+        let holder = lock(&self.pod)
+            .as_ref()
+            .and_then(|s| s.pid_holder())
+            .ok_or_else(|| ContainerError::State("the pod has no pod-wide PID namespace".into()))?;
+        Ok(NamespaceStep {
+            typ: LinuxNamespaceType::Pid,
+            join: Some(PathBuf::from(format!("/proc/{holder}/ns/pid"))),
+        })
     }
 
     /// StartContainer.
@@ -564,6 +578,24 @@ impl Containers {
     }
 }
 
+/// A checked CreateContainer request ([`Containers::plan_container`]).
+struct ContainerPlan {
+    spec: Spec,
+    process: Process,
+    linux: Linux,
+    seccomp: Option<SeccompProgram>,
+    namespaces: Vec<NamespaceStep>,
+    id_maps: Option<IdMaps>,
+    rootfs: PathBuf,
+}
+
+/// Removes a cgroup made for a container that failed to start (best effort).
+fn discard_cgroup(cgroup: &Option<Cgroup>) {
+    if let Some(cg) = cgroup {
+        let _ = cg.remove(Duration::from_secs(5));
+    }
+}
+
 fn has_limits(r: &LinuxResources) -> bool {
     r.memory().is_some()
         || r.cpu().is_some()
@@ -582,6 +614,29 @@ fn console_size(p: &Process) -> Option<(u16, u16)> {
         u16::try_from(b.width()).ok()?,
     );
     (rows > 0 && cols > 0).then_some((rows, cols))
+}
+
+/// The spec's id maps when `steps` create a user namespace (which then needs both).
+fn new_user_id_maps(
+    steps: &[NamespaceStep],
+    linux: &Linux,
+) -> Result<Option<IdMaps>, ContainerError> {
+    let id_maps = steps
+        .iter()
+        .any(|s| s.typ == LinuxNamespaceType::User && s.join.is_none())
+        .then(|| IdMaps {
+            uid: linux.uid_mappings().clone().unwrap_or_default(),
+            gid: linux.gid_mappings().clone().unwrap_or_default(),
+        });
+    if id_maps
+        .as_ref()
+        .is_some_and(|m| m.uid.is_empty() || m.gid.is_empty())
+    {
+        return Err(ContainerError::Invalid(
+            "a new user namespace needs uidMappings and gidMappings".into(),
+        ));
+    }
+    Ok(id_maps)
 }
 
 /// Checks the parts of a process the init process cannot check early.

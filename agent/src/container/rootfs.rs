@@ -177,32 +177,49 @@ pub(crate) fn setup_rootfs_with(
         )));
     }
     let propagation = rootfs_propagation(cfg.spec)?;
-    let root = Path::new("/");
-    let flag = propagation.unwrap_or(libc::MS_SLAVE | libc::MS_REC);
-    sys::mount(None, root, None, flag, None)
-        .map_err(|e| mount_err("set propagation of", root, "", "", e))?;
-    make_parent_mount_private(&rootfs)?;
-    sys::mount(
-        Some(rootfs.as_os_str()),
-        &rootfs,
-        Some("bind"),
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )
-    .map_err(|e| mount_err("bind-mount the rootfs", &rootfs, "bind", &rootfs, e))?;
-
+    make_rootfs_mount(&rootfs, propagation)?;
     let mut ctx = Ctx {
         cfg,
         rootfs: rootfs.clone(),
         deferred_ro: Vec::new(),
     };
+    populate_rootfs(&mut ctx)?;
+    if force_move_root {
+        move_root(&rootfs)?;
+    } else {
+        pivot_root(&rootfs)?;
+    }
+    after_pivot(&ctx, propagation)
+}
+
+/// Steps 1 and 2: `/` made `MS_SLAVE` (or `propagation`), the rootfs's parent mount private,
+/// the rootfs bind-mounted onto itself.
+fn make_rootfs_mount(rootfs: &Path, propagation: Option<c_ulong>) -> Result<(), RootfsError> {
+    let root = Path::new("/");
+    let flag = propagation.unwrap_or(libc::MS_SLAVE | libc::MS_REC);
+    sys::mount(None, root, None, flag, None)
+        .map_err(|e| mount_err("set propagation of", root, "", "", e))?;
+    make_parent_mount_private(rootfs)?;
+    sys::mount(
+        Some(rootfs.as_os_str()),
+        rootfs,
+        Some("bind"),
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(|e| mount_err("bind-mount the rootfs", rootfs, "bind", rootfs, e))
+}
+
+/// Steps 3 to 6: the default `/dev` tmpfs, the spec's mounts, `/dev` entries, `process.cwd`.
+fn populate_rootfs(ctx: &mut Ctx) -> Result<(), RootfsError> {
+    let cfg = ctx.cfg;
     let spec_mounts = cfg.spec.mounts().as_deref().unwrap_or(&[]);
     let dev = Path::new("/dev");
     if !spec_mounts.iter().any(|m| clean(m.destination()) == dev) {
-        mounts::mount_default_dev(&ctx)?;
+        mounts::mount_default_dev(ctx)?;
     }
     for m in spec_mounts {
-        mounts::mount_entry(&mut ctx, m)?;
+        mounts::mount_entry(ctx, m)?;
     }
     let dev_is_bind = spec_mounts.iter().any(|m| {
         clean(m.destination()) == dev
@@ -214,20 +231,20 @@ pub(crate) fn setup_rootfs_with(
         let devpts = spec_mounts.iter().any(|m| {
             m.typ().as_deref() == Some("devpts") && clean(m.destination()) == dev.join("pts")
         });
-        devices::setup_dev(&rootfs, cfg.spec, cfg.in_user_ns, devpts)?;
+        devices::setup_dev(&ctx.rootfs, cfg.spec, cfg.in_user_ns, devpts)?;
     }
     if let Some(process) = cfg.spec.process() {
-        let cwd = secure_join(&rootfs, process.cwd())
+        let cwd = secure_join(&ctx.rootfs, process.cwd())
             .map_err(path_err("resolving cwd", process.cwd()))?;
         mkdir_all(&cwd).map_err(path_err("creating cwd", process.cwd()))?;
     }
+    Ok(())
+}
 
-    if force_move_root {
-        move_root(&rootfs)?;
-    } else {
-        pivot_root(&rootfs)?;
-    }
-
+/// Step 8, inside the new root: `propagation` again, the deferred read-only remounts, a
+/// read-only root.
+fn after_pivot(ctx: &Ctx, propagation: Option<c_ulong>) -> Result<(), RootfsError> {
+    let root = Path::new("/");
     if let Some(flag) = propagation {
         sys::mount(None, root, None, flag, None)
             .map_err(|e| mount_err("set propagation of", root, "", "", e))?;
@@ -235,7 +252,7 @@ pub(crate) fn setup_rootfs_with(
     for (dest, flags) in &ctx.deferred_ro {
         mounts::remount_read_only(dest, *flags)?;
     }
-    if cfg.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+    if ctx.cfg.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         paths::remount_root_read_only()?;
     }
     Ok(())
