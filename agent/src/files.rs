@@ -1,10 +1,11 @@
 //! CopyFile: files the host writes into the guest, confined to one directory.
 //!
-//! Paths must be absolute, under the agent's file root (`<state dir>/files`, `/run/moat/files` in the guest), with no `.`/`..`
-//! components; every directory on the way is opened with `O_NOFOLLOW` relative to its parent,
+//! Paths must be absolute, under the agent's file root (`<state dir>/files`, `/run/moat/files`
+//! in the guest), with no `.`/`..` components; every directory on the way is opened with `O_NOFOLLOW` relative to its parent,
 //! so a symlink planted in the tree cannot redirect the write; the file is written to a
 //! temporary name and renamed into place, so readers never see half a file.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
@@ -59,40 +60,58 @@ pub struct CopyRequest<'a> {
 
 /// Writes `req` below `root`.
 pub fn copy_file(root: &Path, req: &CopyRequest) -> Result<(), FileError> {
-    let bad = |why| FileError::BadPath {
-        path: req.path.to_string(),
-        why,
-    };
-    if req.data.len() > MAX_FILE {
-        return Err(FileError::TooLarge(req.data.len()));
-    }
-    let rel = Path::new(req.path)
-        .strip_prefix(root)
-        .map_err(|_| bad("not under the agent's file root"))?;
-    let mut parts = Vec::new();
-    for c in rel.components() {
-        match c {
-            Component::Normal(p) => parts.push(p),
-            _ => return Err(bad("has '.', '..' or repeated components")),
-        }
-    }
-    if req.path.contains("/./") || req.path.contains("/../") || req.path.ends_with("/..") {
-        return Err(bad("has '.', '..' or repeated components"));
-    }
+    let parts = checked_parts(root, req)?;
     let Some((name, dirs)) = parts.split_last() else {
-        return Err(bad("names the root itself"));
-    };
-    let io = |what: String| {
-        move |e: nix::Error| FileError::Io {
-            what,
-            source: e.into(),
-        }
+        return Err(bad_path(req, "names the root itself"));
     };
     let dir_mode = Mode::from_bits_truncate(if req.dir_mode == 0 {
         0o755
     } else {
         req.dir_mode
     });
+    let dir = open_dirs(root, dirs, dir_mode)?;
+    write_at(&dir, name, req)
+}
+
+fn bad_path(req: &CopyRequest, why: &'static str) -> FileError {
+    FileError::BadPath {
+        path: req.path.to_string(),
+        why,
+    }
+}
+
+/// The size check, then the path's names below `root` (none of them `.` or `..`).
+fn checked_parts<'p>(root: &Path, req: &CopyRequest<'p>) -> Result<Vec<&'p OsStr>, FileError> {
+    if req.data.len() > MAX_FILE {
+        return Err(FileError::TooLarge(req.data.len()));
+    }
+    let rel = Path::new(req.path)
+        .strip_prefix(root)
+        .map_err(|_| bad_path(req, "not under the agent's file root"))?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            _ => return Err(bad_path(req, "has '.', '..' or repeated components")),
+        }
+    }
+    if req.path.contains("/./") || req.path.contains("/../") || req.path.ends_with("/..") {
+        return Err(bad_path(req, "has '.', '..' or repeated components"));
+    }
+    Ok(parts)
+}
+
+/// A `nix` error as [`FileError::Io`] saying `what`.
+fn io(what: String) -> impl FnOnce(nix::Error) -> FileError {
+    move |e: nix::Error| FileError::Io {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Opens `root` (created if missing), then each of `dirs` below it (created with
+/// `dir_mode` if missing), every one `O_NOFOLLOW` relative to its parent; returns the last.
+fn open_dirs(root: &Path, dirs: &[&OsStr], dir_mode: Mode) -> Result<OwnedFd, FileError> {
     std::fs::create_dir_all(root).map_err(|source| FileError::Io {
         what: format!("creating {}", root.display()),
         source,
@@ -113,6 +132,12 @@ pub fn copy_file(root: &Path, req: &CopyRequest) -> Result<(), FileError> {
         // SAFETY: openat returned a new fd.
         dir = unsafe { OwnedFd::from_raw_fd(fd) };
     }
+    Ok(dir)
+}
+
+/// Writes the file `name` in the directory `dir`: a temporary name, the mode and owner,
+/// synced, then renamed into place.
+fn write_at(dir: &OwnedFd, name: &OsStr, req: &CopyRequest) -> Result<(), FileError> {
     let tmp = format!(".{}.moat-tmp", name.to_string_lossy());
     let dir_path = format!("/proc/self/fd/{}", dir.as_raw_fd());
     let tmp_path = Path::new(&dir_path).join(&tmp);
@@ -158,7 +183,7 @@ mod tests {
 
     #[test]
     fn files_land_under_the_root_and_escapes_are_refused() {
-        let tmp = crate::test_util::TempDir::new("files");
+        let tmp = crate::testing::tempdir("files");
         let base = tmp.path();
         let root = base.join("root");
         let outside = base.join("outside");

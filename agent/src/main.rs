@@ -6,8 +6,6 @@
 //! Not as PID 1, or with `--no-guest-init` (tests: `moat-agent --listen unix:PATH`), it skips
 //! all of that and stops on SIGTERM/SIGINT.
 
-#![warn(missing_docs)]
-
 mod cmdline;
 mod container;
 mod files;
@@ -24,7 +22,8 @@ mod stats;
 mod stdio;
 mod switch_root;
 #[cfg(test)]
-mod test_util;
+mod testing;
+mod util;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -32,7 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
-use crate::container::registry::Runtime;
+use crate::container::registry::Containers;
 use crate::listener::ListenAddr;
 use crate::pid1::MountOutcome;
 use crate::reaper::Reaper;
@@ -56,8 +55,8 @@ struct Cli {
     /// run the agent as PID 1 of fresh user/pid/mount/net namespaces on a host).
     #[arg(long)]
     no_guest_init: bool,
-    /// Where the agent keeps its files (sandbox DNS files, CopyFile's tree).
-    #[arg(long, default_value = container::sandbox::DEFAULT_STATE_DIR)]
+    /// Where the agent keeps its files (the pod's DNS files, CopyFile's tree).
+    #[arg(long, default_value = container::pod::DEFAULT_STATE_DIR)]
     state_dir: std::path::PathBuf,
 }
 
@@ -84,8 +83,38 @@ fn main() {
     }
     // Tests run the agent as PID 1 of fresh namespaces on a host: no guest duties there.
     let pid1 = std::process::id() == 1 && !std::env::args().any(|a| a == NO_GUEST_INIT);
+    let mut early = early_boot(pid1);
+    let cli = parse_cli(pid1, &mut early);
+    let kernel_opts = kernel_options(pid1, &mut early);
+    start_logging(&cli, &kernel_opts, &mut early);
+    mount_shares(&kernel_opts);
+    for opt in &kernel_opts.unknown {
+        early
+            .notes
+            .push(format!("unknown kernel command-line option {opt:?}"));
+    }
+
+    info!(
+        "moat-agent {} (protocol {}) starting{}",
+        service::AGENT_VERSION,
+        moat_agent_protocol::PROTOCOL_VERSION,
+        if pid1 { " as PID 1" } else { "" }
+    );
+    let boot_ok = report_early(&early);
+
+    let result = if boot_ok {
+        run(&cli, pid1)
+    } else {
+        Err(anyhow::anyhow!("essential boot steps failed (see above)"))
+    };
+    stop(pid1, result)
+}
+
+/// What comes before anything else, in this order: the signal mask (before any thread
+/// exists: every thread inherits it), the panic hook and, as PID 1, leaving the initramfs,
+/// the base mounts, the console fds and the boot timer.
+fn early_boot(pid1: bool) -> EarlyBoot {
     let mut early = EarlyBoot::default();
-    // First, before any thread exists: every thread inherits this mask.
     if let Err(e) = signals::block_handled() {
         early.notes.push(format!("blocking signals failed: {e}"));
     }
@@ -111,8 +140,12 @@ fn main() {
         early.console = Some(pid1::ensure_console_fds());
         early.boot_timer = Some(pid1::signal_boot_timer());
     }
+    early
+}
 
-    let cli = match Cli::try_parse() {
+/// The command line; as PID 1 a parse error is noted and the defaults used.
+fn parse_cli(pid1: bool, early: &mut EarlyBoot) -> Cli {
+    match Cli::try_parse() {
         Ok(cli) => cli,
         // The kernel passes unknown command-line words to init as arguments: as PID 1 a
         // parse error must not stop the guest.
@@ -126,22 +159,28 @@ fn main() {
                 stdio_listen: None,
                 log_level: None,
                 no_guest_init: false,
-                state_dir: container::sandbox::DEFAULT_STATE_DIR.into(),
+                state_dir: container::pod::DEFAULT_STATE_DIR.into(),
             }
         }
         Err(e) => e.exit(),
-    };
+    }
+}
 
-    let kernel_opts = if pid1 {
-        cmdline::CmdlineOptions::from_proc().unwrap_or_else(|e| {
-            early
-                .notes
-                .push(format!("reading {}: {e}", cmdline::PROC_CMDLINE));
-            Default::default()
-        })
-    } else {
+/// The `moat.*` options of the kernel command line (PID 1 only; none otherwise).
+fn kernel_options(pid1: bool, early: &mut EarlyBoot) -> cmdline::CmdlineOptions {
+    if !pid1 {
+        return Default::default();
+    }
+    cmdline::CmdlineOptions::from_proc().unwrap_or_else(|e| {
+        early
+            .notes
+            .push(format!("reading {}: {e}", cmdline::PROC_CMDLINE));
         Default::default()
-    };
+    })
+}
+
+/// Starts logging with `--log-level`, else `moat.log=`, else `info`.
+fn start_logging(cli: &Cli, kernel_opts: &cmdline::CmdlineOptions, early: &mut EarlyBoot) {
     let filter = cli
         .log_level
         .clone()
@@ -150,31 +189,20 @@ fn main() {
     if let Some(w) = logging::init(&filter) {
         early.notes.push(w);
     }
+}
+
+/// Mounts the virtio-fs shares of `moat.share=`; a failure is logged.
+fn mount_shares(kernel_opts: &cmdline::CmdlineOptions) {
     for (tag, mount_point) in &kernel_opts.shares {
         match pid1::mount_share(tag, mount_point) {
             Ok(()) => info!("mounted virtio-fs share {tag:?} at {mount_point}"),
             Err(e) => error!("cannot mount virtio-fs share {tag:?} at {mount_point}: {e}"),
         }
     }
-    for opt in &kernel_opts.unknown {
-        early
-            .notes
-            .push(format!("unknown kernel command-line option {opt:?}"));
-    }
+}
 
-    info!(
-        "moat-agent {} (protocol {}) starting{}",
-        service::AGENT_VERSION,
-        moat_agent_protocol::PROTOCOL_VERSION,
-        if pid1 { " as PID 1" } else { "" }
-    );
-    let boot_ok = report_early(&early);
-
-    let result = if boot_ok {
-        run(&cli, pid1)
-    } else {
-        Err(anyhow::anyhow!("essential boot steps failed (see above)"))
-    };
+/// Logs how the agent ended and exits; PID 1 reboots the guest instead.
+fn stop(pid1: bool, result: anyhow::Result<()>) -> ! {
     match &result {
         Ok(()) => info!("stopped"),
         Err(e) => error!("fatal: {e:#}"),
@@ -251,8 +279,8 @@ fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
     hub.serve(stdio_fd)
         .context("starting the stdio stream listener")?;
     info!("serving process stdio streams on {stdio_addr}");
-    let runtime = Runtime::new(reaper.clone(), hub);
-    let services = service::Services::new(runtime, cli.state_dir.clone());
+    let containers = Containers::new(reaper.clone(), hub);
+    let services = service::Services::new(containers, cli.state_dir.clone());
     let fd = listener::bind(&cli.listen).with_context(|| format!("listening on {}", cli.listen))?;
     let mut server =
         service::server(listener::into_raw(fd), services).context("creating the ttrpc server")?;

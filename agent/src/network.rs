@@ -1,4 +1,4 @@
-//! The guest's network: loopback at sandbox creation, and the pod's NIC configured as the
+//! The guest's network: loopback at pod creation, and the pod's NIC configured as the
 //! host asks (`UpdateInterface`, `UpdateRoutes`) over rtnetlink.
 //!
 //! Requests are untrusted: they arrive as [`moat_agent_protocol::net`] forms, already checked
@@ -8,7 +8,9 @@
 use std::sync::Mutex;
 
 use moat_agent_protocol::net::{InterfaceSpec, RouteSpec, Scope};
-use moat_netlink::{LinkChange, Netlink, NetlinkError, Route, RouteScope};
+use moat_netlink::{Link, LinkChange, Netlink, NetlinkError, Route, RouteScope};
+
+use crate::util::lock;
 
 /// Serialises network changes: two RPCs never interleave their netlink requests.
 static NET_LOCK: Mutex<()> = Mutex::new(());
@@ -26,7 +28,7 @@ pub enum NetworkError {
 
 /// Brings `lo` up (idempotent).
 pub fn loopback_up() -> Result<(), NetworkError> {
-    let _g = NET_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = lock(&NET_LOCK);
     let mut nl = Netlink::open()?;
     let lo = nl
         .links()?
@@ -49,58 +51,12 @@ fn up(up: bool) -> LinkChange {
 /// Finds the interface of `spec` (by MAC, else by name), renames it, sets its MTU, replaces
 /// its addresses (link-local ones stay) and brings it up, as asked.
 pub fn update_interface(spec: &InterfaceSpec) -> Result<(), NetworkError> {
-    let _g = NET_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = lock(&NET_LOCK);
     let mut nl = Netlink::open()?;
-    let link = nl
-        .links()?
-        .into_iter()
-        .find(|l| match spec.mac {
-            Some(mac) => l.mac == Some(mac),
-            None => l.name == spec.name,
-        })
-        .ok_or_else(|| {
-            NetworkError::NotFound(match spec.mac {
-                Some(m) => format!("with MAC {}", moat_agent_protocol::net::format_mac(&m)),
-                None => format!("named {:?}", spec.name),
-            })
-        })?;
+    let link = find_link(&mut nl, spec)?;
     let index = link.index;
-    if !spec.new_name.is_empty() && spec.new_name != link.name {
-        // A link is renamed only while down.
-        if link.up {
-            nl.set_link(index, &up(false))?;
-        }
-        nl.set_link(
-            index,
-            &LinkChange {
-                name: Some(spec.new_name.clone()),
-                ..Default::default()
-            },
-        )?;
-    }
-    if spec.mtu != 0 && spec.mtu != link.mtu {
-        nl.set_link(
-            index,
-            &LinkChange {
-                mtu: Some(spec.mtu),
-                ..Default::default()
-            },
-        )?;
-    }
-    let current: Vec<_> = nl
-        .addresses()?
-        .into_iter()
-        .filter(|a| a.index == index && !a.local_scope)
-        .collect();
-    for a in &current {
-        if !spec
-            .addresses
-            .iter()
-            .any(|w| w.addr == a.addr && w.prefix == a.prefix)
-        {
-            nl.del_address(index, a.addr, a.prefix)?;
-        }
-    }
+    rename_and_set_mtu(&mut nl, spec, &link)?;
+    remove_other_addresses(&mut nl, spec, index)?;
     if spec.up {
         nl.set_link(index, &up(true))?;
     }
@@ -125,10 +81,82 @@ pub fn update_interface(spec: &InterfaceSpec) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// The interface `spec` names: by MAC when it gives one, else by name.
+fn find_link(nl: &mut Netlink, spec: &InterfaceSpec) -> Result<Link, NetworkError> {
+    nl.links()?
+        .into_iter()
+        .find(|l| match spec.mac {
+            Some(mac) => l.mac == Some(mac),
+            None => l.name == spec.name,
+        })
+        .ok_or_else(|| {
+            NetworkError::NotFound(match spec.mac {
+                Some(m) => format!("with MAC {}", moat_agent_protocol::net::format_mac(&m)),
+                None => format!("named {:?}", spec.name),
+            })
+        })
+}
+
+/// Renames `link` (taking it down first: a link is renamed only while down) and sets its
+/// MTU, where `spec` asks for a change.
+fn rename_and_set_mtu(
+    nl: &mut Netlink,
+    spec: &InterfaceSpec,
+    link: &Link,
+) -> Result<(), NetworkError> {
+    let index = link.index;
+    if !spec.new_name.is_empty() && spec.new_name != link.name {
+        if link.up {
+            nl.set_link(index, &up(false))?;
+        }
+        nl.set_link(
+            index,
+            &LinkChange {
+                name: Some(spec.new_name.clone()),
+                ..Default::default()
+            },
+        )?;
+    }
+    if spec.mtu != 0 && spec.mtu != link.mtu {
+        nl.set_link(
+            index,
+            &LinkChange {
+                mtu: Some(spec.mtu),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Deletes the addresses of interface `index` that `spec` does not list (link-local ones
+/// stay).
+fn remove_other_addresses(
+    nl: &mut Netlink,
+    spec: &InterfaceSpec,
+    index: u32,
+) -> Result<(), NetworkError> {
+    let current: Vec<_> = nl
+        .addresses()?
+        .into_iter()
+        .filter(|a| a.index == index && !a.local_scope)
+        .collect();
+    for a in &current {
+        if !spec
+            .addresses
+            .iter()
+            .any(|w| w.addr == a.addr && w.prefix == a.prefix)
+        {
+            nl.del_address(index, a.addr, a.prefix)?;
+        }
+    }
+    Ok(())
+}
+
 /// Adds `routes`, in order, to the main table (an existing route to the same destination is
 /// replaced). Devices are named; each must exist.
 pub fn update_routes(routes: &[RouteSpec]) -> Result<(), NetworkError> {
-    let _g = NET_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = lock(&NET_LOCK);
     let mut nl = Netlink::open()?;
     let links = nl.links()?;
     for r in routes {

@@ -2,8 +2,7 @@
 //!
 //! As PID 1 the agent inherits every orphaned process of the guest and must `wait` for them,
 //! or they stay zombies forever. But a blanket `waitpid(-1)` also collects the children the
-//! agent itself started (container processes, from issue 4), whose exit status a client waits
-//! for. The [`Reaper`] resolves this:
+//! agent itself started (container processes), whose exit status a client waits for. The [`Reaper`] resolves this:
 //!
 //! - It is the **only** place in the agent that calls `wait*`. Nothing else may call
 //!   `std::process::Child::wait`/`try_wait` (they would race with the reaper and lose).
@@ -69,7 +68,7 @@ impl Reaper {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock aborts the agent (panic = abort as PID 1); in tests
         // the state is still consistent, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Watches `pid`, a process that may already have exited (then its recent status is used).
@@ -190,7 +189,7 @@ mod tests {
     fn watched_statuses_reach_waiters_and_orphans_are_dropped() {
         if std::env::var_os(ALONE_ENV).is_none() {
             let name = "reaper::tests::watched_statuses_reach_waiters_and_orphans_are_dropped";
-            let status = crate::test_util::rerun_test(name, &[], (ALONE_ENV, "1".as_ref()));
+            let status = crate::testing::rerun_test(name, &[], (ALONE_ENV, "1".as_ref()));
             assert!(status.success(), "{name} alone: {status}");
             return;
         }

@@ -1,7 +1,7 @@
 //! The ttrpc services the agent serves: `Health` and `AgentService`.
 //!
-//! Container RPCs are thin: they check and convert the request and call the container
-//! [`Runtime`]; its typed errors become ttrpc status codes.
+//! Container RPCs are thin: they check and convert the request and call
+//! [`Containers`]; its typed errors become ttrpc status codes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use moat_agent_protocol::protobuf;
 use moat_agent_protocol::ttrpc::{self, Code, TtrpcContext};
 use moat_agent_protocol::PROTOCOL_VERSION;
 
-use crate::container::registry::{Runtime, RuntimeError};
-use crate::container::sandbox::SandboxConfig;
+use crate::container::pod::PodConfig;
+use crate::container::registry::{ContainerError, Containers};
 use crate::files;
 use crate::guest_info;
 use crate::network::{self, NetworkError};
@@ -32,17 +32,17 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Implements every service.
 #[derive(Clone)]
 pub struct Services {
-    runtime: Arc<Runtime>,
+    containers: Arc<Containers>,
     state_dir: PathBuf,
     files_root: PathBuf,
 }
 
 impl Services {
-    /// Services over `runtime`, keeping files under `state_dir` (`/run/moat` in the guest).
-    pub fn new(runtime: Arc<Runtime>, state_dir: PathBuf) -> Self {
+    /// Services over `containers`, keeping files under `state_dir` (`/run/moat` in the guest).
+    pub fn new(containers: Arc<Containers>, state_dir: PathBuf) -> Self {
         let files_root = state_dir.join("files");
         Services {
-            runtime,
+            containers,
             state_dir,
             files_root,
         }
@@ -53,14 +53,14 @@ fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
 }
 
-fn rpc_error(method: &str, e: RuntimeError) -> ttrpc::Error {
+fn rpc_error(method: &str, e: ContainerError) -> ttrpc::Error {
     let code = match &e {
-        RuntimeError::Invalid(_) => Code::INVALID_ARGUMENT,
-        RuntimeError::NotFound(_) => Code::NOT_FOUND,
-        RuntimeError::Exists(_) => Code::ALREADY_EXISTS,
-        RuntimeError::State(_) => Code::FAILED_PRECONDITION,
-        RuntimeError::Timeout(_) => Code::DEADLINE_EXCEEDED,
-        RuntimeError::Internal(_) => Code::INTERNAL,
+        ContainerError::Invalid(_) => Code::INVALID_ARGUMENT,
+        ContainerError::NotFound(_) => Code::NOT_FOUND,
+        ContainerError::Exists(_) => Code::ALREADY_EXISTS,
+        ContainerError::State(_) => Code::FAILED_PRECONDITION,
+        ContainerError::Timeout(_) => Code::DEADLINE_EXCEEDED,
+        ContainerError::Internal(_) => Code::INTERNAL,
     };
     if code == Code::INTERNAL {
         tracing::error!("{method}: {e}");
@@ -90,7 +90,7 @@ fn channels(c: &protobuf::MessageField<StdioChannels>) -> Channels {
         .unwrap_or_default()
 }
 
-fn empty(method: &str, r: Result<(), RuntimeError>) -> ttrpc::Result<Empty> {
+fn empty(method: &str, r: Result<(), ContainerError>) -> ttrpc::Result<Empty> {
     r.map(|()| Empty::new()).map_err(|e| rpc_error(method, e))
 }
 
@@ -137,40 +137,32 @@ impl AgentService for Services {
         Ok(resp)
     }
 
-    fn create_sandbox(
-        &self,
-        _ctx: &TtrpcContext,
-        req: CreateSandboxRequest,
-    ) -> ttrpc::Result<Empty> {
-        let cfg = SandboxConfig {
-            id: req.sandbox_id,
+    fn create_pod(&self, _ctx: &TtrpcContext, req: CreatePodRequest) -> ttrpc::Result<Empty> {
+        let cfg = PodConfig {
+            id: req.pod_id,
             hostname: req.hostname,
             dns_servers: req.dns_servers,
             dns_searches: req.dns_searches,
             dns_options: req.dns_options,
-            pidns: req.sandbox_pidns,
+            pidns: req.pod_pidns,
             resources_json: req.resources_json,
         };
         // A pod's processes talk over localhost; without lo that fails in odd ways, but a
         // guest without it still runs containers, so a failure is only logged.
         if let Err(e) = network::loopback_up() {
-            tracing::warn!("CreateSandbox: bringing lo up: {e}");
+            tracing::warn!("CreatePod: bringing lo up: {e}");
         }
         empty(
-            "CreateSandbox",
-            self.runtime.create_sandbox(&cfg, &self.state_dir),
+            "CreatePod",
+            self.containers.create_pod(&cfg, &self.state_dir),
         )
     }
 
-    fn destroy_sandbox(
-        &self,
-        _ctx: &TtrpcContext,
-        req: DestroySandboxRequest,
-    ) -> ttrpc::Result<Empty> {
+    fn destroy_pod(&self, _ctx: &TtrpcContext, req: DestroyPodRequest) -> ttrpc::Result<Empty> {
         empty(
-            "DestroySandbox",
-            self.runtime
-                .destroy_sandbox(&req.sandbox_id, Duration::from_secs(10)),
+            "DestroyPod",
+            self.containers
+                .destroy_pod(&req.pod_id, Duration::from_secs(10)),
         )
     }
 
@@ -180,12 +172,12 @@ impl AgentService for Services {
         req: CreateContainerRequest,
     ) -> ttrpc::Result<CreateContainerResponse> {
         let pid = self
-            .runtime
+            .containers
             .create(
                 &req.container_id,
                 &req.spec_json,
                 channels(&req.stdio),
-                req.sandbox_pidns,
+                req.pod_pidns,
             )
             .map_err(|e| rpc_error("CreateContainer", e))?;
         let mut resp = CreateContainerResponse::new();
@@ -194,7 +186,7 @@ impl AgentService for Services {
     }
 
     fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        empty("StartContainer", self.runtime.start(&req.container_id))
+        empty("StartContainer", self.containers.start(&req.container_id))
     }
 
     fn exec_process(
@@ -203,7 +195,7 @@ impl AgentService for Services {
         req: ExecProcessRequest,
     ) -> ttrpc::Result<ExecProcessResponse> {
         let pid = self
-            .runtime
+            .containers
             .exec(
                 &req.container_id,
                 &req.exec_id,
@@ -223,7 +215,7 @@ impl AgentService for Services {
     ) -> ttrpc::Result<Empty> {
         empty(
             "SignalProcess",
-            self.runtime
+            self.containers
                 .signal(&req.container_id, &req.exec_id, req.signal, req.all),
         )
     }
@@ -234,7 +226,7 @@ impl AgentService for Services {
         req: ProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
         let st = self
-            .runtime
+            .containers
             .wait(&req.container_id, &req.exec_id, server_wait(ctx))
             .map_err(|e| rpc_error("WaitProcess", e))?;
         let mut resp = WaitProcessResponse::new();
@@ -259,7 +251,7 @@ impl AgentService for Services {
         };
         empty(
             "RemoveContainer",
-            self.runtime.remove(&req.container_id, timeout),
+            self.containers.remove(&req.container_id, timeout),
         )
     }
 
@@ -270,7 +262,7 @@ impl AgentService for Services {
     ) -> ttrpc::Result<ListProcessesResponse> {
         let mut resp = ListProcessesResponse::new();
         resp.pids = self
-            .runtime
+            .containers
             .pids(&req.container_id)
             .map_err(|e| rpc_error("ListProcesses", e))?;
         Ok(resp)
@@ -282,7 +274,7 @@ impl AgentService for Services {
         req: TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
         let clamp = |v: u32| v.min(u32::from(u16::MAX)) as u16;
-        self.runtime
+        self.containers
             .stdio()
             .resize(
                 &req.container_id,
@@ -300,11 +292,11 @@ impl AgentService for Services {
         req: ContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
         let c = self
-            .runtime
+            .containers
             .get(&req.container_id)
             .map_err(|e| rpc_error("StatsContainer", e))?;
         let cg = self
-            .runtime
+            .containers
             .cgroup_of(&c)
             .map_err(|e| rpc_error("StatsContainer", e))?;
         let s = cg
@@ -320,21 +312,22 @@ impl AgentService for Services {
     ) -> ttrpc::Result<Empty> {
         empty(
             "UpdateContainer",
-            self.runtime.update(&req.container_id, &req.resources_json),
+            self.containers
+                .update(&req.container_id, &req.resources_json),
         )
     }
 
     fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
         empty(
             "PauseContainer",
-            self.runtime.freeze(&req.container_id, true),
+            self.containers.freeze(&req.container_id, true),
         )
     }
 
     fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
         empty(
             "ResumeContainer",
-            self.runtime.freeze(&req.container_id, false),
+            self.containers.freeze(&req.container_id, false),
         )
     }
 
@@ -343,7 +336,7 @@ impl AgentService for Services {
         ctx: &TtrpcContext,
         _req: GetOOMEventRequest,
     ) -> ttrpc::Result<OOMEvent> {
-        let Some(oom) = self.runtime.oom() else {
+        let Some(oom) = self.containers.oom() else {
             return Err(status(
                 Code::UNIMPLEMENTED,
                 "no cgroup v2 in this guest: OOM events are not available",

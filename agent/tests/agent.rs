@@ -13,34 +13,16 @@ use std::time::{Duration, Instant};
 use moat_agent_protocol::handshake::HandshakeError;
 use moat_agent_protocol::health::ServingStatus;
 use moat_agent_protocol::{AgentClient, ClientError, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
+use tempfile::TempDir;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "moat-agent-test-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory `$TMPDIR/moat-agent-test-<name>-XXXXXX`, removed on drop.
+fn tempdir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("moat-agent-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A running `moat-agent --listen unix:SOCK`; killed on drop, its log printed if the test
@@ -89,8 +71,8 @@ fn sysconf(name: libc::c_int) -> u64 {
 
 #[test]
 fn serves_health_version_and_guest_details() {
-    let dir = TempDir::new("serve");
-    let sock = dir.path("agent.sock");
+    let dir = tempdir("serve");
+    let sock = dir.path().join("agent.sock");
     let agent = Agent::spawn(&sock);
     let client = AgentClient::connect_unix(&sock, CONNECT_TIMEOUT).unwrap();
 
@@ -122,8 +104,8 @@ fn serves_health_version_and_guest_details() {
 
 #[test]
 fn client_retries_until_the_agent_listens() {
-    let dir = TempDir::new("retry");
-    let sock = dir.path("agent.sock");
+    let dir = tempdir("retry");
+    let sock = dir.path().join("agent.sock");
     let start = Instant::now();
     let s = sock.clone();
     let spawner = thread::spawn(move || {
@@ -141,8 +123,8 @@ fn client_retries_until_the_agent_listens() {
 
 #[test]
 fn connect_times_out_when_nothing_listens() {
-    let dir = TempDir::new("timeout");
-    let sock = dir.path("nobody.sock");
+    let dir = tempdir("timeout");
+    let sock = dir.path().join("nobody.sock");
     let start = Instant::now();
     let err = AgentClient::connect_unix(&sock, Duration::from_millis(500)).unwrap_err();
     let took = start.elapsed();
@@ -227,9 +209,9 @@ fn serve_fake(conn: UnixStream, agent: &Path, mode: Fake, n: usize) -> io::Resul
 
 #[test]
 fn hybrid_vsock_handshake_then_ttrpc_through_a_fake_vmm() {
-    let dir = TempDir::new("hybrid");
-    let agent_sock = dir.path("agent.sock");
-    let vmm_sock = dir.path("vmm.sock");
+    let dir = tempdir("hybrid");
+    let agent_sock = dir.path().join("agent.sock");
+    let vmm_sock = dir.path().join("vmm.sock");
     let _agent = Agent::spawn(&agent_sock);
     // The first two handshakes are refused, as while the guest still boots.
     let accepted = fake_vmm(&vmm_sock, agent_sock.clone(), Fake::ProxyAfterClosing(2));
@@ -253,9 +235,13 @@ fn hybrid_vsock_garbage_reply_fails_at_once() {
         ("err", "ERR no such port\n"),
         ("long", "OK 123456789012345678901234567890123456789\n"),
     ] {
-        let dir = TempDir::new(name);
-        let vmm_sock = dir.path("vmm.sock");
-        fake_vmm(&vmm_sock, dir.path("unused.sock"), Fake::Reply(reply));
+        let dir = tempdir(name);
+        let vmm_sock = dir.path().join("vmm.sock");
+        fake_vmm(
+            &vmm_sock,
+            dir.path().join("unused.sock"),
+            Fake::Reply(reply),
+        );
         let start = Instant::now();
         let err = AgentClient::connect_hybrid_vsock(&vmm_sock, AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
             .unwrap_err();
@@ -274,9 +260,9 @@ fn hybrid_vsock_garbage_reply_fails_at_once() {
 #[test]
 fn connect_retries_while_the_agent_never_answers_check() {
     // The VMM says OK but nothing answers: not connected, retried until the timeout.
-    let dir = TempDir::new("blackhole");
-    let vmm_sock = dir.path("vmm.sock");
-    let accepted = fake_vmm(&vmm_sock, dir.path("unused.sock"), Fake::Blackhole);
+    let dir = tempdir("blackhole");
+    let vmm_sock = dir.path().join("vmm.sock");
+    let accepted = fake_vmm(&vmm_sock, dir.path().join("unused.sock"), Fake::Blackhole);
     let start = Instant::now();
     let err =
         AgentClient::connect_hybrid_vsock(&vmm_sock, AGENT_VSOCK_PORT, Duration::from_secs(1))
@@ -313,18 +299,16 @@ fn rpc_times_out_when_the_agent_never_answers() {
 
 #[test]
 fn agent_stops_on_sigterm_and_removes_its_socket() {
-    let dir = TempDir::new("sigterm");
-    let sock = dir.path("agent.sock");
+    let dir = tempdir("sigterm");
+    let sock = dir.path().join("agent.sock");
     let mut agent = Agent::spawn(&sock);
     AgentClient::connect_unix(&sock, CONNECT_TIMEOUT)
         .unwrap()
         .check()
         .unwrap();
     // SAFETY: plain kill(2) of our own child.
-    assert_eq!(
-        unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     let status = agent.child.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert!(!sock.exists());

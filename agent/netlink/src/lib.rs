@@ -8,8 +8,6 @@
 //! Messages are built and parsed by the rust-netlink crates (`netlink-packet-route`); the
 //! builders in [`msg`] are pure, so they are unit-tested without a socket.
 
-#![warn(missing_docs)]
-
 pub mod msg;
 #[cfg(feature = "testing")]
 pub mod testing;

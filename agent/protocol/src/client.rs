@@ -9,7 +9,8 @@
 //!
 //! Process stdio travels on separate streams ([`crate::stdio`]): [`AgentClient::open_stdio`]
 //! dials the agent's stdio port the way the client itself was connected. The typed wrappers of
-//! the container RPCs live in `rpcs.rs`.
+//! the pod, container, process and guest RPCs live in `rpcs.rs`, those of the network RPCs in
+//! `net_rpcs.rs`.
 
 mod net_rpcs;
 mod rpcs;

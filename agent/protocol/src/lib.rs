@@ -1,7 +1,9 @@
 //! The ttrpc protocol between moat's host side and `moat-agent` (PID 1 in the guest).
 //!
 //! - [`health`]: `moat.health.v1.Health` — `Check` (is the agent serving) and `Version`.
-//! - [`agent`]: `moat.agent.v1.AgentService` — `GetGuestDetails`; container RPCs come in issue 4.
+//! - [`agent`]: `moat.agent.v1.AgentService` — the guest (`GetGuestDetails`, time, files), the
+//!   pod (`CreatePod`/`DestroyPod`), containers and their processes, stats and resources, OOM
+//!   events, the pod's network.
 //! - [`client`]: the host-side [`AgentClient`] over the VMM's hybrid vsock socket (or a plain unix
 //!   socket in tests).
 //! - [`net`]: typed, validated forms of the network RPCs (`UpdateInterface`, `UpdateRoutes`).
@@ -9,8 +11,6 @@
 //!
 //! The messages and ttrpc stubs are generated at build time from `protos/*.proto` by
 //! `ttrpc-codegen` (pure-Rust parser, no `protoc`).
-
-#![warn(missing_docs)]
 
 #[allow(
     missing_docs,
@@ -34,7 +34,7 @@ pub mod stdio;
 pub use client::{AgentClient, ClientError};
 
 /// Version of the protocol defined by `protos/`: bumped on every incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -42,10 +42,10 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The vsock port of the agent's process stdio streams ([`stdio`]).
 pub const STDIO_VSOCK_PORT: u32 = 1025;
 
-/// The pod's shared `/dev/shm` in the guest: a tmpfs the agent mounts at CreateSandbox (under
-/// its default state dir) and unmounts at DestroySandbox; the host binds a pod's containers'
+/// The pod's shared `/dev/shm` in the guest: a tmpfs the agent mounts at CreatePod (under
+/// its default state dir) and unmounts at DestroyPod; the host binds a pod's containers'
 /// `/dev/shm` to it, so they share POSIX shared memory as CRI pods do.
-pub const POD_SHM_DIR: &str = "/run/moat/sandbox/shm";
+pub const POD_SHM_DIR: &str = "/run/moat/pod/shm";
 
 /// The size of [`POD_SHM_DIR`] (Docker's and Kubernetes' default `/dev/shm`).
 pub const POD_SHM_SIZE: &str = "64m";

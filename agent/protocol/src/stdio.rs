@@ -404,9 +404,7 @@ mod tests {
         assert_eq!(t.join().unwrap(), header());
         assert_eq!(stream.read_timeout().unwrap(), None);
         let mut line = String::new();
-        std::io::BufReader::new(stream)
-            .read_line(&mut line)
-            .unwrap();
+        io::BufReader::new(stream).read_line(&mut line).unwrap();
         assert_eq!(line, "payload\n");
     }
 

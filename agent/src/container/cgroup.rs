@@ -482,4 +482,4 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> 
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

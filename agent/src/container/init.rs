@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Process, Spec, User};
 use serde::{Deserialize, Serialize};
 
 use super::capabilities::{self, CapabilitySets};
@@ -458,6 +458,39 @@ fn exec_process(cfg: &InitConfig) -> Result<Never, InitError> {
     // it is retried after.
     let cwd_early = nix::unistd::chdir(p.cwd().as_path());
 
+    switch_user(user)?;
+    capabilities::apply(&caps)?;
+    if cwd_early.is_err() {
+        sys(
+            format!("chdir {}", p.cwd().display()),
+            nix::unistd::chdir(p.cwd().as_path()),
+        )?;
+    }
+    if let Some(umask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+    }
+
+    let c_args = cstrings(&args)?;
+    let c_env = cstrings(&env)?;
+    let c_prog = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| InitError::Other(format!("program path {program:?} contains NUL")))?;
+    reset_signals_for_exec();
+    if nnp {
+        if let Some(prog) = &cfg.seccomp {
+            seccomp::apply(prog)?;
+        }
+    }
+    let e = nix::unistd::execve(&c_prog, &c_args, &c_env).unwrap_err();
+    let _ = std::io::stderr().flush();
+    Err(InitError::Sys {
+        step: format!("exec {}", program.display()),
+        source: e,
+    })
+}
+
+/// `process.user`: supplementary groups, then gid and uid, keeping the capabilities across
+/// the uid switch (`PR_SET_KEEPCAPS`) for [`capabilities::apply`] to set.
+fn switch_user(user: &User) -> Result<(), InitError> {
     let mut groups: Vec<Gid> = user
         .additional_gids()
         .iter()
@@ -484,24 +517,12 @@ fn exec_process(cfg: &InitConfig) -> Result<Never, InitError> {
         format!("setresuid {uid}"),
         nix::unistd::setresuid(uid, uid, uid),
     )?;
-    prctl("PR_SET_KEEPCAPS", libc::PR_SET_KEEPCAPS, 0)?;
-    capabilities::apply(&caps)?;
-    if cwd_early.is_err() {
-        sys(
-            format!("chdir {}", p.cwd().display()),
-            nix::unistd::chdir(p.cwd().as_path()),
-        )?;
-    }
-    if let Some(umask) = user.umask() {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
-    }
+    prctl("PR_SET_KEEPCAPS", libc::PR_SET_KEEPCAPS, 0)
+}
 
-    let c_args = cstrings(&args)?;
-    let c_env = cstrings(&env)?;
-    let c_prog = CString::new(program.as_os_str().as_bytes())
-        .map_err(|_| InitError::Other(format!("program path {program:?} contains NUL")))?;
-    // Everything the agent blocked is unblocked for the program, and SIGPIPE (which Rust's
-    // runtime ignores, a disposition exec keeps) is back to its default.
+/// Everything the agent blocked is unblocked for the program, and SIGPIPE (which Rust's
+/// runtime ignores, a disposition exec keeps) is back to its default.
+fn reset_signals_for_exec() {
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
     // SAFETY: resetting a signal disposition to SIG_DFL has no preconditions.
     let _ = unsafe {
@@ -510,17 +531,6 @@ fn exec_process(cfg: &InitConfig) -> Result<Never, InitError> {
             nix::sys::signal::SigHandler::SigDfl,
         )
     };
-    if nnp {
-        if let Some(prog) = &cfg.seccomp {
-            seccomp::apply(prog)?;
-        }
-    }
-    let e = nix::unistd::execve(&c_prog, &c_args, &c_env).unwrap_err();
-    let _ = std::io::stderr().flush();
-    Err(InitError::Sys {
-        step: format!("exec {}", program.display()),
-        source: e,
-    })
 }
 
 fn cstrings(v: &[String]) -> Result<Vec<CString>, InitError> {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tracing::{debug, warn};
 
 use super::cgroup::{read_optional, Cgroup, CgroupError};
+use crate::util::lock;
 
 /// The most OOM events kept for [`OomWatcher::next_event`]; beyond it the oldest is dropped.
 pub const QUEUE_LIMIT: usize = 1024;
@@ -99,10 +100,6 @@ struct Watched {
 struct Queue {
     ids: VecDeque<String>,
     stopped: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `oom_kill` of a `memory.events` file (0 if it is gone).
@@ -379,7 +376,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::cgroup::tests::TempDir;
+    use crate::testing::{tempdir, TempDirExt};
     use std::io::Write;
 
     const EVENTS: &str = "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n";
@@ -391,12 +388,12 @@ mod tests {
 
     #[test]
     fn oom_kill_growth_is_reported() {
-        let t = TempDir::new("oom");
+        let t = tempdir("oom");
         let a = t.file("a/memory.events", EVENTS);
         let b = t.file("b/memory.events", "oom_kill 3\n");
         let w = OomWatcher::start().unwrap();
-        w.watch("ctr-a", &Cgroup::open(t.0.join("a"))).unwrap();
-        w.watch("ctr-b", &Cgroup::open(t.0.join("b"))).unwrap();
+        w.watch("ctr-a", &Cgroup::open(t.path().join("a"))).unwrap();
+        w.watch("ctr-b", &Cgroup::open(t.path().join("b"))).unwrap();
         assert_eq!(w.watched(), ["ctr-a", "ctr-b"]);
 
         // A change that is not an OOM kill: no event.
@@ -434,10 +431,10 @@ mod tests {
 
     #[test]
     fn vanished_file_is_forgotten_and_can_be_watched_again() {
-        let t = TempDir::new("oom-gone");
+        let t = tempdir("oom-gone");
         let a = t.file("a/memory.events", EVENTS);
         let w = OomWatcher::start().unwrap();
-        let cg = Cgroup::open(t.0.join("a"));
+        let cg = Cgroup::open(t.path().join("a"));
         w.watch("ctr", &cg).unwrap();
         std::fs::remove_file(&a).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -458,10 +455,10 @@ mod tests {
 
     #[test]
     fn two_ids_on_one_file_and_rewatch() {
-        let t = TempDir::new("oom-shared");
+        let t = tempdir("oom-shared");
         let a = t.file("a/memory.events", EVENTS);
         let w = OomWatcher::start().unwrap();
-        let cg = Cgroup::open(t.0.join("a"));
+        let cg = Cgroup::open(t.path().join("a"));
         w.watch("x", &cg).unwrap();
         w.watch("y", &cg).unwrap();
         w.watch("y", &cg).unwrap();
@@ -477,9 +474,9 @@ mod tests {
 
     #[test]
     fn watch_without_memory_events_fails() {
-        let t = TempDir::new("oom-missing");
+        let t = tempdir("oom-missing");
         let w = OomWatcher::start().unwrap();
-        let err = w.watch("c", &Cgroup::open(&t.0)).unwrap_err();
+        let err = w.watch("c", &Cgroup::open(t.path())).unwrap_err();
         assert!(matches!(err, OomError::Watch { .. }), "{err}");
         assert!(w.watched().is_empty());
     }
@@ -500,7 +497,7 @@ mod tests {
 
     #[test]
     fn stop_wakes_waiters_and_refuses_watches() {
-        let t = TempDir::new("oom-stop");
+        let t = tempdir("oom-stop");
         t.file("memory.events", EVENTS);
         let w = OomWatcher::start().unwrap();
         let waiter = {
@@ -517,7 +514,7 @@ mod tests {
         );
         assert_eq!(waiter.join().unwrap(), None);
         assert!(matches!(
-            w.watch("c", &Cgroup::open(&t.0)),
+            w.watch("c", &Cgroup::open(t.path())),
             Err(OomError::Stopped)
         ));
         w.stop();

@@ -1,27 +1,28 @@
 //! The containers and processes the agent manages, and their lifecycle.
 //!
-//! [`Runtime`] holds every container by id. Each container has an init process (exec id
+//! [`Containers`] holds every container by id. Each container has an init process (exec id
 //! `""`) and exec processes by exec id; all are watched by the [`Reaper`], whose statuses
 //! are kept until the container is removed, so any number of waiters get them.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+use oci_spec::runtime::{Linux, LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::cgroup::{self, Cgroup};
 use super::init::{InitConfig, InitKind, NamespaceStep};
 use super::oom::OomWatcher;
 use super::seccomp::{self, SeccompProgram};
 use super::spawn::{self, ChildFds, IdMaps, Pending};
-use super::{rootfs, sandbox::Sandbox};
+use super::{pod::Pod, rootfs};
 use crate::reaper::{ExitStatus, Reaper};
 use crate::stdio::{Channels, StdioHub};
+use crate::util::lock;
 
 /// How long StartContainer/ExecProcess wait for `execve`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +31,7 @@ pub const POD_CGROUP: &str = "moat";
 
 /// Errors of container operations, each with the ttrpc code it maps to.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub enum ContainerError {
     /// The request or spec is invalid (INVALID_ARGUMENT).
     #[error("{0}")]
     Invalid(String),
@@ -51,14 +52,14 @@ pub enum RuntimeError {
     Internal(String),
 }
 
-impl RuntimeError {
+impl ContainerError {
     fn internal(what: &str, e: impl std::fmt::Display) -> Self {
-        RuntimeError::Internal(format!("{what}: {e}"))
+        ContainerError::Internal(format!("{what}: {e}"))
     }
 }
 
 /// Checks a container or exec id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
-pub fn validate_id(kind: &str, id: &str) -> Result<(), RuntimeError> {
+pub fn validate_id(kind: &str, id: &str) -> Result<(), ContainerError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.as_bytes()[0].is_ascii_alphanumeric()
@@ -68,7 +69,7 @@ pub fn validate_id(kind: &str, id: &str) -> Result<(), RuntimeError> {
     if ok {
         Ok(())
     } else {
-        Err(RuntimeError::Invalid(format!(
+        Err(ContainerError::Invalid(format!(
             "invalid {kind} id {id:?}: want [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}"
         )))
     }
@@ -87,23 +88,19 @@ pub struct Container {
 }
 
 /// Every container of the guest.
-pub struct Runtime {
+pub struct Containers {
     reaper: Arc<Reaper>,
     stdio: Arc<StdioHub>,
     oom: Option<Arc<OomWatcher>>,
     cgroup_root: Option<PathBuf>,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
-    /// The pod, after CreateSandbox.
-    pub sandbox: Mutex<Option<Sandbox>>,
+    by_id: Mutex<HashMap<String, Arc<Container>>>,
+    /// The pod, after CreatePod.
+    pub pod: Mutex<Option<Pod>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Runtime {
-    /// A runtime using cgroup v2 at `/sys/fs/cgroup` if mounted there (else containers get no
-    /// cgroup and resource requests are refused).
+impl Containers {
+    /// No containers yet, using cgroup v2 at `/sys/fs/cgroup` if mounted there (else containers
+    /// get no cgroup and resource requests are refused).
     pub fn new(reaper: Arc<Reaper>, stdio: Arc<StdioHub>) -> Arc<Self> {
         let root = Path::new(cgroup::CGROUP_ROOT);
         let cgroup_root = cgroup::is_cgroup2(root).then(|| root.to_path_buf());
@@ -122,13 +119,13 @@ impl Runtime {
                 root.display()
             );
         }
-        Arc::new(Runtime {
+        Arc::new(Containers {
             reaper,
             stdio,
             oom,
             cgroup_root,
-            containers: Mutex::new(HashMap::new()),
-            sandbox: Mutex::new(None),
+            by_id: Mutex::new(HashMap::new()),
+            pod: Mutex::new(None),
         })
     }
 
@@ -148,22 +145,22 @@ impl Runtime {
     }
 
     /// A cgroup under the pod's, created; `None` without cgroup v2.
-    pub fn make_cgroup(&self, name: &str) -> Result<Option<Cgroup>, RuntimeError> {
+    pub fn make_cgroup(&self, name: &str) -> Result<Option<Cgroup>, ContainerError> {
         let Some(root) = &self.cgroup_root else {
             return Ok(None);
         };
         let rel = Path::new(POD_CGROUP).join(name);
         Cgroup::create(root, &rel)
             .map(Some)
-            .map_err(|e| RuntimeError::internal("creating the cgroup", e))
+            .map_err(|e| ContainerError::internal("creating the cgroup", e))
     }
 
     /// Looks up a container.
-    pub fn get(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
-        lock(&self.containers)
+    pub fn get(&self, id: &str) -> Result<Arc<Container>, ContainerError> {
+        lock(&self.by_id)
             .get(id)
             .cloned()
-            .ok_or_else(|| RuntimeError::NotFound(format!("no container {id:?}")))
+            .ok_or_else(|| ContainerError::NotFound(format!("no container {id:?}")))
     }
 
     /// CreateContainer: validates everything, then starts the init process up to `Ready`.
@@ -172,65 +169,26 @@ impl Runtime {
         id: &str,
         spec_json: &str,
         channels: Channels,
-        sandbox_pidns: bool,
-    ) -> Result<u32, RuntimeError> {
-        validate_id("container", id)?;
-        let spec: Spec = serde_json::from_str(spec_json)
-            .map_err(|e| RuntimeError::Invalid(format!("container {id}: bad OCI spec: {e}")))?;
-        if lock(&self.containers).contains_key(id) {
-            return Err(RuntimeError::Exists(format!("container {id:?} exists")));
-        }
-        rootfs::validate(&spec)
-            .map_err(|e| RuntimeError::Invalid(format!("container {id}: {e}")))?;
-        let process = spec
-            .process()
-            .clone()
-            .ok_or_else(|| RuntimeError::Invalid(format!("container {id}: spec has no process")))?;
-        validate_process(&process)?;
-        let linux = spec.linux().clone().unwrap_or_default();
-        let seccomp = seccomp::compile(linux.seccomp().as_ref())
-            .map_err(|e| RuntimeError::Invalid(format!("container {id}: seccomp: {e}")))?;
-        let (namespaces, id_maps) = self.container_namespaces(&spec, sandbox_pidns)?;
-        let rootfs = spec
-            .root()
-            .as_ref()
-            .map(|r| r.path().clone())
-            .ok_or_else(|| RuntimeError::Invalid(format!("container {id}: spec has no root")))?;
-
-        let cgroup = self.make_cgroup(id)?;
-        let cleanup = |cg: &Option<Cgroup>| {
-            if let Some(cg) = cg {
-                let _ = cg.remove(Duration::from_secs(5));
-            }
-        };
-        if let (Some(res), Some(cg)) = (linux.resources().as_ref(), &cgroup) {
-            if let Err(e) = cg.apply(res) {
-                cleanup(&cgroup);
-                return Err(RuntimeError::Invalid(format!(
-                    "container {id}: resources: {e}"
-                )));
-            }
-        } else if linux.resources().as_ref().is_some_and(has_limits) && cgroup.is_none() {
-            return Err(RuntimeError::Invalid(format!(
-                "container {id}: resource limits need cgroup v2, which this guest lacks"
-            )));
-        }
-        let terminal = process.terminal().unwrap_or(false);
+        pod_pidns: bool,
+    ) -> Result<u32, ContainerError> {
+        let plan = self.plan_container(id, spec_json, pod_pidns)?;
+        let cgroup = self.container_cgroup(id, plan.linux.resources().as_ref())?;
+        let terminal = plan.process.terminal().unwrap_or(false);
         let cfg = InitConfig {
             kind: InitKind::Container {
-                spec: Box::new(spec.clone()),
-                rootfs,
+                spec: Box::new(plan.spec),
+                rootfs: plan.rootfs,
             },
-            process,
-            namespaces,
+            process: plan.process,
+            namespaces: plan.namespaces,
             cgroup_procs: cgroup.as_ref().map(|c| c.path().join("cgroup.procs")),
-            seccomp: seccomp.clone(),
+            seccomp: plan.seccomp.clone(),
             terminal,
         };
-        let pending = match self.spawn_process(id, "", &cfg, channels, id_maps.as_ref()) {
+        let pending = match self.spawn_process(id, "", &cfg, channels, plan.id_maps.as_ref()) {
             Ok(p) => p,
             Err(e) => {
-                cleanup(&cgroup);
+                discard_cgroup(&cgroup);
                 return Err(e);
             }
         };
@@ -243,14 +201,77 @@ impl Runtime {
         let c = Container {
             id: id.to_string(),
             cgroup,
-            seccomp,
+            seccomp: plan.seccomp,
             init_pid: pid,
             pending: Mutex::new(Some(pending)),
             execs: Mutex::new(HashMap::new()),
         };
-        lock(&self.containers).insert(id.to_string(), Arc::new(c));
+        lock(&self.by_id).insert(id.to_string(), Arc::new(c));
         tracing::info!("container {id}: created, init pid {pid}");
         Ok(pid)
+    }
+
+    /// Checks a CreateContainer request (id, spec, process, seccomp, namespaces, root) before
+    /// anything is made.
+    fn plan_container(
+        &self,
+        id: &str,
+        spec_json: &str,
+        pod_pidns: bool,
+    ) -> Result<ContainerPlan, ContainerError> {
+        validate_id("container", id)?;
+        let spec: Spec = serde_json::from_str(spec_json)
+            .map_err(|e| ContainerError::Invalid(format!("container {id}: bad OCI spec: {e}")))?;
+        if lock(&self.by_id).contains_key(id) {
+            return Err(ContainerError::Exists(format!("container {id:?} exists")));
+        }
+        rootfs::validate(&spec)
+            .map_err(|e| ContainerError::Invalid(format!("container {id}: {e}")))?;
+        let process = spec.process().clone().ok_or_else(|| {
+            ContainerError::Invalid(format!("container {id}: spec has no process"))
+        })?;
+        validate_process(&process)?;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let seccomp = seccomp::compile(linux.seccomp().as_ref())
+            .map_err(|e| ContainerError::Invalid(format!("container {id}: seccomp: {e}")))?;
+        let (namespaces, id_maps) = self.container_namespaces(&spec, pod_pidns)?;
+        let rootfs = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or_else(|| ContainerError::Invalid(format!("container {id}: spec has no root")))?;
+        Ok(ContainerPlan {
+            spec,
+            process,
+            linux,
+            seccomp,
+            namespaces,
+            id_maps,
+            rootfs,
+        })
+    }
+
+    /// The container's cgroup (`None` without cgroup v2) with `resources` applied; limits
+    /// without cgroup v2 are refused.
+    fn container_cgroup(
+        &self,
+        id: &str,
+        resources: Option<&LinuxResources>,
+    ) -> Result<Option<Cgroup>, ContainerError> {
+        let cgroup = self.make_cgroup(id)?;
+        if let (Some(res), Some(cg)) = (resources, &cgroup) {
+            if let Err(e) = cg.apply(res) {
+                discard_cgroup(&cgroup);
+                return Err(ContainerError::Invalid(format!(
+                    "container {id}: resources: {e}"
+                )));
+            }
+        } else if resources.is_some_and(has_limits) && cgroup.is_none() {
+            return Err(ContainerError::Invalid(format!(
+                "container {id}: resource limits need cgroup v2, which this guest lacks"
+            )));
+        }
+        Ok(cgroup)
     }
 
     /// Stdio + spawn (a terminal process's pty master, from its init process, goes to the
@@ -263,11 +284,11 @@ impl Runtime {
         cfg: &InitConfig,
         channels: Channels,
         id_maps: Option<&IdMaps>,
-    ) -> Result<Pending, RuntimeError> {
+    ) -> Result<Pending, ContainerError> {
         let stdio = self
             .stdio
             .prepare(id, exec_id, channels, cfg.terminal)
-            .map_err(|e| RuntimeError::Invalid(format!("container {id}: stdio: {e}")))?;
+            .map_err(|e| ContainerError::Invalid(format!("container {id}: stdio: {e}")))?;
         debug_assert_eq!(stdio.terminal, cfg.terminal);
         let fds = ChildFds {
             stdin: stdio.stdin,
@@ -276,14 +297,14 @@ impl Runtime {
         };
         let mut pending = spawn::spawn(cfg, fds, id_maps, &self.reaper).map_err(|e| {
             self.stdio.remove(id, exec_id);
-            RuntimeError::Invalid(format!("container {id}: {e}"))
+            ContainerError::Invalid(format!("container {id}: {e}"))
         })?;
         if let Some(master) = pending.terminal.take() {
             let size = console_size(&cfg.process);
             if let Err(e) = self.stdio.set_terminal(id, exec_id, master, size) {
                 pending.abort(&self.reaper);
                 self.stdio.remove(id, exec_id);
-                return Err(RuntimeError::internal(
+                return Err(ContainerError::internal(
                     &format!("container {id}: terminal"),
                     e,
                 ));
@@ -296,17 +317,17 @@ impl Runtime {
     fn container_namespaces(
         &self,
         spec: &Spec,
-        sandbox_pidns: bool,
-    ) -> Result<(Vec<NamespaceStep>, Option<IdMaps>), RuntimeError> {
+        pod_pidns: bool,
+    ) -> Result<(Vec<NamespaceStep>, Option<IdMaps>), ContainerError> {
         let linux = spec.linux().clone().unwrap_or_default();
         let mut steps = Vec::new();
         for ns in linux.namespaces().iter().flatten() {
-            if ns.typ() == LinuxNamespaceType::Pid && sandbox_pidns {
+            if ns.typ() == LinuxNamespaceType::Pid && pod_pidns {
                 continue;
             }
             if let Some(path) = ns.path() {
                 if !path.exists() {
-                    return Err(RuntimeError::Invalid(format!(
+                    return Err(ContainerError::Invalid(format!(
                         "{} namespace path {} does not exist in the guest",
                         ns.typ(),
                         path.display()
@@ -314,7 +335,7 @@ impl Runtime {
                 }
             }
             if steps.iter().any(|s: &NamespaceStep| s.typ == ns.typ()) {
-                return Err(RuntimeError::Invalid(format!(
+                return Err(ContainerError::Invalid(format!(
                     "{} namespace listed twice",
                     ns.typ()
                 )));
@@ -324,53 +345,42 @@ impl Runtime {
                 join: ns.path().clone(),
             });
         }
-        if sandbox_pidns {
-            let holder = lock(&self.sandbox)
-                .as_ref()
-                .and_then(|s| s.pid_holder())
-                .ok_or_else(|| {
-                    RuntimeError::State("the sandbox has no pod-wide PID namespace".into())
-                })?;
-            steps.push(NamespaceStep {
-                typ: LinuxNamespaceType::Pid,
-                join: Some(PathBuf::from(format!("/proc/{holder}/ns/pid"))),
-            });
+        if pod_pidns {
+            steps.push(self.pod_pid_namespace()?);
         }
         if !steps
             .iter()
             .any(|s| s.typ == LinuxNamespaceType::Mount && s.join.is_none())
         {
-            return Err(RuntimeError::Invalid(
+            return Err(ContainerError::Invalid(
                 "the spec must ask for a new mount namespace".into(),
             ));
         }
-        let id_maps = steps
-            .iter()
-            .any(|s| s.typ == LinuxNamespaceType::User && s.join.is_none())
-            .then(|| IdMaps {
-                uid: linux.uid_mappings().clone().unwrap_or_default(),
-                gid: linux.gid_mappings().clone().unwrap_or_default(),
-            });
-        if id_maps
-            .as_ref()
-            .is_some_and(|m| m.uid.is_empty() || m.gid.is_empty())
-        {
-            return Err(RuntimeError::Invalid(
-                "a new user namespace needs uidMappings and gidMappings".into(),
-            ));
-        }
+        let id_maps = new_user_id_maps(&steps, &linux)?;
         Ok((steps, id_maps))
     }
 
+    /// The step joining the pod's PID namespace (its holder's).
+    fn pod_pid_namespace(&self) -> Result<NamespaceStep, ContainerError> {
+        let holder = lock(&self.pod)
+            .as_ref()
+            .and_then(|s| s.pid_holder())
+            .ok_or_else(|| ContainerError::State("the pod has no pod-wide PID namespace".into()))?;
+        Ok(NamespaceStep {
+            typ: LinuxNamespaceType::Pid,
+            join: Some(PathBuf::from(format!("/proc/{holder}/ns/pid"))),
+        })
+    }
+
     /// StartContainer.
-    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         let pending = lock(&c.pending)
             .take()
-            .ok_or_else(|| RuntimeError::State(format!("container {id} was already started")))?;
+            .ok_or_else(|| ContainerError::State(format!("container {id} was already started")))?;
         pending
             .start(START_TIMEOUT)
-            .map_err(|e| RuntimeError::Invalid(format!("container {id}: start: {e}")))?;
+            .map_err(|e| ContainerError::Invalid(format!("container {id}: start: {e}")))?;
         tracing::info!("container {id}: started");
         Ok(())
     }
@@ -382,19 +392,20 @@ impl Runtime {
         exec_id: &str,
         process_json: &str,
         channels: Channels,
-    ) -> Result<u32, RuntimeError> {
+    ) -> Result<u32, ContainerError> {
         validate_id("exec", exec_id)?;
         let c = self.get(id)?;
-        let process: Process = serde_json::from_str(process_json)
-            .map_err(|e| RuntimeError::Invalid(format!("exec {exec_id}: bad OCI process: {e}")))?;
+        let process: Process = serde_json::from_str(process_json).map_err(|e| {
+            ContainerError::Invalid(format!("exec {exec_id}: bad OCI process: {e}"))
+        })?;
         validate_process(&process)?;
         if lock(&c.pending).is_some() || self.reaper.has_exited(c.init_pid) {
-            return Err(RuntimeError::State(format!(
+            return Err(ContainerError::State(format!(
                 "container {id} is not running"
             )));
         }
         if lock(&c.execs).contains_key(exec_id) {
-            return Err(RuntimeError::Exists(format!(
+            return Err(ContainerError::Exists(format!(
                 "exec id {exec_id:?} exists in {id}"
             )));
         }
@@ -414,7 +425,7 @@ impl Runtime {
             lock(&c.execs).remove(exec_id);
             self.reaper.forget(pid);
             self.stdio.remove(id, exec_id);
-            return Err(RuntimeError::Invalid(format!(
+            return Err(ContainerError::Invalid(format!(
                 "exec {exec_id} in {id}: {e}"
             )));
         }
@@ -423,26 +434,32 @@ impl Runtime {
     }
 
     /// The pid of a process of a container.
-    pub fn pid_of(&self, c: &Container, exec_id: &str) -> Result<u32, RuntimeError> {
+    pub fn pid_of(&self, c: &Container, exec_id: &str) -> Result<u32, ContainerError> {
         if exec_id.is_empty() {
             return Ok(c.init_pid);
         }
         lock(&c.execs)
             .get(exec_id)
             .copied()
-            .ok_or_else(|| RuntimeError::NotFound(format!("no exec {exec_id:?} in {}", c.id)))
+            .ok_or_else(|| ContainerError::NotFound(format!("no exec {exec_id:?} in {}", c.id)))
     }
 
     /// SignalProcess.
-    pub fn signal(&self, id: &str, exec_id: &str, sig: u32, all: bool) -> Result<(), RuntimeError> {
+    pub fn signal(
+        &self,
+        id: &str,
+        exec_id: &str,
+        sig: u32,
+        all: bool,
+    ) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         let signal = Signal::try_from(sig as i32)
-            .map_err(|_| RuntimeError::Invalid(format!("bad signal number {sig}")))?;
+            .map_err(|_| ContainerError::Invalid(format!("bad signal number {sig}")))?;
         if all {
             if let Some(cg) = &c.cgroup {
                 return cg
                     .signal_all(signal as i32)
-                    .map_err(|e| RuntimeError::internal("signalling the cgroup", e));
+                    .map_err(|e| ContainerError::internal("signalling the cgroup", e));
             }
             for pid in self.live_pids(&c) {
                 let _ = kill(Pid::from_raw(pid as i32), signal);
@@ -451,12 +468,12 @@ impl Runtime {
         }
         let pid = self.pid_of(&c, exec_id)?;
         if self.reaper.has_exited(pid) {
-            return Err(RuntimeError::NotFound(format!(
+            return Err(ContainerError::NotFound(format!(
                 "process {exec_id:?} of {id} has already exited"
             )));
         }
         kill(Pid::from_raw(pid as i32), signal)
-            .map_err(|e| RuntimeError::internal(&format!("kill {pid}"), e))
+            .map_err(|e| ContainerError::internal(&format!("kill {pid}"), e))
     }
 
     fn live_pids(&self, c: &Container) -> Vec<u32> {
@@ -472,23 +489,24 @@ impl Runtime {
         id: &str,
         exec_id: &str,
         timeout: Option<Duration>,
-    ) -> Result<ExitStatus, RuntimeError> {
+    ) -> Result<ExitStatus, ContainerError> {
         let c = self.get(id)?;
         let pid = self.pid_of(&c, exec_id)?;
-        self.reaper
-            .wait(pid, timeout)
-            .ok_or_else(|| RuntimeError::Timeout(format!("process {exec_id:?} of {id} still runs")))
+        self.reaper.wait(pid, timeout).ok_or_else(|| {
+            ContainerError::Timeout(format!("process {exec_id:?} of {id} still runs"))
+        })
     }
 
     /// RemoveContainer: kills what is left, waits, removes the cgroup and forgets it all.
-    pub fn remove(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+    pub fn remove(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         drop(lock(&c.pending).take());
         match &c.cgroup {
             Some(cg) => {
                 let _ = cg.freeze(false, Duration::from_secs(1));
-                cg.remove(timeout)
-                    .map_err(|e| RuntimeError::internal(&format!("removing container {id}"), e))?;
+                cg.remove(timeout).map_err(|e| {
+                    ContainerError::internal(&format!("removing container {id}"), e)
+                })?;
             }
             None => {
                 for pid in self.live_pids(&c) {
@@ -497,7 +515,7 @@ impl Runtime {
             }
         }
         if self.reaper.wait(c.init_pid, Some(timeout)).is_none() {
-            return Err(RuntimeError::Timeout(format!(
+            return Err(ContainerError::Timeout(format!(
                 "container {id}: init pid {} did not die within {timeout:?}",
                 c.init_pid
             )));
@@ -510,23 +528,23 @@ impl Runtime {
         for pid in lock(&c.execs).values() {
             self.reaper.forget(*pid);
         }
-        lock(&self.containers).remove(id);
+        lock(&self.by_id).remove(id);
         tracing::info!("container {id}: removed");
         Ok(())
     }
 
     /// Ids of every container.
     pub fn ids(&self) -> Vec<String> {
-        lock(&self.containers).keys().cloned().collect()
+        lock(&self.by_id).keys().cloned().collect()
     }
 
     /// ListProcesses.
-    pub fn pids(&self, id: &str) -> Result<Vec<u32>, RuntimeError> {
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>, ContainerError> {
         let c = self.get(id)?;
         match &c.cgroup {
             Some(cg) => Ok(cg
                 .procs()
-                .map_err(|e| RuntimeError::internal("reading cgroup.procs", e))?
+                .map_err(|e| ContainerError::internal("reading cgroup.procs", e))?
                 .into_iter()
                 .map(|p| p as u32)
                 .collect()),
@@ -535,28 +553,46 @@ impl Runtime {
     }
 
     /// The container's cgroup, or an error saying there is none.
-    pub fn cgroup_of<'a>(&self, c: &'a Container) -> Result<&'a Cgroup, RuntimeError> {
+    pub fn cgroup_of<'a>(&self, c: &'a Container) -> Result<&'a Cgroup, ContainerError> {
         c.cgroup.as_ref().ok_or_else(|| {
-            RuntimeError::State(format!("container {} has no cgroup (no cgroup v2)", c.id))
+            ContainerError::State(format!("container {} has no cgroup (no cgroup v2)", c.id))
         })
     }
 
     /// UpdateContainer.
-    pub fn update(&self, id: &str, resources_json: &str) -> Result<(), RuntimeError> {
+    pub fn update(&self, id: &str, resources_json: &str) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         let res: LinuxResources = serde_json::from_str(resources_json)
-            .map_err(|e| RuntimeError::Invalid(format!("bad LinuxResources: {e}")))?;
+            .map_err(|e| ContainerError::Invalid(format!("bad LinuxResources: {e}")))?;
         self.cgroup_of(&c)?
             .apply(&res)
-            .map_err(|e| RuntimeError::Invalid(format!("container {id}: resources: {e}")))
+            .map_err(|e| ContainerError::Invalid(format!("container {id}: resources: {e}")))
     }
 
     /// PauseContainer / ResumeContainer.
-    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         self.cgroup_of(&c)?
             .freeze(frozen, Duration::from_secs(10))
-            .map_err(|e| RuntimeError::internal(&format!("container {id}: freeze"), e))
+            .map_err(|e| ContainerError::internal(&format!("container {id}: freeze"), e))
+    }
+}
+
+/// A checked CreateContainer request ([`Containers::plan_container`]).
+struct ContainerPlan {
+    spec: Spec,
+    process: Process,
+    linux: Linux,
+    seccomp: Option<SeccompProgram>,
+    namespaces: Vec<NamespaceStep>,
+    id_maps: Option<IdMaps>,
+    rootfs: PathBuf,
+}
+
+/// Removes a cgroup made for a container that failed to start (best effort).
+fn discard_cgroup(cgroup: &Option<Cgroup>) {
+    if let Some(cg) = cgroup {
+        let _ = cg.remove(Duration::from_secs(5));
     }
 }
 
@@ -580,14 +616,37 @@ fn console_size(p: &Process) -> Option<(u16, u16)> {
     (rows > 0 && cols > 0).then_some((rows, cols))
 }
 
+/// The spec's id maps when `steps` create a user namespace (which then needs both).
+fn new_user_id_maps(
+    steps: &[NamespaceStep],
+    linux: &Linux,
+) -> Result<Option<IdMaps>, ContainerError> {
+    let id_maps = steps
+        .iter()
+        .any(|s| s.typ == LinuxNamespaceType::User && s.join.is_none())
+        .then(|| IdMaps {
+            uid: linux.uid_mappings().clone().unwrap_or_default(),
+            gid: linux.gid_mappings().clone().unwrap_or_default(),
+        });
+    if id_maps
+        .as_ref()
+        .is_some_and(|m| m.uid.is_empty() || m.gid.is_empty())
+    {
+        return Err(ContainerError::Invalid(
+            "a new user namespace needs uidMappings and gidMappings".into(),
+        ));
+    }
+    Ok(id_maps)
+}
+
 /// Checks the parts of a process the init process cannot check early.
-fn validate_process(p: &Process) -> Result<(), RuntimeError> {
+fn validate_process(p: &Process) -> Result<(), ContainerError> {
     if p.args().as_ref().is_none_or(|a| a.is_empty()) {
-        return Err(RuntimeError::Invalid("process.args is empty".into()));
+        return Err(ContainerError::Invalid("process.args is empty".into()));
     }
     if let Some(b) = p.console_size() {
         if b.height() > u64::from(u16::MAX) || b.width() > u64::from(u16::MAX) {
-            return Err(RuntimeError::Invalid(format!(
+            return Err(ContainerError::Invalid(format!(
                 "process.consoleSize {}x{} is out of range",
                 b.height(),
                 b.width()
@@ -595,7 +654,7 @@ fn validate_process(p: &Process) -> Result<(), RuntimeError> {
         }
     }
     if !p.cwd().is_absolute() {
-        return Err(RuntimeError::Invalid(format!(
+        return Err(ContainerError::Invalid(format!(
             "process.cwd {} is not absolute",
             p.cwd().display()
         )));
@@ -606,7 +665,7 @@ fn validate_process(p: &Process) -> Result<(), RuntimeError> {
         .unwrap_or(1 << 20);
     for rl in p.rlimits().iter().flatten() {
         if rl.soft() > rl.hard() {
-            return Err(RuntimeError::Invalid(format!(
+            return Err(ContainerError::Invalid(format!(
                 "rlimit {:?}: soft {} above hard {}",
                 rl.typ(),
                 rl.soft(),
@@ -614,7 +673,7 @@ fn validate_process(p: &Process) -> Result<(), RuntimeError> {
             )));
         }
         if rl.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile && rl.hard() > nr_open {
-            return Err(RuntimeError::Invalid(format!(
+            return Err(ContainerError::Invalid(format!(
                 "rlimit RLIMIT_NOFILE hard {} above the kernel's nr_open {nr_open}",
                 rl.hard()
             )));
@@ -624,7 +683,7 @@ fn validate_process(p: &Process) -> Result<(), RuntimeError> {
 }
 
 /// The namespaces of `pid` that differ from the agent's, to join for an exec.
-fn namespaces_of(pid: u32) -> Result<Vec<NamespaceStep>, RuntimeError> {
+fn namespaces_of(pid: u32) -> Result<Vec<NamespaceStep>, ContainerError> {
     use LinuxNamespaceType::*;
     let mut steps = Vec::new();
     for (typ, name) in [
@@ -641,7 +700,7 @@ fn namespaces_of(pid: u32) -> Result<Vec<NamespaceStep>, RuntimeError> {
         let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
         let Ok(t) = ino(&theirs) else {
             if typ == Mount {
-                return Err(RuntimeError::State(format!("process {pid} is gone")));
+                return Err(ContainerError::State(format!("process {pid} is gone")));
             }
             continue;
         };

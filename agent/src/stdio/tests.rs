@@ -334,7 +334,7 @@ fn a_terminal_is_attachable_only_once_its_master_arrived() {
 
 #[test]
 fn serve_on_a_real_unix_listener() {
-    let tmp = crate::test_util::TempDir::new("stdio");
+    let tmp = crate::testing::tempdir("stdio");
     let dir = tmp.path();
     let path = wire::stdio_socket_path(&dir.join("agent.sock"));
     let _ = std::fs::remove_file(&path);

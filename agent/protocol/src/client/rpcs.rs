@@ -1,4 +1,4 @@
-//! Typed wrappers of `AgentService`'s sandbox, container, process and guest RPCs.
+//! Typed wrappers of `AgentService`'s pod, container, process and guest RPCs.
 //!
 //! Each is one RPC with the client's call timeout unless its doc says otherwise; errors are
 //! [`ClientError`]s (use [`ClientError::rpc_code`] for the agent's ttrpc status code).
@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{AgentClient, ClientError};
 use crate::agent::{
-    ContainerRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, ProcessRequest,
-    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse,
-    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
+    ContainerRequest, CopyFileRequest, CreateContainerRequest, CreatePodRequest, DestroyPodRequest,
+    ExecProcessRequest, GetOOMEventRequest, ProcessRequest, RemoveContainerRequest,
+    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, WaitProcessResponse,
 };
 use crate::stdio::Channels;
 
@@ -32,20 +32,20 @@ fn process_request(container_id: &str, exec_id: &str) -> ProcessRequest {
 }
 
 impl AgentClient {
-    /// `CreateSandbox`: hostname, DNS files, pod PID namespace and pod cgroup.
-    pub fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<(), ClientError> {
-        self.call("AgentService.CreateSandbox", |ctx| {
-            self.agent.create_sandbox(ctx, req)
+    /// `CreatePod`: hostname, DNS files, pod PID namespace and pod cgroup.
+    pub fn create_pod(&self, req: &CreatePodRequest) -> Result<(), ClientError> {
+        self.call("AgentService.CreatePod", |ctx| {
+            self.agent.create_pod(ctx, req)
         })
         .map(drop)
     }
 
-    /// `DestroySandbox`: kills every container of the pod and undoes `CreateSandbox`.
-    pub fn destroy_sandbox(&self, sandbox_id: &str) -> Result<(), ClientError> {
-        let mut req = DestroySandboxRequest::new();
-        req.sandbox_id = sandbox_id.to_string();
-        self.call("AgentService.DestroySandbox", |ctx| {
-            self.agent.destroy_sandbox(ctx, &req)
+    /// `DestroyPod`: kills every container of the pod and undoes `CreatePod`.
+    pub fn destroy_pod(&self, pod_id: &str) -> Result<(), ClientError> {
+        let mut req = DestroyPodRequest::new();
+        req.pod_id = pod_id.to_string();
+        self.call("AgentService.DestroyPod", |ctx| {
+            self.agent.destroy_pod(ctx, &req)
         })
         .map(drop)
     }
@@ -58,13 +58,13 @@ impl AgentClient {
         container_id: &str,
         spec_json: &str,
         channels: Channels,
-        sandbox_pidns: bool,
+        pod_pidns: bool,
     ) -> Result<u32, ClientError> {
         let mut req = CreateContainerRequest::new();
         req.container_id = container_id.to_string();
         req.spec_json = spec_json.to_string();
         req.stdio = Some(channels.to_proto()).into();
-        req.sandbox_pidns = sandbox_pidns;
+        req.pod_pidns = pod_pidns;
         self.call("AgentService.CreateContainer", |ctx| {
             self.agent.create_container(ctx, &req)
         })

@@ -153,31 +153,7 @@ impl Plan<'_> {
         if let Some(shares) = cpu.shares().filter(|&s| s != 0) {
             self.push("cpu.weight", shares_to_weight(shares).to_string())?;
         }
-        let quota = cpu.quota().unwrap_or(0);
-        let period = cpu.period().unwrap_or(0);
-        if quota != 0 || period != 0 {
-            let period = if period == 0 { 100_000 } else { period };
-            if !(1_000..=1_000_000).contains(&period) {
-                return Err(out_of_range(
-                    "cpu.period",
-                    period,
-                    "must be 1000..=1000000 µs",
-                ));
-            }
-            if quota > 0 && quota < 1_000 {
-                return Err(out_of_range(
-                    "cpu.quota",
-                    quota,
-                    "must be >= 1000 µs, or <= 0 for no limit",
-                ));
-            }
-            let quota = if quota > 0 {
-                quota.to_string()
-            } else {
-                "max".to_string()
-            };
-            self.push("cpu.max", format!("{quota} {period}"))?;
-        }
+        self.cpu_max(cpu)?;
         if let Some(burst) = cpu.burst() {
             self.push("cpu.max.burst", burst.to_string())?;
         }
@@ -188,6 +164,37 @@ impl Plan<'_> {
             self.push("cpu.idle", idle.to_string())?;
         }
         Ok(())
+    }
+
+    /// `cpu.max` from `cpu.quota` and `cpu.period` (default period 100 ms; a quota <= 0 is
+    /// no limit).
+    fn cpu_max(&mut self, cpu: &LinuxCpu) -> Result<(), CgroupError> {
+        let quota = cpu.quota().unwrap_or(0);
+        let period = cpu.period().unwrap_or(0);
+        if quota == 0 && period == 0 {
+            return Ok(());
+        }
+        let period = if period == 0 { 100_000 } else { period };
+        if !(1_000..=1_000_000).contains(&period) {
+            return Err(out_of_range(
+                "cpu.period",
+                period,
+                "must be 1000..=1000000 µs",
+            ));
+        }
+        if quota > 0 && quota < 1_000 {
+            return Err(out_of_range(
+                "cpu.quota",
+                quota,
+                "must be >= 1000 µs, or <= 0 for no limit",
+            ));
+        }
+        let quota = if quota > 0 {
+            quota.to_string()
+        } else {
+            "max".to_string()
+        };
+        self.push("cpu.max", format!("{quota} {period}"))
     }
 
     fn memory(&mut self, mem: &LinuxMemory) -> Result<(), CgroupError> {
@@ -230,6 +237,13 @@ impl Plan<'_> {
         if bio.leaf_weight().is_some() {
             debug!("linux.resources.blockIO.leafWeight ignored: not in cgroup v2");
         }
+        self.io_weights(bio)?;
+        self.io_limits(bio)
+    }
+
+    /// `blockIO.weight` and `weightDevice`: `io.bfq.weight` where BFQ is there, else
+    /// `io.weight` (scaled).
+    fn io_weights(&mut self, bio: &LinuxBlockIo) -> Result<(), CgroupError> {
         let bfq = (self.exists)("io.bfq.weight");
         if let Some(w) = bio.weight().filter(|&w| w != 0) {
             let w = blkio_weight("blockIO.weight", w)?;
@@ -252,6 +266,11 @@ impl Plan<'_> {
                 self.push("io.weight", format!("{dev} {}", blkio_to_io_weight(w)))?;
             }
         }
+        Ok(())
+    }
+
+    /// The throttle lists as `io.max`, one line per device.
+    fn io_limits(&mut self, bio: &LinuxBlockIo) -> Result<(), CgroupError> {
         let mut limits: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
         for (field, key, list) in [
             (
@@ -470,5 +489,4 @@ fn out_of_range(field: &'static str, value: impl ToString, reason: &'static str)
 }
 
 #[cfg(test)]
-#[path = "resources_tests.rs"]
 mod tests;

@@ -257,8 +257,8 @@ fn hugetlb_sizes(dir: &Path) -> Result<Vec<String>, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::cgroup::tests::TempDir;
     use crate::container::cgroup::Cgroup;
+    use crate::testing::{tempdir, TempDirExt};
 
     // Sample contents in the formats of Documentation/admin-guide/cgroup-v2.rst (6.12).
     const CPU_STAT: &str = "usage_usec 2105734\nuser_usec 1503011\nsystem_usec 602723\n\
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn stats_of_a_full_cgroup() {
-        let t = TempDir::new("stats");
+        let t = tempdir("stats");
         t.file("cpu.stat", CPU_STAT);
         t.file("memory.current", "8970240\n");
         t.file("memory.max", "268435456\n");
@@ -340,7 +340,7 @@ mod tests {
         t.file("hugetlb.2MB.rsvd.current", "0\n");
         t.file("hugetlb.1GB.current", "0\n");
         t.file("hugetlb.1GB.max", "max\n");
-        let s = Cgroup::open(&t.0).stats().unwrap();
+        let s = Cgroup::open(t.path()).stats().unwrap();
         assert_eq!(
             s.cpu,
             CpuStats {
@@ -396,14 +396,14 @@ mod tests {
 
     #[test]
     fn stats_of_an_empty_or_missing_dir() {
-        let t = TempDir::new("stats-empty");
+        let t = tempdir("stats-empty");
         t.file("pids.max", "100\n");
-        let s = Cgroup::open(&t.0).stats().unwrap();
+        let s = Cgroup::open(t.path()).stats().unwrap();
         assert_eq!(s.cpu, CpuStats::default());
         assert_eq!((s.memory.current, s.memory.max), (0, 0));
         assert!(s.memory.stat.is_empty() && s.io.is_empty() && s.hugetlb.is_empty());
         assert_eq!(s.pids.max, 100);
-        let gone = Cgroup::open(t.0.join("gone")).stats().unwrap();
+        let gone = Cgroup::open(t.path().join("gone")).stats().unwrap();
         assert_eq!(gone.pids, PidsStats::default());
     }
 }

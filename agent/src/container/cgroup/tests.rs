@@ -3,24 +3,24 @@
 
 use super::*;
 
-pub(crate) use crate::test_util::TempDir;
+use crate::testing::{tempdir, TempDirExt};
 
 #[test]
 fn create_validates_relative_paths() {
-    let t = TempDir::new("validate");
+    let t = tempdir("validate");
     for bad in ["/abs/x", "a/../b", "..", "", "."] {
-        let err = Cgroup::create(&t.0, Path::new(bad)).unwrap_err();
+        let err = Cgroup::create(t.path(), Path::new(bad)).unwrap_err();
         assert!(
             matches!(err, CgroupError::InvalidPath { .. }),
             "{bad}: {err}"
         );
     }
-    assert!(!t.0.join("b").exists());
+    assert!(!t.path().join("b").exists());
 }
 
 #[test]
 fn create_makes_levels_and_enables_controllers_in_ancestors() {
-    let t = TempDir::new("create");
+    let t = tempdir("create");
     t.file(
         "cgroup.controllers",
         "cpuset cpu io memory hugetlb pids rdma misc\n",
@@ -32,8 +32,8 @@ fn create_makes_levels_and_enables_controllers_in_ancestors() {
     t.file("pod/ctr/cgroup.controllers", "cpu memory pids\n");
     t.file("pod/ctr/cgroup.subtree_control", "");
 
-    let cg = Cgroup::create(&t.0, Path::new("pod/ctr")).unwrap();
-    assert_eq!(cg.path(), t.0.join("pod/ctr"));
+    let cg = Cgroup::create(t.path(), Path::new("pod/ctr")).unwrap();
+    assert_eq!(cg.path(), t.path().join("pod/ctr"));
     assert!(cg.path().is_dir());
     // One write per controller: the plain file keeps the last.
     assert_eq!(t.read("cgroup.subtree_control"), "+misc");
@@ -42,81 +42,81 @@ fn create_makes_levels_and_enables_controllers_in_ancestors() {
 
     // Idempotent, and only missing controllers are written.
     t.file("pod/cgroup.subtree_control", "cpu memory pids\n");
-    let again = Cgroup::create(&t.0, Path::new("./pod/ctr")).unwrap();
+    let again = Cgroup::create(t.path(), Path::new("./pod/ctr")).unwrap();
     assert_eq!(again, cg);
     assert_eq!(t.read("pod/cgroup.subtree_control"), "cpu memory pids\n");
 }
 
 #[test]
 fn enable_controllers_writes_each_missing_one() {
-    let t = TempDir::new("enable");
+    let t = tempdir("enable");
     t.file("cgroup.controllers", "cpuset cpu io memory pids\n");
     t.file("cgroup.subtree_control", "cpu io\n");
-    let done = enable_controllers(&t.0).unwrap();
+    let done = enable_controllers(t.path()).unwrap();
     assert_eq!(done, ["cpuset", "memory", "pids"]);
     // No cgroup.controllers (not a cgroup level): nothing to do.
-    let u = TempDir::new("enable-none");
-    assert!(enable_controllers(&u.0).unwrap().is_empty());
+    let u = tempdir("enable-none");
+    assert!(enable_controllers(u.path()).unwrap().is_empty());
 }
 
 #[test]
 fn enable_controllers_without_subtree_control_skips() {
-    let t = TempDir::new("enable-missing");
+    let t = tempdir("enable-missing");
     t.file("cgroup.controllers", "cpu\n");
     // ENOENT opening the file: skipped like a controller the kernel does not know.
-    assert!(enable_controllers(&t.0).unwrap().is_empty());
+    assert!(enable_controllers(t.path()).unwrap().is_empty());
 }
 
 #[test]
 fn write_file_never_creates_and_truncates() {
-    let t = TempDir::new("write");
-    let err = write_file(&t.0.join("memory.max"), "1").unwrap_err();
+    let t = tempdir("write");
+    let err = write_file(&t.path().join("memory.max"), "1").unwrap_err();
     assert!(matches!(err, CgroupError::Write { .. }), "{err}");
-    assert!(!t.0.join("memory.max").exists());
+    assert!(!t.path().join("memory.max").exists());
     t.file("memory.max", "max\n");
-    write_file(&t.0.join("memory.max"), "1").unwrap();
+    write_file(&t.path().join("memory.max"), "1").unwrap();
     assert_eq!(t.read("memory.max"), "1");
 }
 
 #[test]
 fn read_bounded_stops_at_limit() {
-    let t = TempDir::new("bounded");
+    let t = tempdir("bounded");
     let big = "x".repeat(MAX_READ as usize + 100);
     t.file("memory.stat", &big);
     assert_eq!(
-        read_bounded(&t.0.join("memory.stat")).unwrap().len(),
+        read_bounded(&t.path().join("memory.stat")).unwrap().len(),
         MAX_READ as usize
     );
-    assert_eq!(read_optional(&t.0.join("nope")).unwrap(), None);
+    assert_eq!(read_optional(&t.path().join("nope")).unwrap(), None);
 }
 
 #[test]
 fn procs_skips_malformed_and_non_positive() {
-    let t = TempDir::new("procs");
+    let t = tempdir("procs");
     t.file("cgroup.procs", "12\n\nabc\n0\n-1\n 345 \n");
-    let cg = Cgroup::open(&t.0);
+    let cg = Cgroup::open(t.path());
     assert_eq!(cg.procs().unwrap(), [12, 345]);
     assert_eq!(
-        Cgroup::open(t.0.join("gone")).procs().unwrap(),
+        Cgroup::open(t.path().join("gone")).procs().unwrap(),
         Vec::<i32>::new()
     );
 }
 
 #[test]
 fn add_proc_writes_pid() {
-    let t = TempDir::new("addproc");
+    let t = tempdir("addproc");
     t.file("cgroup.procs", "");
-    Cgroup::open(&t.0).add_proc(42).unwrap();
+    Cgroup::open(t.path()).add_proc(42).unwrap();
     assert_eq!(t.read("cgroup.procs"), "42");
 }
 
 #[test]
 fn freeze_waits_for_events() {
-    let t = TempDir::new("freeze");
+    let t = tempdir("freeze");
     t.file("cgroup.freeze", "0\n");
     t.file("cgroup.events", "populated 1\nfrozen 0\n");
-    let cg = Cgroup::open(&t.0);
-    let events = t.0.join("cgroup.events");
+    let cg = Cgroup::open(t.path());
+    let events = t.path().join("cgroup.events");
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(30));
         fs::write(events, "populated 1\nfrozen 1\n").unwrap();
@@ -142,8 +142,8 @@ fn freeze_waits_for_events() {
 
 #[test]
 fn freeze_without_control_file_fails() {
-    let t = TempDir::new("freeze-missing");
-    let err = Cgroup::open(&t.0)
+    let t = tempdir("freeze-missing");
+    let err = Cgroup::open(t.path())
         .freeze(true, Duration::from_millis(10))
         .unwrap_err();
     assert!(matches!(err, CgroupError::Write { .. }), "{err}");
@@ -151,17 +151,17 @@ fn freeze_without_control_file_fails() {
 
 #[test]
 fn kill_all_prefers_cgroup_kill() {
-    let t = TempDir::new("kill");
+    let t = tempdir("kill");
     t.file("cgroup.kill", "");
     // Would be signalled by the fallback; cgroup.kill must be used instead.
     t.file("cgroup.procs", &format!("{}\n", std::process::id()));
-    Cgroup::open(&t.0).kill_all().unwrap();
+    Cgroup::open(t.path()).kill_all().unwrap();
     assert_eq!(t.read("cgroup.kill"), "1");
 }
 
 #[test]
 fn kill_all_fallback_kills_listed_processes() {
-    let t = TempDir::new("kill-fallback");
+    let t = tempdir("kill-fallback");
     let mut child = std::process::Command::new("sleep")
         .arg("60")
         .spawn()
@@ -171,7 +171,7 @@ fn kill_all_fallback_kills_listed_processes() {
         "cgroup.procs",
         &format!("1\n{}\n{}\n", std::process::id(), child.id()),
     );
-    let cg = Cgroup::open(&t.0);
+    let cg = Cgroup::open(t.path());
     cg.kill_all().unwrap();
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -183,20 +183,20 @@ fn kill_all_fallback_kills_listed_processes() {
 
 #[test]
 fn remove_missing_and_empty_cgroups() {
-    let t = TempDir::new("remove");
-    Cgroup::open(t.0.join("never"))
+    let t = tempdir("remove");
+    Cgroup::open(t.path().join("never"))
         .remove(Duration::from_millis(10))
         .unwrap();
-    fs::create_dir_all(t.0.join("ctr/child/grandchild")).unwrap();
-    let cg = Cgroup::open(t.0.join("ctr"));
+    fs::create_dir_all(t.path().join("ctr/child/grandchild")).unwrap();
+    let cg = Cgroup::open(t.path().join("ctr"));
     cg.remove(Duration::from_secs(1)).unwrap();
-    assert!(!t.0.join("ctr").exists());
+    assert!(!t.path().join("ctr").exists());
 }
 
 #[test]
 fn remove_waits_until_unpopulated() {
-    let t = TempDir::new("remove-wait");
-    let dir = t.0.join("ctr");
+    let t = tempdir("remove-wait");
+    let dir = t.path().join("ctr");
     fs::create_dir(&dir).unwrap();
     t.file("ctr/cgroup.events", "populated 1\nfrozen 0\n");
     t.file("ctr/cgroup.kill", "");
@@ -218,8 +218,8 @@ fn remove_waits_until_unpopulated() {
 
 #[test]
 fn memory_events_missing_is_zero() {
-    let t = TempDir::new("events");
-    let cg = Cgroup::open(&t.0);
+    let t = tempdir("events");
+    let cg = Cgroup::open(t.path());
     assert_eq!(cg.memory_events().unwrap(), MemoryEvents::default());
     t.file(
         "memory.events",
@@ -231,9 +231,9 @@ fn memory_events_missing_is_zero() {
 
 #[test]
 fn is_cgroup2_false_on_plain_dirs() {
-    let t = TempDir::new("magic");
-    assert!(!is_cgroup2(&t.0));
-    assert!(!is_cgroup2(&t.0.join("missing")));
+    let t = tempdir("magic");
+    assert!(!is_cgroup2(t.path()));
+    assert!(!is_cgroup2(&t.path().join("missing")));
 }
 
 /// On a real cgroup v2 tree: `MOAT_CGROUP2_ROOT=/sys/fs/cgroup cargo test -p moat-agent --

@@ -24,7 +24,7 @@
 //!
 //! After the mount: the propagation options in order, then the recursive attributes.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ use tracing::warn;
 use super::options::MountOptions;
 use super::securejoin::{clean, container_path, create_file, mkdir_all, secure_join};
 use super::sys::{self, attr, ATIME_FLAGS, LOCKED_FLAGS};
-use super::{mount_err, path_err, Ctx, RootfsError};
+use super::{mount_err, path_err, Ctx, RootfsConfig, RootfsError};
 
 /// Entries under `/proc` that may be mount destinations (what lxcfs emulates), runc's list.
 const VALID_PROC_MOUNTS: &[&str] = &[
@@ -192,90 +192,149 @@ pub(super) fn mount_entry(ctx: &mut Ctx, m: &Mount) -> Result<(), RootfsError> {
         };
         return entry.bind(src, &opts);
     }
+    let fresh = FreshMount {
+        entry,
+        fstype,
+        src,
+        opts: &opts,
+    };
     let cfg = ctx.cfg;
-    let src_or = |default: &str| src.map_or_else(|| default.into(), |s| s.as_os_str().to_owned());
     match fstype {
-        "proc" => {
-            let res = entry.fresh(&src_or("proc"), "proc", opts.flags, &opts.data());
-            match res {
-                Err(e) if cfg.in_user_ns && !cfg.new_pid_ns && is_errno(&e, &[libc::EPERM]) => {
-                    warn!(dest = %spec_dest.display(), "cannot mount proc here: bind-mounting /proc");
-                    entry.bind(Path::new("/proc"), &with_bind(&opts, true))
-                }
-                res => res
-                    .map_err(|e| mount_err("mount", spec_dest, fstype, src_or("proc"), e))
-                    .and_then(|()| entry.post(&opts)),
-            }
-        }
-        "sysfs" => {
-            if cfg.new_net_ns || !cfg.in_user_ns {
-                match entry.fresh(&src_or("sysfs"), "sysfs", opts.flags, &opts.data()) {
-                    Ok(()) => return entry.post(&opts),
-                    Err(e) if is_errno(&e, &[libc::EPERM, libc::EBUSY]) => {}
-                    Err(e) => {
-                        return Err(mount_err("mount", spec_dest, fstype, src_or("sysfs"), e))
-                    }
-                }
-            }
-            entry.bind(Path::new("/sys"), &with_rbind(&opts))
-        }
-        "mqueue" => match entry.fresh(&src_or("mqueue"), "mqueue", opts.flags, &opts.data()) {
-            Err(e) if cfg.in_user_ns && is_errno(&e, &[libc::EPERM]) => {
-                entry.bind(Path::new("/dev/mqueue"), &with_bind(&opts, false))
-            }
-            res => res
-                .map_err(|e| mount_err("mount", spec_dest, fstype, src_or("mqueue"), e))
-                .and_then(|()| entry.post(&opts)),
-        },
-        "cgroup" | "cgroup2" => {
-            let data = if fstype == "cgroup" {
-                String::new()
-            } else {
-                opts.data()
-            };
-            match entry.fresh(&src_or("cgroup2"), "cgroup2", opts.flags, &data) {
-                Err(e) if is_errno(&e, &[libc::EPERM, libc::EBUSY]) => {
-                    warn!(dest = %spec_dest.display(), "cannot mount cgroup2 here: bind-mounting /sys/fs/cgroup");
-                    entry.bind(Path::new("/sys/fs/cgroup"), &with_rbind(&opts))
-                }
-                res => res
-                    .map_err(|e| mount_err("mount", spec_dest, "cgroup2", src_or("cgroup2"), e))
-                    .and_then(|()| entry.post(&opts)),
-            }
-        }
-        // In a user namespace the spec's gid= (tty, 5) may be unmapped: EINVAL. Like runc
-        // rootless, retry without it.
-        "devpts" => {
-            let data = opts.data();
-            match entry.fresh(&src_or("devpts"), "devpts", opts.flags, &data) {
-                Err(e)
-                    if cfg.in_user_ns && is_errno(&e, &[libc::EINVAL]) && data.contains("gid=") =>
-                {
-                    let data: Vec<&str> =
-                        data.split(',').filter(|o| !o.starts_with("gid=")).collect();
-                    entry.fresh(&src_or("devpts"), "devpts", opts.flags, &data.join(","))
-                }
-                res => res,
-            }
-            .map_err(|e| mount_err("mount", spec_dest, fstype, src_or("devpts"), e))
-            .and_then(|()| entry.post(&opts))
-        }
+        "proc" => fresh.proc(cfg),
+        "sysfs" => fresh.sysfs(cfg),
+        "mqueue" => fresh.mqueue(cfg),
+        "cgroup" | "cgroup2" => fresh.cgroup(),
+        "devpts" => fresh.devpts(cfg),
         "" => Err(RootfsError::InvalidSpec(format!(
             "mount on {} has no type and is not a bind mount",
             spec_dest.display()
         ))),
-        _ => {
-            // tmpfs and whatever goes on /dev are remounted read-only after the pivot.
-            let mut flags = opts.flags;
-            if opts.read_only() && (fstype == "tmpfs" || cdest == Path::new("/dev")) {
-                flags &= !libc::MS_RDONLY;
-                ctx.deferred_ro.push((cdest.clone(), opts.flags));
+        _ => fresh.other(ctx, cdest),
+    }
+}
+
+/// A spec mount that is not a bind: a fresh filesystem of `fstype`, with the fallbacks of
+/// the module documentation.
+struct FreshMount<'a> {
+    entry: Entry<'a>,
+    fstype: &'a str,
+    src: Option<&'a Path>,
+    opts: &'a MountOptions,
+}
+
+impl FreshMount<'_> {
+    /// The spec's source, or `default` when it names none.
+    fn src_or(&self, default: &str) -> OsString {
+        self.src
+            .map_or_else(|| default.into(), |s| s.as_os_str().to_owned())
+    }
+
+    /// The error of mounting `fstype` from `src_or(default)`.
+    fn err(&self, fstype: &str, default: &str, e: io::Error) -> RootfsError {
+        mount_err(
+            "mount",
+            self.entry.spec_dest,
+            fstype,
+            self.src_or(default),
+            e,
+        )
+    }
+
+    /// A fresh procfs; in a user namespace without its own PID namespace an rbind of `/proc`.
+    fn proc(&self, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+        let (entry, opts) = (&self.entry, self.opts);
+        let res = entry.fresh(&self.src_or("proc"), "proc", opts.flags, &opts.data());
+        match res {
+            Err(e) if cfg.in_user_ns && !cfg.new_pid_ns && is_errno(&e, &[libc::EPERM]) => {
+                warn!(dest = %entry.spec_dest.display(), "cannot mount proc here: bind-mounting /proc");
+                entry.bind(Path::new("/proc"), &with_bind(opts, true))
             }
-            entry
-                .fresh(&src_or(fstype), fstype, flags, &opts.data())
-                .map_err(|e| mount_err("mount", spec_dest, fstype, src_or(fstype), e))?;
-            entry.post(&opts)
+            res => res
+                .map_err(|e| self.err(self.fstype, "proc", e))
+                .and_then(|()| entry.post(opts)),
         }
+    }
+
+    /// A fresh sysfs, or (in a user namespace without its own network namespace, or when the
+    /// kernel refuses) an rbind of `/sys`.
+    fn sysfs(&self, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+        let (entry, opts) = (&self.entry, self.opts);
+        if cfg.new_net_ns || !cfg.in_user_ns {
+            match entry.fresh(&self.src_or("sysfs"), "sysfs", opts.flags, &opts.data()) {
+                Ok(()) => return entry.post(opts),
+                Err(e) if is_errno(&e, &[libc::EPERM, libc::EBUSY]) => {}
+                Err(e) => return Err(self.err(self.fstype, "sysfs", e)),
+            }
+        }
+        entry.bind(Path::new("/sys"), &with_rbind(opts))
+    }
+
+    /// A fresh mqueue; on EPERM in a user namespace a bind of `/dev/mqueue`.
+    fn mqueue(&self, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+        let (entry, opts) = (&self.entry, self.opts);
+        match entry.fresh(&self.src_or("mqueue"), "mqueue", opts.flags, &opts.data()) {
+            Err(e) if cfg.in_user_ns && is_errno(&e, &[libc::EPERM]) => {
+                entry.bind(Path::new("/dev/mqueue"), &with_bind(opts, false))
+            }
+            res => res
+                .map_err(|e| self.err(self.fstype, "mqueue", e))
+                .and_then(|()| entry.post(opts)),
+        }
+    }
+
+    /// A cgroup2 mount (v1 data options dropped); on EPERM/EBUSY an rbind of `/sys/fs/cgroup`.
+    fn cgroup(&self) -> Result<(), RootfsError> {
+        let (entry, opts) = (&self.entry, self.opts);
+        let data = if self.fstype == "cgroup" {
+            String::new()
+        } else {
+            opts.data()
+        };
+        match entry.fresh(&self.src_or("cgroup2"), "cgroup2", opts.flags, &data) {
+            Err(e) if is_errno(&e, &[libc::EPERM, libc::EBUSY]) => {
+                warn!(dest = %entry.spec_dest.display(), "cannot mount cgroup2 here: bind-mounting /sys/fs/cgroup");
+                entry.bind(Path::new("/sys/fs/cgroup"), &with_rbind(opts))
+            }
+            res => res
+                .map_err(|e| self.err("cgroup2", "cgroup2", e))
+                .and_then(|()| entry.post(opts)),
+        }
+    }
+
+    /// A fresh devpts. In a user namespace the spec's gid= (tty, 5) may be unmapped: EINVAL.
+    /// Like runc rootless, retry without it.
+    fn devpts(&self, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+        let (entry, opts) = (&self.entry, self.opts);
+        let data = opts.data();
+        match entry.fresh(&self.src_or("devpts"), "devpts", opts.flags, &data) {
+            Err(e) if cfg.in_user_ns && is_errno(&e, &[libc::EINVAL]) && data.contains("gid=") => {
+                let data: Vec<&str> = data.split(',').filter(|o| !o.starts_with("gid=")).collect();
+                entry.fresh(
+                    &self.src_or("devpts"),
+                    "devpts",
+                    opts.flags,
+                    &data.join(","),
+                )
+            }
+            res => res,
+        }
+        .map_err(|e| self.err(self.fstype, "devpts", e))
+        .and_then(|()| entry.post(opts))
+    }
+
+    /// tmpfs and anything else, as is; tmpfs and whatever goes on `/dev` (container path
+    /// `cdest`) are remounted read-only after the pivot.
+    fn other(&self, ctx: &mut Ctx, cdest: PathBuf) -> Result<(), RootfsError> {
+        let (entry, opts, fstype) = (&self.entry, self.opts, self.fstype);
+        let mut flags = opts.flags;
+        if opts.read_only() && (fstype == "tmpfs" || cdest == Path::new("/dev")) {
+            flags &= !libc::MS_RDONLY;
+            ctx.deferred_ro.push((cdest, opts.flags));
+        }
+        entry
+            .fresh(&self.src_or(fstype), fstype, flags, &opts.data())
+            .map_err(|e| self.err(fstype, fstype, e))?;
+        entry.post(opts)
     }
 }
 
@@ -390,8 +449,8 @@ pub(super) fn remount_read_only(cdest: &Path, flags: c_ulong) -> Result<(), Root
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{spec, TempDir};
     use super::*;
+    use crate::testing::{spec, tempdir};
 
     fn mount(json: &str) -> Mount {
         serde_json::from_str(json).unwrap()
@@ -413,8 +472,8 @@ mod tests {
 
     #[test]
     fn mount_validation() {
-        let t = TempDir::new("mnt-validate");
-        let src = t.0.display();
+        let t = tempdir("mnt-validate");
+        let src = t.path().display();
         assert!(validate_mount(&mount(&format!(
             r#"{{"destination":"/data","type":"bind","source":"{src}","options":["rbind","ro"]}}"#
         )))

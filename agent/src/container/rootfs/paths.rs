@@ -187,8 +187,8 @@ pub(super) fn write_sysctls(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::spec;
     use super::*;
+    use crate::testing::spec;
 
     fn with_ns(ns: &[&str]) -> Spec {
         let list: Vec<String> = ns.iter().map(|n| format!(r#"{{"type":"{n}"}}"#)).collect();

@@ -142,14 +142,14 @@ pub(crate) fn clean(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::TempDir;
     use super::*;
+    use crate::testing::tempdir;
     use std::os::unix::fs::symlink;
 
     #[test]
     fn plain_and_missing_paths() {
-        let t = TempDir::new("sj-plain");
-        let root = &t.0;
+        let t = tempdir("sj-plain");
+        let root = t.path();
         fs::create_dir_all(root.join("a/b")).unwrap();
         assert_eq!(
             secure_join(root, Path::new("/a/b")).unwrap(),
@@ -164,8 +164,8 @@ mod tests {
 
     #[test]
     fn dotdot_is_clamped_at_the_root() {
-        let t = TempDir::new("sj-dotdot");
-        let root = &t.0;
+        let t = tempdir("sj-dotdot");
+        let root = t.path();
         assert_eq!(
             secure_join(root, Path::new("/../../etc")).unwrap(),
             root.join("etc")
@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn absolute_symlink_to_slash_stays_inside() {
-        let t = TempDir::new("sj-evil");
-        let root = &t.0;
+        let t = tempdir("sj-evil");
+        let root = t.path();
         symlink("/", root.join("evil")).unwrap();
         assert_eq!(secure_join(root, Path::new("/evil")).unwrap(), *root);
         assert_eq!(
@@ -190,8 +190,8 @@ mod tests {
 
     #[test]
     fn relative_symlink_escape_is_clamped() {
-        let t = TempDir::new("sj-rel");
-        let root = &t.0;
+        let t = tempdir("sj-rel");
+        let root = t.path();
         fs::create_dir_all(root.join("d")).unwrap();
         symlink("../../../../tmp", root.join("d/up")).unwrap();
         assert_eq!(
@@ -214,8 +214,8 @@ mod tests {
 
     #[test]
     fn symlink_loops_fail() {
-        let t = TempDir::new("sj-loop");
-        let root = &t.0;
+        let t = tempdir("sj-loop");
+        let root = t.path();
         symlink("/b", root.join("a")).unwrap();
         symlink("/a", root.join("b")).unwrap();
         let e = secure_join(root, Path::new("/a/x")).unwrap_err();
@@ -224,8 +224,8 @@ mod tests {
 
     #[test]
     fn mount_points_are_created() {
-        let t = TempDir::new("sj-create");
-        let root = &t.0;
+        let t = tempdir("sj-create");
+        let root = t.path();
         let dir = secure_join(root, Path::new("/x/y/z")).unwrap();
         mkdir_all(&dir).unwrap();
         assert!(dir.is_dir());

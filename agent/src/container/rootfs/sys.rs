@@ -136,7 +136,7 @@ pub(crate) fn mount_setattr_recursive(target: &Path, set: u64, clr: u64) -> io::
             target.as_ptr(),
             libc::AT_RECURSIVE as libc::c_uint,
             &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            size_of::<MountAttr>(),
         )
     };
     if rc == 0 {

@@ -63,8 +63,11 @@ impl From<Action> for SeccompAction {
 /// One rule: syscall `nr` gets `action` when all `conds` hold (always when there are none).
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Rule {
+    /// The syscall number (of the native architecture).
     pub nr: i64,
+    /// What the syscall gets when the rule matches.
     pub action: Action,
+    /// Argument conditions, all of which must hold.
     pub conds: Vec<SeccompCondition>,
 }
 

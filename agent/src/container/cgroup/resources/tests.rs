@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::*;
-use crate::container::cgroup::tests::TempDir;
 use crate::container::cgroup::Cgroup;
+use crate::testing::{tempdir, TempDirExt};
 
 /// Every control file a cgroup with all controllers (and BFQ off, swap on) has.
 const ALL_FILES: &[&str] = &[
@@ -474,7 +474,7 @@ fn devices_and_network_ignored() {
 
 #[test]
 fn apply_writes_files_and_stops_before_writing_on_error() {
-    let t = TempDir::new("apply");
+    let t = tempdir("apply");
     for f in [
         "memory.max",
         "memory.low",
@@ -485,7 +485,7 @@ fn apply_writes_files_and_stops_before_writing_on_error() {
     ] {
         t.file(f, "");
     }
-    let cg = Cgroup::open(&t.0);
+    let cg = Cgroup::open(t.path());
     cg.apply(&res(
         r#"{"memory": {"limit": 268435456, "swap": 536870912}, "cpu": {"shares": 1024, "quota": 150000},
             "pids": {"limit": 64}}"#,
@@ -511,7 +511,7 @@ fn apply_writes_files_and_stops_before_writing_on_error() {
     assert_eq!(t.read("pids.max"), "64");
 
     // A unified key that is a directory, not a control file.
-    std::fs::create_dir(t.0.join("child")).unwrap();
+    std::fs::create_dir(t.path().join("child")).unwrap();
     let err = cg
         .apply(&res(r#"{"unified": {"child": "1"}}"#))
         .unwrap_err();

@@ -32,14 +32,10 @@
 //! the `tmpcopyup` option is ignored with a warning.
 
 mod mounts;
-#[cfg(test)]
-mod nstest;
 mod options;
 mod paths;
 pub(crate) mod securejoin;
 pub(crate) mod sys;
-#[cfg(test)]
-pub(crate) mod testutil;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -181,32 +177,49 @@ pub(crate) fn setup_rootfs_with(
         )));
     }
     let propagation = rootfs_propagation(cfg.spec)?;
-    let root = Path::new("/");
-    let flag = propagation.unwrap_or(libc::MS_SLAVE | libc::MS_REC);
-    sys::mount(None, root, None, flag, None)
-        .map_err(|e| mount_err("set propagation of", root, "", "", e))?;
-    make_parent_mount_private(&rootfs)?;
-    sys::mount(
-        Some(rootfs.as_os_str()),
-        &rootfs,
-        Some("bind"),
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )
-    .map_err(|e| mount_err("bind-mount the rootfs", &rootfs, "bind", &rootfs, e))?;
-
+    make_rootfs_mount(&rootfs, propagation)?;
     let mut ctx = Ctx {
         cfg,
         rootfs: rootfs.clone(),
         deferred_ro: Vec::new(),
     };
+    populate_rootfs(&mut ctx)?;
+    if force_move_root {
+        move_root(&rootfs)?;
+    } else {
+        pivot_root(&rootfs)?;
+    }
+    after_pivot(&ctx, propagation)
+}
+
+/// Steps 1 and 2: `/` made `MS_SLAVE` (or `propagation`), the rootfs's parent mount private,
+/// the rootfs bind-mounted onto itself.
+fn make_rootfs_mount(rootfs: &Path, propagation: Option<c_ulong>) -> Result<(), RootfsError> {
+    let root = Path::new("/");
+    let flag = propagation.unwrap_or(libc::MS_SLAVE | libc::MS_REC);
+    sys::mount(None, root, None, flag, None)
+        .map_err(|e| mount_err("set propagation of", root, "", "", e))?;
+    make_parent_mount_private(rootfs)?;
+    sys::mount(
+        Some(rootfs.as_os_str()),
+        rootfs,
+        Some("bind"),
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(|e| mount_err("bind-mount the rootfs", rootfs, "bind", rootfs, e))
+}
+
+/// Steps 3 to 6: the default `/dev` tmpfs, the spec's mounts, `/dev` entries, `process.cwd`.
+fn populate_rootfs(ctx: &mut Ctx) -> Result<(), RootfsError> {
+    let cfg = ctx.cfg;
     let spec_mounts = cfg.spec.mounts().as_deref().unwrap_or(&[]);
     let dev = Path::new("/dev");
     if !spec_mounts.iter().any(|m| clean(m.destination()) == dev) {
-        mounts::mount_default_dev(&ctx)?;
+        mounts::mount_default_dev(ctx)?;
     }
     for m in spec_mounts {
-        mounts::mount_entry(&mut ctx, m)?;
+        mounts::mount_entry(ctx, m)?;
     }
     let dev_is_bind = spec_mounts.iter().any(|m| {
         clean(m.destination()) == dev
@@ -218,20 +231,20 @@ pub(crate) fn setup_rootfs_with(
         let devpts = spec_mounts.iter().any(|m| {
             m.typ().as_deref() == Some("devpts") && clean(m.destination()) == dev.join("pts")
         });
-        devices::setup_dev(&rootfs, cfg.spec, cfg.in_user_ns, devpts)?;
+        devices::setup_dev(&ctx.rootfs, cfg.spec, cfg.in_user_ns, devpts)?;
     }
     if let Some(process) = cfg.spec.process() {
-        let cwd = secure_join(&rootfs, process.cwd())
+        let cwd = secure_join(&ctx.rootfs, process.cwd())
             .map_err(path_err("resolving cwd", process.cwd()))?;
         mkdir_all(&cwd).map_err(path_err("creating cwd", process.cwd()))?;
     }
+    Ok(())
+}
 
-    if force_move_root {
-        move_root(&rootfs)?;
-    } else {
-        pivot_root(&rootfs)?;
-    }
-
+/// Step 8, inside the new root: `propagation` again, the deferred read-only remounts, a
+/// read-only root.
+fn after_pivot(ctx: &Ctx, propagation: Option<c_ulong>) -> Result<(), RootfsError> {
+    let root = Path::new("/");
     if let Some(flag) = propagation {
         sys::mount(None, root, None, flag, None)
             .map_err(|e| mount_err("set propagation of", root, "", "", e))?;
@@ -239,7 +252,7 @@ pub(crate) fn setup_rootfs_with(
     for (dest, flags) in &ctx.deferred_ro {
         mounts::remount_read_only(dest, *flags)?;
     }
-    if cfg.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+    if ctx.cfg.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         paths::remount_root_read_only()?;
     }
     Ok(())
@@ -417,83 +430,4 @@ fn move_root(rootfs: &Path) -> Result<(), RootfsError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::testutil::{spec, TempDir};
-    use super::*;
-
-    /// A spec on `root` with the given mounts and `linux` members spliced in (`linux` starts
-    /// with a comma or is empty).
-    fn spec_with(root: &str, mounts: &str, linux: &str) -> Spec {
-        spec(&format!(
-            r#"{{"ociVersion":"1.1.0",
-                "process":{{"cwd":"/","args":["sh"],"user":{{"uid":0,"gid":0}}}},
-                "root":{{"path":"{root}","readonly":true}},
-                "mounts":[{mounts}],
-                "linux":{{"namespaces":[{{"type":"ipc"}},{{"type":"mount"}}]{linux}}}}}"#
-        ))
-    }
-
-    #[test]
-    fn a_good_spec_validates() {
-        let t = TempDir::new("validate-ok");
-        let root = t.0.display().to_string();
-        let s = spec_with(
-            &root,
-            &format!(
-                r#"{{"destination":"/proc","type":"proc","source":"proc"}},
-                   {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}},
-                   {{"destination":"/data","type":"bind","source":"{root}","options":["rbind","ro"]}}"#
-            ),
-            r#","devices":[{"path":"/dev/fuse","type":"c","major":10,"minor":229}],
-               "maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],
-               "rootfsPropagation":"rslave","sysctl":{"kernel.shmmax":"1"}"#,
-        );
-        validate(&s).unwrap();
-    }
-
-    #[test]
-    fn bad_specs_fail_with_clear_errors() {
-        let t = TempDir::new("validate-bad");
-        let root = t.0.display().to_string();
-        let file = t.0.join("file");
-        fs::write(&file, "x").unwrap();
-        let err = |s: Spec| validate(&s).unwrap_err().to_string();
-        let e = err(spec_with("relative/root", "", ""));
-        assert!(e.contains("not absolute"), "{e}");
-        let e = err(spec_with("/nonexistent/moat-root", "", ""));
-        assert!(e.contains("/nonexistent/moat-root"), "{e}");
-        let e = err(spec_with(&file.display().to_string(), "", ""));
-        assert!(e.contains("not a directory"), "{e}");
-        let e = err(spec(r#"{"ociVersion":"1.1.0"}"#));
-        assert!(e.contains("no root"), "{e}");
-        let e = err(spec_with(&root, "", r#","rootfsPropagation":"sideways""#));
-        assert!(e.contains("sideways"), "{e}");
-        let e = err(spec_with(
-            &root,
-            "",
-            r#","devices":[{"path":"/etc/shadow","type":"c","major":1,"minor":3}]"#,
-        ));
-        assert!(e.contains("/etc/shadow"), "{e}");
-        let e = err(spec_with(&root, "", r#","maskedPaths":["proc/kcore"]"#));
-        assert!(e.contains("maskedPaths"), "{e}");
-        let e = err(spec_with(&root, "", r#","sysctl":{"kernel.panic":"1"}"#));
-        assert!(e.contains("kernel.panic"), "{e}");
-        let e = err(spec_with(
-            &root,
-            "",
-            r#","sysctl":{"net.ipv4.ip_forward":"1"}"#,
-        ));
-        assert!(e.contains("network namespace"), "{e}");
-        let e = err(spec_with(
-            &root,
-            r#"{"destination":"/x","type":"bind","source":"/nonexistent/src","options":["bind"]}"#,
-            "",
-        ));
-        assert!(e.contains("/nonexistent/src"), "{e}");
-        let e = err(spec(&format!(
-            r#"{{"ociVersion":"1.1.0","root":{{"path":"{root}"}},
-                "process":{{"cwd":"work","args":["sh"],"user":{{"uid":0,"gid":0}}}}}}"#
-        )));
-        assert!(e.contains("process.cwd"), "{e}");
-    }
-}
+mod tests;

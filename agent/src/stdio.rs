@@ -226,7 +226,7 @@ impl StdioHub {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
         // A panic while holding the lock leaves the map consistent (every change is one
         // insert/remove/replace), so poisoning is ignored.
-        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.procs)
     }
 
     /// Creates the fds of a new process: pipes for the requested channels, `/dev/null` for
@@ -255,51 +255,9 @@ impl StdioHub {
             });
         }
         let (child, entry) = if terminal {
-            let child = ChildStdio {
-                stdin: dev_null(false)?,
-                stdout: dev_null(true)?,
-                stderr: dev_null(true)?,
-                terminal: true,
-            };
-            let entry = Entry {
-                stdin: Slot::pending(channels.stdin),
-                stdout: Slot::pending(channels.stdout),
-                stderr: Slot::Absent,
-                terminal: true,
-                master: None,
-            };
-            (child, entry)
+            terminal_stdio(channels)?
         } else {
-            let (child_stdin, stdin) = if channels.stdin {
-                let (r, w) = pipe()?;
-                (r, Slot::Ready(w))
-            } else {
-                (dev_null(false)?, Slot::Absent)
-            };
-            let output = |requested: bool| -> Result<(OwnedFd, Slot), StdioError> {
-                if requested {
-                    let (r, w) = pipe()?;
-                    Ok((w, Slot::Ready(r)))
-                } else {
-                    Ok((dev_null(true)?, Slot::Absent))
-                }
-            };
-            let (child_stdout, stdout) = output(channels.stdout)?;
-            let (child_stderr, stderr) = output(channels.stderr)?;
-            let child = ChildStdio {
-                stdin: child_stdin,
-                stdout: child_stdout,
-                stderr: child_stderr,
-                terminal: false,
-            };
-            let entry = Entry {
-                stdin,
-                stdout,
-                stderr,
-                terminal: false,
-                master: None,
-            };
-            (child, entry)
+            piped_stdio(channels)?
         };
         tracing::debug!(
             "stdio of {container_id:?}/{exec_id:?} prepared: {channels:?}, terminal {terminal}"
@@ -473,6 +431,60 @@ pub(crate) fn dev_null(write: bool) -> Result<OwnedFd, StdioError> {
             what: "opening /dev/null".into(),
             source,
         })
+}
+
+/// The fds of a terminal process: `/dev/null` until its init process sends the pty master
+/// (see [`StdioHub::set_terminal`]); stdin/stdout are attachable, stderr never is.
+fn terminal_stdio(channels: Channels) -> Result<(ChildStdio, Entry), StdioError> {
+    let child = ChildStdio {
+        stdin: dev_null(false)?,
+        stdout: dev_null(true)?,
+        stderr: dev_null(true)?,
+        terminal: true,
+    };
+    let entry = Entry {
+        stdin: Slot::pending(channels.stdin),
+        stdout: Slot::pending(channels.stdout),
+        stderr: Slot::Absent,
+        terminal: true,
+        master: None,
+    };
+    Ok((child, entry))
+}
+
+/// The fds of a process without a terminal: a pipe per requested channel (the child's end
+/// and the agent's), `/dev/null` for the others.
+fn piped_stdio(channels: Channels) -> Result<(ChildStdio, Entry), StdioError> {
+    let (child_stdin, stdin) = if channels.stdin {
+        let (r, w) = pipe()?;
+        (r, Slot::Ready(w))
+    } else {
+        (dev_null(false)?, Slot::Absent)
+    };
+    let output = |requested: bool| -> Result<(OwnedFd, Slot), StdioError> {
+        if requested {
+            let (r, w) = pipe()?;
+            Ok((w, Slot::Ready(r)))
+        } else {
+            Ok((dev_null(true)?, Slot::Absent))
+        }
+    };
+    let (child_stdout, stdout) = output(channels.stdout)?;
+    let (child_stderr, stderr) = output(channels.stderr)?;
+    let child = ChildStdio {
+        stdin: child_stdin,
+        stdout: child_stdout,
+        stderr: child_stderr,
+        terminal: false,
+    };
+    let entry = Entry {
+        stdin,
+        stdout,
+        stderr,
+        terminal: false,
+        master: None,
+    };
+    Ok((child, entry))
 }
 
 /// A close-on-exec duplicate of `fd`.

@@ -11,8 +11,8 @@ use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::testutil::{spec, TempDir};
-use super::{finish_rootfs, setup_rootfs_with, validate, RootfsConfig};
+use crate::container::rootfs::{finish_rootfs, setup_rootfs_with, validate, RootfsConfig};
+use crate::testing::{spec, tempdir};
 
 /// Set in the child: the prepared directory (rootfs, host dir, marker).
 const CHILD_ENV: &str = "MOAT_ROOTFS_NS_CHILD";
@@ -44,8 +44,8 @@ fn run_in_namespaces(test: &str, user_ns: bool) {
         eprintln!("!!!!!!!! `unshare` (util-linux) is missing: cannot run {test} !!!!!!!!");
         panic!("unshare is missing");
     }
-    let tmp = TempDir::new("ns");
-    prepare(&tmp.0);
+    let tmp = tempdir("ns");
+    prepare(tmp.path());
     let module = module_path!().split_once("::").map_or("", |(_, m)| m);
     let mut wrapper = vec!["unshare"];
     if user_ns {
@@ -60,10 +60,10 @@ fn run_in_namespaces(test: &str, user_ns: bool) {
         "--mount-proc",
         "--",
     ]);
-    let status = crate::test_util::rerun_test(
+    let status = crate::testing::rerun_test(
         &format!("{module}::{test}"),
         &wrapper,
-        (CHILD_ENV, tmp.0.as_os_str()),
+        (CHILD_ENV, tmp.path().as_os_str()),
     );
     assert!(
         !Path::new("/").join(ESCAPE_PROBE).exists(),
@@ -106,7 +106,7 @@ fn read(path: &str) -> std::io::Result<String> {
 }
 
 fn fs_magic(path: &str) -> libc::c_long {
-    super::sys::statfs(Path::new(path)).map_or(-1, |s| s.fs_type)
+    crate::container::rootfs::sys::statfs(Path::new(path)).map_or(-1, |s| s.fs_type)
 }
 
 /// Runs setup + finish on `spec_json`, exiting with a message when either fails.
