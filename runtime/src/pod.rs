@@ -125,7 +125,7 @@ impl Pod {
     /// Stops the VM and removes the pod's directory with every mount under it.
     pub fn teardown(&self) {
         if self.vm.exited().is_none() {
-            if let Err(e) = self.vm.client.destroy_sandbox(&self.id) {
+            if let Err(e) = self.vm.client.destroy_pod(&self.id) {
                 log::debug!("pod {}: destroying the pod in the guest: {e}", self.id);
             }
         }

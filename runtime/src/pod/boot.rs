@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use moat_agent_protocol::agent::CreateSandboxRequest;
+use moat_agent_protocol::agent::CreatePodRequest;
 
 use super::cleanup::remove_pod_dir;
 use super::layout::PodDir;
@@ -120,12 +120,12 @@ fn prepare_guest(
     network: Option<&PodNetwork>,
 ) -> Result<(), PodError> {
     let c = &vm.client;
-    let mut req = CreateSandboxRequest::new();
-    req.sandbox_id = spec.id.into();
+    let mut req = CreatePodRequest::new();
+    req.pod_id = spec.id.into();
     req.hostname = spec.hostname.into();
-    req.sandbox_pidns = true;
+    req.pod_pidns = true;
     c.set_guest_date_time(SystemTime::now())
-        .and_then(|_| c.create_sandbox(&req))
+        .and_then(|_| c.create_pod(&req))
         .map_err(|e| PodError::GuestPod(e.to_string()))?;
     let Some(n) = network else {
         return Ok(());

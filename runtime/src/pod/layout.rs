@@ -74,7 +74,7 @@ pub fn guest_container_dir(id: &str) -> PathBuf {
 pub struct BundleMarker {
     /// The pod's directory.
     pub pod: PodDir,
-    /// The pod (sandbox) id.
+    /// The pod id.
     pub pod_id: String,
     /// Whether this container is the pod's own (sandbox) container, whose delete ends the VM.
     pub is_sandbox: bool,
