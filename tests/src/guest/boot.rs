@@ -1,179 +1,17 @@
-//! Booting a real guest kernel: the default guest image (moat's vmlinux + a busybox test
-//! initramfs) and one-shot runs of it under `moat-vmm` — or, as a baseline for benchmarks,
-//! under qemu's `microvm` machine on the same KVM. Used by the boot test, the soak and the
-//! bench, which run where KVM works (inside the test host here).
+//! One-shot boots of a [`GuestImage`] under `moat-vmm`, or, as the benchmarks' baseline, under
+//! qemu's `microvm` machine on the same KVM; and [`AgentVm`], the agent image left running
+//! with its hybrid vsock socket for a client.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::cpio::Archive;
-use crate::guards::{KillOnDrop, WaitOutcome};
 use moat_vmm::metrics::monotonic_ns;
 
-/// Line the test /init prints once it runs (after signalling the boot timer).
-pub const INIT_MARKER: &str = "moat-test-init: reached /init";
-
-/// The test /init: mount devtmpfs, write the boot-timer magic (123 at 0xd000_0000), print
-/// the marker, run what the kernel command line asks after `--`, and stop the VM.
-/// `vsock-echo` (image from [`GuestImage::with_vsock_echo`]) serves an AF_VSOCK echo on port
-/// [`VSOCK_ECHO_PORT`] (an optional second argument caps its write size) and keeps the VM
-/// up for an hour, until the host stops it. `script PATH ARGS...` runs a shell script a
-/// test packed into the image (see [`test_initramfs_with`]), then stops the VM.
-const GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t devtmpfs dev /dev
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox devmem 0xd0000000 8 123
-echo "moat-test-init: reached /init"
-echo "moat-test-init: args: $*; cmdline: $(/bin/busybox cat /proc/cmdline)"
-case "$1" in
-  hello) echo "hello from a microVM: $(/bin/busybox uname -sr), $(/bin/busybox nproc) vCPU" ;;
-  exit) echo "moat-test-init: exiting PID 1"; exit 1 ;;
-  info) echo "cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)"
-        echo "mem=$(/bin/busybox grep MemTotal /proc/meminfo)"
-        echo "clocksource=$(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)" ;;
-  rng) echo "rng_current=$(/bin/busybox cat /sys/class/misc/hw_random/rng_current)"
-       echo "rng_bytes=$(/bin/busybox dd if=/dev/hwrng bs=64 count=1 2>/dev/null | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \n')" ;;
-  blk) echo "vda_sha256=$(/bin/busybox sha256sum /dev/vda | /bin/busybox cut -d' ' -f1)"
-       echo "vda_serial=$(/bin/busybox cat /sys/block/vda/serial)"
-       echo "ro=$(/bin/busybox cat /sys/block/vda/ro),$(/bin/busybox cat /sys/block/vdb/ro)"
-       echo "moat-blk-marker" | /bin/busybox dd of=/dev/vdb bs=512 count=1 conv=sync,notrunc,fsync 2>/dev/null
-       echo "vdb_write=$?"
-       echo "moat-blk-marker" | /bin/busybox dd of=/dev/vda bs=512 count=1 conv=sync,notrunc,fsync 2>&1
-       echo "vda_write=$?" ;;
-  virtiofs) /bin/busybox mkdir -p /mnt
-       /bin/busybox mount -t virtiofs moatfs /mnt; echo "fs_mount=$?"
-       echo "fs_hello=$(/bin/busybox cat /mnt/hello.txt)"
-       echo "moat-from-guest" > /mnt/from-guest.txt; echo "fs_write=$?"
-       echo "fs_link=$(/bin/busybox cat /mnt/link-to-secret 2>&1)"
-       echo "fs_dotdot=$(/bin/busybox cat /mnt/../secret 2>&1)"
-       echo "fs_ls=$(/bin/busybox ls -a /mnt/.. /mnt | /bin/busybox tr '\n' ' ')"
-       /bin/busybox umount /mnt; echo "fs_umount=$?" ;;
-  script) shift; /bin/busybox sh "$@" ;;
-  vsock-echo) /bin/moat-vsock-echo 5000 $2 &
-       /bin/busybox sleep 3600 ;;
-esac
-/bin/busybox reboot -f
-"#;
-
-/// The AF_VSOCK port the `vsock-echo` init case serves `moat-vsock-echo` on.
-pub const VSOCK_ECHO_PORT: u32 = 5000;
-
-/// Where `moat-vsock-echo` lands in the image from [`GuestImage::with_vsock_echo`].
-pub const VSOCK_ECHO_GUEST_PATH: &str = "bin/moat-vsock-echo";
-
-/// Errors preparing or running a guest.
-#[derive(Debug, thiserror::Error)]
-pub enum MicrovmError {
-    /// The guest kernel is not built.
-    #[error("guest kernel missing: {0} (run `guest-kernel/build.sh guest`)")]
-    KernelMissing(String),
-    /// Building the initramfs failed.
-    #[error("initramfs: {0}")]
-    Initramfs(String),
-    /// Starting the VMM (or qemu) failed.
-    #[error("cannot start {what}: {source}")]
-    Spawn {
-        /// The program.
-        what: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// A kernel plus the test initramfs.
-#[derive(Clone, Debug)]
-pub struct GuestImage {
-    /// The guest vmlinux.
-    pub kernel: PathBuf,
-    /// The test initramfs (cpio.gz).
-    pub initrd: PathBuf,
-}
-
-impl GuestImage {
-    /// The agent image: the guest kernel + the moat-agent initramfs (`agent/build-image.sh`).
-    pub fn agent_image() -> Result<GuestImage, MicrovmError> {
-        let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;
-        let initrd = crate::agent_initramfs_path().map_err(MicrovmError::Initramfs)?;
-        Ok(GuestImage { kernel, initrd })
-    }
-
-    /// The default image: `guest-kernel/build.sh --print-path guest` + the busybox initramfs.
-    pub fn default_image() -> Result<GuestImage, MicrovmError> {
-        let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;
-        let initrd = test_initramfs(&crate::target_dir().join("moat-test-images"))?;
-        Ok(GuestImage { kernel, initrd })
-    }
-
-    /// The default image plus the static `moat-vsock-echo` as `/bin/moat-vsock-echo` (boot
-    /// it with `-- vsock-echo`). The tool comes from `$MOAT_VSOCK_ECHO_BIN` or
-    /// `tests/scripts/build-guest-tools.sh --print-path`; build it with that script.
-    pub fn with_vsock_echo() -> Result<GuestImage, MicrovmError> {
-        let kernel = crate::kernel_path("guest").map_err(MicrovmError::KernelMissing)?;
-        let tool = crate::vsock_echo_bin_path().map_err(MicrovmError::Initramfs)?;
-        let bytes = std::fs::read(&tool)
-            .map_err(|e| MicrovmError::Initramfs(format!("{}: {e}", tool.display())))?;
-        let initrd = test_initramfs_with(
-            &crate::target_dir().join("moat-test-images"),
-            &[(VSOCK_ECHO_GUEST_PATH, bytes)],
-        )?;
-        Ok(GuestImage { kernel, initrd })
-    }
-}
-
-/// The default image for a program named `prog`, or the exit code after reporting why not.
-/// Programs call this before entering the test host (where the workspace is read-only).
-pub fn default_image_for(prog: &str) -> Result<GuestImage, std::process::ExitCode> {
-    GuestImage::default_image().map_err(|e| {
-        eprintln!("{prog}: {e}");
-        std::process::ExitCode::FAILURE
-    })
-}
-
-/// Builds (once per content hash) the busybox test initramfs under `dir`.
-pub fn test_initramfs(dir: &Path) -> Result<PathBuf, MicrovmError> {
-    test_initramfs_with(dir, &[])
-}
-
-/// [`test_initramfs`] plus `extra_files`: (path inside the image under an existing top-level
-/// directory such as `bin/`, contents) pairs, added as executable files. The cache name
-/// hashes them too.
-pub fn test_initramfs_with(
-    dir: &Path,
-    extra_files: &[(&str, Vec<u8>)],
-) -> Result<PathBuf, MicrovmError> {
-    let busybox =
-        crate::initramfs::busybox_bytes().map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
-    let mut h = DefaultHasher::new();
-    GUEST_INIT.hash(&mut h);
-    busybox.hash(&mut h);
-    extra_files.hash(&mut h);
-    let path = dir.join(format!("guest-test-{:016x}.cpio.gz", h.finish()));
-    if path.exists() {
-        return Ok(path);
-    }
-    let mut a = Archive::new();
-    let err = |e: crate::cpio::CpioError| MicrovmError::Initramfs(e.to_string());
-    for d in ["bin", "dev", "proc", "sys", "tmp"] {
-        a.dir(d, 0o755).map_err(err)?;
-    }
-    a.file("bin/busybox", 0o755, busybox).map_err(err)?;
-    for (name, bytes) in extra_files {
-        a.file(name, 0o755, bytes.clone()).map_err(err)?;
-    }
-    a.file("init", 0o755, GUEST_INIT.as_bytes().to_vec())
-        .map_err(err)?;
-    std::fs::create_dir_all(dir).map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    a.write_gzip_file(&tmp).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(|e| MicrovmError::Initramfs(e.to_string()))?;
-    Ok(path)
-}
+use super::{GuestError, GuestImage, INIT_MARKER};
+use crate::process::{KillOnDrop, WaitOutcome};
 
 /// What to boot and how.
 #[derive(Clone, Debug)]
@@ -272,17 +110,15 @@ fn vmm_command(vmm_bin: &Path, spec: &BootSpec) -> Command {
 }
 
 /// Boots `spec` under `moat-vmm` (binary `vmm_bin`), serial on stdout.
-pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmError> {
-    let scratch = std::env::temp_dir().join(format!(
-        "moat-boot-{}-{}",
-        std::process::id(),
-        crate::unique_suffix()
-    ));
-    std::fs::create_dir_all(&scratch).map_err(|source| MicrovmError::Spawn {
-        what: "scratch dir".into(),
-        source,
-    })?;
-    let metrics = scratch.join("metrics.json");
+pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, GuestError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-boot-")
+        .tempdir()
+        .map_err(|source| GuestError::Spawn {
+            what: "scratch dir".into(),
+            source,
+        })?;
+    let metrics = scratch.path().join("metrics.json");
     let mut cmd = vmm_command(vmm_bin, spec);
     cmd.arg("--metrics-file").arg(&metrics);
     let mut run = run_console(cmd, spec.timeout, false)?;
@@ -290,13 +126,12 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, MicrovmErro
         .ok()
         .and_then(|m| serde_json::from_slice(&m).ok())
         .unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(run)
 }
 
 /// Boots `spec` under qemu's microvm machine with KVM (the benchmark baseline), using the
 /// same kernel command line moat uses by default.
-pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, MicrovmError> {
+pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, GuestError> {
     let cmdline = format!(
         "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off tsc=reliable \
          no_timer_check noreplace-smp cryptomgr.notests rcupdate.rcu_expedited=1 \
@@ -337,7 +172,7 @@ pub struct AgentVm {
 impl AgentVm {
     /// Starts moat-vmm (`vmm_bin`) on `spec.image` with vsock CID 3 and `spec.extra_args`;
     /// `spec.append` goes on the kernel command line.
-    pub fn start(vmm_bin: &Path, spec: &BootSpec, dir: &Path) -> Result<AgentVm, MicrovmError> {
+    pub fn start(vmm_bin: &Path, spec: &BootSpec, dir: &Path) -> Result<AgentVm, GuestError> {
         let uds = dir.join("vm.sock");
         let console = dir.join("console");
         let mut cmd = vmm_command(vmm_bin, spec);
@@ -347,7 +182,7 @@ impl AgentVm {
         if let Ok(log) = std::fs::File::create(dir.join("vmm.stderr")) {
             cmd.stderr(log);
         }
-        let child = cmd.spawn().map_err(|source| MicrovmError::Spawn {
+        let child = cmd.spawn().map_err(|source| GuestError::Spawn {
             what: vmm_bin.display().to_string(),
             source,
         })?;
@@ -384,7 +219,7 @@ fn run_console(
     mut cmd: Command,
     timeout: Duration,
     stop_at_marker: bool,
-) -> Result<BootRun, MicrovmError> {
+) -> Result<BootRun, GuestError> {
     let what = format!("{:?}", cmd.get_program());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -393,7 +228,7 @@ fn run_console(
     let start = Instant::now();
     let mut child = cmd
         .spawn()
-        .map_err(|source| MicrovmError::Spawn { what, source })?;
+        .map_err(|source| GuestError::Spawn { what, source })?;
     let pid = child.id();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -455,17 +290,4 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// min / median / max of a list (None when empty).
-pub fn min_median_max(values: &mut [u64]) -> Option<(u64, u64, u64)> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable();
-    Some((
-        values[0],
-        values[values.len() / 2],
-        values[values.len() - 1],
-    ))
 }
