@@ -30,7 +30,6 @@ pub mod sys;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
@@ -38,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use moat_runtime::RUNTIME_ID;
 
-use crate::process::KillOnDrop;
+use crate::process::{die_with_parent, KillOnDrop};
 use ctr::{ctr_error, reader, show};
 pub use ctr::{CtrChild, CtrOutput, LiveCtr};
 
@@ -349,13 +348,7 @@ oom_score = 0
             .stdin(Stdio::null())
             .stdout(log.0)
             .stderr(log.1);
-        // SAFETY: prctl is async-signal-safe; containerd then dies with the spawning thread.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(io_err(format!("starting {}", containerd.display())))?;

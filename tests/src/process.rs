@@ -2,8 +2,22 @@
 //! [`KillOnDrop`] guard makes sure none outlives the test that started it.
 
 use std::io;
-use std::process::{Child, ExitStatus};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+/// Makes the process `cmd` spawns get SIGKILL when the *thread* that spawned it dies
+/// (`PR_SET_PDEATHSIG`): a killed test takes its qemu or containerd with it.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
 
 /// A child process that is killed (SIGKILL) and reaped on drop unless it
 /// has already been waited for.

@@ -20,13 +20,12 @@ pub mod tsc;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::find_on_path;
-use crate::process::{KillOnDrop, WaitOutcome};
+use crate::process::{die_with_parent, KillOnDrop, WaitOutcome};
 
 /// The qemu binary the test host runs (looked up on `PATH`).
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -345,25 +344,8 @@ impl TestHost {
         let qemu_log = scratch.path().join("qemu.log");
         self.write_share(&share, script)?;
 
-        let mut cmd = self.qemu_command(&share, &console_path);
-        let stderr = std::fs::File::create(&qemu_log)
-            .map_err(|e| TestHostError::io("creating qemu.log", e))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill qemu
-        // if the thread that spawned it dies (e.g. the test is killed).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let start = Instant::now();
-        let mut qemu = KillOnDrop::new(
-            cmd.spawn()
-                .map_err(|e| TestHostError::io(format!("starting {}", self.qemu.display()), e))?,
-        );
+        let mut qemu = self.spawn_qemu(&share, &console_path, &qemu_log)?;
         let outcome = qemu
             .wait_timeout(self.timeout)
             .map_err(|e| TestHostError::io("waiting for qemu", e))?;
@@ -406,6 +388,27 @@ impl TestHost {
             boot_time,
             elapsed,
         })
+    }
+
+    /// Starts qemu on `share` with the console in `console` and its stderr in `qemu_log`; it
+    /// dies with the thread that started it (e.g. when the test is killed).
+    fn spawn_qemu(
+        &self,
+        share: &Path,
+        console: &Path,
+        qemu_log: &Path,
+    ) -> Result<KillOnDrop, TestHostError> {
+        let mut cmd = self.qemu_command(share, console);
+        let stderr = std::fs::File::create(qemu_log)
+            .map_err(|e| TestHostError::io("creating qemu.log", e))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| TestHostError::io(format!("starting {}", self.qemu.display()), e))?;
+        Ok(KillOnDrop::new(child))
     }
 
     /// Fills the scratch share: config, mounts, wrapper and script.

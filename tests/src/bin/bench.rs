@@ -131,26 +131,31 @@ fn bench(image: GuestImage, boots: u32) -> Option<u64> {
             }
         }
     }
+    print_boot_report(boots, &moat, &qemu)
+}
+
+/// Prints the medians of the measured boots; returns moat's median spawn -> /init marker.
+fn print_boot_report(boots: u32, moat: &[BootRun], qemu: &[BootRun]) -> Option<u64> {
     let to_marker = |r: &BootRun| r.to_marker.map(|d| d.as_micros() as u64);
     let rss = |r: &BootRun| r.rss_kib_at_marker;
-    let m_marker = collect(&moat, to_marker);
-    let q_marker = collect(&qemu, to_marker);
-    let m_rss = collect(&moat, rss);
-    let q_rss = collect(&qemu, rss);
+    let m_marker = collect(moat, to_marker);
+    let q_marker = collect(qemu, to_marker);
+    let m_rss = collect(moat, rss);
+    let q_rss = collect(qemu, rss);
     println!(
         "moat-bench: {boots} boots each, medians (guest: 1 vCPU, 256 MiB, same kernel+initramfs)"
     );
     println!(
         "  moat-vmm spawn -> first KVM_RUN      {}",
-        ms(collect(&moat, BootRun::spawn_to_first_run_us))
+        ms(collect(moat, BootRun::spawn_to_first_run_us))
     );
     println!(
         "  moat-vmm spawn -> /init (boot timer) {}",
-        ms(collect(&moat, BootRun::spawn_to_init_us))
+        ms(collect(moat, BootRun::spawn_to_init_us))
     );
     println!(
         "  moat-vmm RSS without guest RAM       {}",
-        kib(collect(&moat, |r| r.metrics["rss_excl_guest_kib"].as_u64()))
+        kib(collect(moat, |r| r.metrics["rss_excl_guest_kib"].as_u64()))
     );
     println!(
         "  spawn -> /init marker on console:  moat {}  qemu {}  ratio moat/qemu {}",

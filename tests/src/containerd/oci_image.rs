@@ -189,6 +189,26 @@ pub fn build_busybox_image_with(
     build_image(out_tar, name, &rootfs, config)
 }
 
+/// The OCI image configuration of a one-layer linux/amd64 image with `config`, whose layer
+/// has digest `layer_digest`.
+fn image_config(config: &ImageConfig, layer_digest: &str) -> Value {
+    let mut run = json!({ "Env": [IMAGE_PATH_ENV], "Cmd": config.cmd, "WorkingDir": "/" });
+    if !config.entrypoint.is_empty() {
+        run["Entrypoint"] = json!(config.entrypoint);
+    }
+    if let Some(sig) = &config.stop_signal {
+        run["StopSignal"] = json!(sig);
+    }
+    json!({
+        "created": "1970-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": run,
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "moat-tests oci_image" }],
+    })
+}
+
 /// Builds an image archive at `out_tar` named `name` whose single layer is the tree under
 /// `rootfs` (files, directories, symlinks; owned by root in the image) with `config`;
 /// platform linux/amd64, `Env` [`IMAGE_PATH_ENV`], `WorkingDir` `/`.
@@ -203,22 +223,7 @@ pub fn build_image(
     let layer_tar = layer.finish().map_err(io_err("finishing the layer tar"))?;
     let layer_digest = sha256_digest(&layer_tar);
 
-    let mut run = json!({ "Env": [IMAGE_PATH_ENV], "Cmd": config.cmd, "WorkingDir": "/" });
-    if !config.entrypoint.is_empty() {
-        run["Entrypoint"] = json!(config.entrypoint);
-    }
-    if let Some(sig) = &config.stop_signal {
-        run["StopSignal"] = json!(sig);
-    }
-    let config = json!({
-        "created": "1970-01-01T00:00:00Z",
-        "architecture": "amd64",
-        "os": "linux",
-        "config": run,
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "moat-tests oci_image" }],
-    });
-    let config = to_json(&config)?;
+    let config = to_json(&image_config(config, &layer_digest))?;
     let layer_desc = descriptor(LAYER_MEDIA_TYPE, &layer_tar);
     let manifest = json!({
         "schemaVersion": 2,

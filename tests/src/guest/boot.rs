@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -234,20 +234,7 @@ fn run_console(
     let stderr = child.stderr.take();
     let mut child = KillOnDrop::new(child);
     let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut serial = String::new();
-        if let Some(out) = stdout {
-            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if line.contains(INIT_MARKER) {
-                    let _ = tx.send((start.elapsed(), vm_rss_kib(pid)));
-                }
-                serial.push_str(&line);
-                serial.push('\n');
-            }
-        }
-        serial
-    });
+    let reader = std::thread::spawn(move || read_serial(stdout, start, pid, tx));
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
         if let Some(mut e) = stderr {
@@ -286,6 +273,29 @@ fn run_console(
     })
 }
 
+/// Reads the console (`stdout` of process `pid`, spawned at `start`) to its end; sends the
+/// time and the process's RSS when the /init marker appears.
+fn read_serial(
+    stdout: Option<ChildStdout>,
+    start: Instant,
+    pid: u32,
+    marker: mpsc::Sender<(Duration, Option<u64>)>,
+) -> String {
+    let mut serial = String::new();
+    if let Some(out) = stdout {
+        for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if line.contains(INIT_MARKER) {
+                let _ = marker.send((start.elapsed(), vm_rss_kib(pid)));
+            }
+            serial.push_str(&line);
+            serial.push('\n');
+        }
+    }
+    serial
+}
+
+/// VmRSS of process `pid`, KiB.
 fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
