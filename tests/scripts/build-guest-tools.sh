@@ -9,7 +9,7 @@
 #
 # Built with glibc's static CRT into target/guest-tools-static/ (its own target dir, so the
 # RUSTFLAGS change does not rebuild the normal workspace build), like agent/build-image.sh
-# does for the agent. The test initramfs (tests/src/microvm.rs) copies it in as
+# does for the agent. The test initramfs (tests/src/guest/image.rs) copies it in as
 # /bin/moat-vsock-echo.
 set -euo pipefail
 

@@ -16,18 +16,30 @@
 //! containernetworking-plugins`). Shim sockets (`/run/containerd/s`), runc state
 //! (`/run/containerd/runc/<ns>`) and ctr's fifos (`/run/containerd/fifo`) are not under the
 //! harness's directory: containerd 1.6 puts them there whatever the config says.
+//!
+//! Around it: [`CtrOutput`], [`CtrChild`] and [`LiveCtr`] (`ctr` commands, finished, running
+//! or watched live), [`sys`] (its processes and mounts, from `/proc`), [`cri`] (a CRI client
+//! on its socket), [`oci_image`] (the images tests import, built locally) and
+//! [`moat_stack`] (the whole moat stack behind it, with its leak checks).
+
+pub mod cri;
+mod ctr;
+pub mod moat_stack;
+pub mod oci_image;
+pub mod sys;
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::guards::{KillOnDrop, WaitOutcome};
+use moat_runtime::RUNTIME_ID;
 
-pub mod sys;
+use crate::process::{die_with_parent, KillOnDrop};
+use ctr::{ctr_error, reader, show};
+pub use ctr::{CtrChild, CtrOutput, LiveCtr};
 
 /// Where `ContainerdOptions::default()` puts harness directories: on `/run` (a plain tmpfs in
 /// the test host), as the overlayfs snapshotter cannot work on an overlayfs such as L1's `/tmp`.
@@ -119,9 +131,9 @@ pub struct ContainerdOptions {
     pub extra_path: Vec<PathBuf>,
     /// Environment variables for containerd (shims inherit containerd's environment).
     pub env: Vec<(OsString, OsString)>,
-    /// CRI's `sandbox_image` (default [`crate::oci_image::DEFAULT_BUSYBOX_IMAGE`]): import
+    /// CRI's `sandbox_image` (default [`oci_image::DEFAULT_BUSYBOX_IMAGE`]): import
     /// an image of exactly this name before creating pods (there is no registry to pull from);
-    /// its command must keep running, as [`crate::oci_image::build_pause_image`]'s does.
+    /// its command must keep running, as [`oci_image::build_pause_image`]'s does.
     pub sandbox_image: String,
     /// The `moat` runtime's `runtime_path`; `None`: containerd looks up
     /// `containerd-shim-moat-v2` on its `PATH`.
@@ -143,41 +155,13 @@ impl Default for ContainerdOptions {
             namespace: DEFAULT_NAMESPACE.into(),
             extra_path: Vec::new(),
             env: Vec::new(),
-            sandbox_image: crate::oci_image::DEFAULT_BUSYBOX_IMAGE.into(),
+            sandbox_image: oci_image::DEFAULT_BUSYBOX_IMAGE.into(),
             moat_runtime_path: None,
             moat_config_path: None,
             extra_toml: String::new(),
             log_level: "info".into(),
             start_timeout: Duration::from_secs(60),
         }
-    }
-}
-
-/// What a `ctr` command did.
-#[derive(Debug, Clone)]
-pub struct CtrOutput {
-    /// Its exit status (`ctr run` exits with the task's status).
-    pub status: ExitStatus,
-    /// Its stdout, byte-exact.
-    pub stdout: Vec<u8>,
-    /// Its stderr, byte-exact.
-    pub stderr: Vec<u8>,
-    /// How long it ran.
-    pub elapsed: Duration,
-}
-
-impl CtrOutput {
-    /// The exit code (`None` if a signal killed ctr).
-    pub fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-    /// stdout as text (lossy).
-    pub fn stdout_str(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    /// stderr as text (lossy).
-    pub fn stderr_str(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
     }
 }
 
@@ -285,7 +269,7 @@ impl Containerd {
     fn config_toml(&self, opts: &ContainerdOptions, cni_conf: &Path) -> String {
         let q = |p: &Path| toml_str(&p.to_string_lossy());
         let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
-        let mut moat = String::from("      runtime_type = \"io.containerd.moat.v2\"\n");
+        let mut moat = format!("      runtime_type = {}\n", toml_str(RUNTIME_ID));
         if let Some(p) = &opts.moat_runtime_path {
             moat.push_str(&format!("      runtime_path = {}\n", q(p)));
         }
@@ -364,13 +348,7 @@ oom_score = 0
             .stdin(Stdio::null())
             .stdout(log.0)
             .stderr(log.1);
-        // SAFETY: prctl is async-signal-safe; containerd then dies with the spawning thread.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(io_err(format!("starting {}", containerd.display())))?;
@@ -628,64 +606,6 @@ oom_score = 0
     }
 }
 
-/// A `ctr` command started by [`Containerd::ctr_spawn`]; killed if dropped unwaited.
-#[derive(Debug)]
-pub struct CtrChild {
-    /// ctr's stdin, if piped: take it, write, drop it for EOF.
-    pub stdin: Option<ChildStdin>,
-    stdout: JoinHandle<Vec<u8>>,
-    stderr: JoinHandle<Vec<u8>>,
-    child: KillOnDrop,
-    start: Instant,
-    args: String,
-    log: PathBuf,
-}
-
-impl CtrChild {
-    /// ctr's pid.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Closes stdin (if still open) and waits for ctr to exit; after `timeout` kills it
-    /// (an error). A non-zero exit is not an error.
-    pub fn wait(mut self, timeout: Duration) -> Result<CtrOutput, ContainerdError> {
-        drop(self.stdin.take());
-        let outcome = self
-            .child
-            .wait_timeout(timeout)
-            .map_err(io_err(format!("waiting for `ctr {}`", self.args)))?;
-        let out = CtrOutput {
-            status: match outcome {
-                WaitOutcome::Exited(st) => st,
-                WaitOutcome::TimedOut => ExitStatus::from_raw(libc::SIGKILL),
-            },
-            stdout: self.stdout.join().unwrap_or_default(),
-            stderr: self.stderr.join().unwrap_or_default(),
-            elapsed: self.start.elapsed(),
-        };
-        match outcome {
-            WaitOutcome::Exited(_) => Ok(out),
-            WaitOutcome::TimedOut => {
-                let why = format!("did not finish within {timeout:?} (killed)");
-                Err(ctr_error(self.args, why, &out, &self.log))
-            }
-        }
-    }
-}
-
-/// The error of a failed or timed-out ctr command.
-fn ctr_error(args: String, why: String, o: &CtrOutput, log: &Path) -> ContainerdError {
-    let (stdout, stderr, log_tail) = (o.stdout_str(), o.stderr_str(), log_tail(log));
-    ContainerdError::Ctr {
-        args,
-        why,
-        stdout,
-        stderr,
-        log_tail,
-    }
-}
-
 /// The last [`LOG_TAIL_LINES`] lines of containerd's log.
 fn log_tail(log: &Path) -> String {
     let log = std::fs::read(log).unwrap_or_default();
@@ -722,25 +642,6 @@ fn path_env(extra: &[PathBuf]) -> Result<OsString, ContainerdError> {
     std::env::join_paths(dirs).map_err(|e| ContainerdError::Io {
         what: "building containerd's PATH".into(),
         source: io::Error::new(io::ErrorKind::InvalidInput, e),
-    })
-}
-
-/// `args` for messages: `["run", "--rm", ...]`.
-fn show(args: &[impl AsRef<OsStr>]) -> String {
-    format!(
-        "{:?}",
-        args.iter().map(AsRef::as_ref).collect::<Vec<&OsStr>>()
-    )
-}
-
-/// Reads a pipe to its end on a thread.
-fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
     })
 }
 

@@ -8,16 +8,24 @@
 //! requested read-write directory over 9p at its own path, and a per-run
 //! scratch share at `/run/moat-testhost`; then it runs the script chrooted
 //! into `/host`, so every path is the same in L1 as on the host.
+//!
+//! Beside [`TestHost`] live what decides whether a test needs it ([`kvm`]), what runs a
+//! test in it ([`on_kvm`]), and what boots it ([`initramfs`] with `l1_init.sh`, [`tsc`]).
+
+pub mod initramfs;
+pub mod kvm;
+pub mod on_kvm;
+pub mod tsc;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::guards::{KillOnDrop, ScratchDir, WaitOutcome};
+use crate::artifacts::find_on_path;
+use crate::process::{die_with_parent, KillOnDrop, WaitOutcome};
 
 /// The qemu binary the test host runs (looked up on `PATH`).
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -251,8 +259,8 @@ impl TestHostBuilder {
             None => default_kernel()?,
         };
         let cache = crate::target_dir().join("moat-testhost");
-        let initramfs = crate::initramfs::l1_initramfs(&cache)
-            .or_else(|_| crate::initramfs::l1_initramfs(&std::env::temp_dir()))?;
+        let initramfs = initramfs::l1_initramfs(&cache)
+            .or_else(|_| initramfs::l1_initramfs(&std::env::temp_dir()))?;
         let mut rw_dirs = Vec::new();
         for d in self.rw_dirs {
             let canon = d
@@ -327,32 +335,17 @@ impl TestHost {
     /// A non-zero exit status is not an error; errors mean L1 did not get
     /// to report one. qemu and the scratch directory are gone on return.
     pub fn run(&self, script: &str) -> Result<RunOutput, TestHostError> {
-        let scratch = ScratchDir::new(&std::env::temp_dir(), "moat-testhost")
+        let scratch = tempfile::Builder::new()
+            .prefix("moat-testhost-")
+            .tempdir()
             .map_err(|e| TestHostError::io("creating the scratch dir", e))?;
         let share = scratch.path().join("share");
         let console_path = scratch.path().join("console.log");
         let qemu_log = scratch.path().join("qemu.log");
         self.write_share(&share, script)?;
 
-        let mut cmd = self.qemu_command(&share, &console_path);
-        let stderr = std::fs::File::create(&qemu_log)
-            .map_err(|e| TestHostError::io("creating qemu.log", e))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill qemu
-        // if the thread that spawned it dies (e.g. the test is killed).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let start = Instant::now();
-        let mut qemu = KillOnDrop::new(
-            cmd.spawn()
-                .map_err(|e| TestHostError::io(format!("starting {}", self.qemu.display()), e))?,
-        );
+        let mut qemu = self.spawn_qemu(&share, &console_path, &qemu_log)?;
         let outcome = qemu
             .wait_timeout(self.timeout)
             .map_err(|e| TestHostError::io("waiting for qemu", e))?;
@@ -395,6 +388,27 @@ impl TestHost {
             boot_time,
             elapsed,
         })
+    }
+
+    /// Starts qemu on `share` with the console in `console` and its stderr in `qemu_log`; it
+    /// dies with the thread that started it (e.g. when the test is killed).
+    fn spawn_qemu(
+        &self,
+        share: &Path,
+        console: &Path,
+        qemu_log: &Path,
+    ) -> Result<KillOnDrop, TestHostError> {
+        let mut cmd = self.qemu_command(share, console);
+        let stderr = std::fs::File::create(qemu_log)
+            .map_err(|e| TestHostError::io("creating qemu.log", e))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| TestHostError::io(format!("starting {}", self.qemu.display()), e))?;
+        Ok(KillOnDrop::new(child))
     }
 
     /// Fills the scratch share: config, mounts, wrapper and script.
@@ -458,7 +472,7 @@ impl TestHost {
 
     fn qemu_command(&self, share: &Path, console: &Path) -> Command {
         let mut append = String::from("console=ttyS0 reboot=t panic=-1 rdinit=/init");
-        if let Some(khz) = crate::tsc::host_tsc_khz() {
+        if let Some(khz) = tsc::host_tsc_khz() {
             let _ = write!(append, " tsc_early_khz={khz}");
         }
         for a in &self.kernel_args {
@@ -504,13 +518,6 @@ impl TestHost {
 /// Finds the default L1 kernel (see [`crate::kernel_path`]).
 fn default_kernel() -> Result<PathBuf, TestHostError> {
     crate::kernel_path("test-host").map_err(|reason| TestHostError::KernelMissing { reason })
-}
-
-/// The first file called `name` in a `$PATH` directory.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 pub(crate) fn valid_env_name(k: &str) -> bool {

@@ -1,14 +1,14 @@
 //! Fast container tests: the real `moat-agent` as PID 1 of fresh user/pid/mount/net/uts/ipc
 //! namespaces on this host, serving on a unix socket (no VM), driven by `AgentClient` through
-//! the shared flows of `moat_tests::container_suite`. After each flow the agent must have no
+//! the shared flows of `moat_tests::agent::container_suite`. After each flow the agent must have no
 //! child process left. What needs cgroup v2 (this host has v1) is covered by the real-guest
 //! test, which runs the same flows.
 
 use std::time::{Duration, Instant};
 
-use moat_tests::container_suite::{self as suite, Suite};
-use moat_tests::ns_agent::NsAgent;
-use moat_tests::oci;
+use moat_tests::agent::container_suite::{self as suite, Suite};
+use moat_tests::agent::ns_agent::NsAgent;
+use moat_tests::agent::oci;
 
 fn with_agent(flow: fn(&Suite)) {
     let agent = NsAgent::start(&moat_tests::cargo_bin("moat-agent")).expect("agent in namespaces");

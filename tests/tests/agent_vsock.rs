@@ -6,14 +6,18 @@ use std::time::{Duration, Instant};
 
 use moat_agent_protocol::health::ServingStatus;
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
-use moat_tests::microvm::{AgentVm, BootSpec, GuestImage};
+use moat_tests::guest::{AgentVm, BootSpec, GuestImage};
 
 #[test]
 fn agent_answers_over_hybrid_vsock() {
     let image = GuestImage::agent_image().unwrap_or_else(|e| panic!("agent image: {e}"));
     moat_tests::on_kvm("agent_answers_over_hybrid_vsock", || {
         // Unix sockets can't live on the test host's 9p shares: use its tmpfs /tmp.
-        let dir = std::env::temp_dir().join(format!("moat-agent-{}", moat_tests::unique_suffix()));
+        let scratch = tempfile::Builder::new()
+            .prefix("moat-agent-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("share")).unwrap();
         let mut spec = BootSpec::new(image);
         spec.vcpus = 2;
@@ -21,7 +25,7 @@ fn agent_answers_over_hybrid_vsock() {
         spec.append = "moat.log=debug moat.share=moatfs".into();
         let started = Instant::now();
         let vmm = moat_tests::cargo_bin("moat-vmm");
-        let mut vm = AgentVm::start(&vmm, &spec, &dir).expect("start moat-vmm");
+        let mut vm = AgentVm::start(&vmm, &spec, dir).expect("start moat-vmm");
         let client =
             AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(90))
                 .unwrap_or_else(|e| {
@@ -70,6 +74,5 @@ fn agent_answers_over_hybrid_vsock() {
             "{}",
             vm.console_text()
         );
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -1,6 +1,6 @@
 //! The Kubernetes path end to end: containerd 1.6's CRI plugin runs a pod with runtime handler
 //! `moat` (`io.containerd.moat.v2`), driven over CRI the way the kubelet drives it
-//! (`moat_tests::cri`): RunPodSandbox with the locally built pause image, two busybox
+//! (`moat_tests::containerd::cri`): RunPodSandbox with the locally built pause image, two busybox
 //! containers in the one VM of the pod, ExecSync, ContainerStatus/Stats, ListContainers,
 //! UpdateContainerResources, a container exiting on its own, StopContainer, RemoveContainer,
 //! the pod's CNI address reaching a container in the VM,
@@ -12,11 +12,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use moat_tests::cri::{
+use moat_tests::containerd::cri::{
     self, api, api::ContainerState, api::PodSandboxState, CriClient, PodIdentity,
 };
-use moat_tests::moat_stack::{moat_processes, with_stack_tuned, Stack};
-use moat_tests::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
+use moat_tests::containerd::moat_stack::{moat_processes, with_stack_tuned, Stack};
+use moat_tests::containerd::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
 
 /// How many fresh test hosts the flow may use when the guest crashes (see
 /// `moat_tests::on_kvm_retrying`).
@@ -75,7 +75,7 @@ struct Pod<'a> {
 impl<'a> Pod<'a> {
     /// Imports the pause image, runs the pod and starts alpha and beta.
     fn run(s: &'a Stack) -> Self {
-        let pause = s.dir.join("pause.tar");
+        let pause = s.dir().join("pause.tar");
         build_pause_image(&pause, DEFAULT_PAUSE_IMAGE).unwrap_or_else(|e| panic!("{e}"));
         s.containerd
             .import(&pause)
@@ -93,7 +93,7 @@ impl<'a> Pod<'a> {
             namespace: "default".into(),
             uid: format!("uid-{}", moat_tests::unique_suffix()),
         };
-        let logs = s.dir.join("pod-logs");
+        let logs = s.dir().join("pod-logs");
         for name in ["alpha", "beta"] {
             // The kubelet makes each container's log directory.
             std::fs::create_dir_all(logs.join(name)).unwrap();
@@ -111,7 +111,7 @@ impl<'a> Pod<'a> {
         assert!(ip.starts_with("10.88.77."), "no CNI address: {st:?}");
 
         // Different command lines, environments, mounts and seccomp profiles.
-        let host_files = s.dir.join("host-files");
+        let host_files = s.dir().join("host-files");
         let termination_log = host_files.join("termination-log");
         let secrets = host_files.join("serviceaccount");
         std::fs::create_dir_all(&secrets).unwrap();

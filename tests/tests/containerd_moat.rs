@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use moat_tests::moat_stack::{with_stack, with_stack_tuned, RUNTIME};
+use moat_runtime::RUNTIME_ID;
+use moat_tests::containerd::moat_stack::{with_stack, with_stack_tuned};
 
 /// How many fresh test hosts a flow may use when the guest crashes (see
 /// `moat_tests::on_kvm_retrying`).
@@ -141,7 +142,7 @@ fn ctr_run_tty() {
                 "--rm",
                 "-t",
                 "--runtime",
-                RUNTIME,
+                RUNTIME_ID,
                 &s.image,
                 "tty",
                 "sh",
@@ -175,8 +176,11 @@ fn ctr_run_tty() {
 fn kata_runtime_name() {
     moat_tests::on_kvm_retrying("kata_runtime_name", ATTEMPTS, || {
         let shim = moat_tests::cargo_bin("containerd-shim-moat-v2");
-        let dir = std::env::temp_dir().join(format!("moat-kata-{}", moat_tests::unique_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("moat-kata-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         std::os::unix::fs::symlink(&shim, dir.join("containerd-shim-kata-v2")).unwrap();
         let r = with_stack_tuned(
             // Only the kata name is on containerd's PATH, in front of the target dir.
@@ -192,7 +196,7 @@ fn kata_runtime_name() {
                 assert!(log.contains("pod kata: VM up"), "{}", s.log());
             },
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(scratch);
         r
     });
 }

@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use moat_tests::containerd::CtrOutput;
-use moat_tests::moat_stack::{sigkill, with_stack, LiveCtr, Stack, RUNTIME};
+use moat_runtime::RUNTIME_ID;
+use moat_tests::containerd::moat_stack::{sigkill, with_stack, Stack};
+use moat_tests::containerd::{CtrOutput, LiveCtr};
 
 /// How many fresh test hosts a flow may use when the guest crashes (see
 /// `moat_tests::on_kvm_retrying`).
@@ -38,7 +39,7 @@ fn start_victim_with_exec(s: &Stack) -> LiveCtr {
 
 /// A foreground `ctr run --rm` of container `id`, once its output reaches ctr.
 fn start_foreground(s: &Stack, id: &str) -> LiveCtr {
-    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, &s.image, id];
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME_ID, &s.image, id];
     args.extend_from_slice(UP_THEN_SLEEP);
     let run = s.ctr_live(&args);
     run.wait_for("up\n", STARTED);
@@ -58,7 +59,7 @@ fn time_to_clean(s: &Stack, since: Instant) -> Duration {
 fn vmm_killed() {
     moat_tests::on_kvm_retrying("vmm_killed", ATTEMPTS, || {
         with_stack(|s| {
-            let vsock = s.pod_dir(VICTIM).join("vsock.sock");
+            let vsock = s.pod_dir(VICTIM).vsock();
             let exec = start_victim_with_exec(s);
             assert!(vsock.exists(), "{} missing", vsock.display());
             let vmm = s.vmm_pid(VICTIM).expect("the victim's moat-vmm");
@@ -144,7 +145,7 @@ fn assert_shim_gone_error(o: &CtrOutput) {
 fn shim_killed() {
     moat_tests::on_kvm_retrying("shim_killed", ATTEMPTS, || {
         with_stack(|s| {
-            let vsock = s.pod_dir(VICTIM).join("vsock.sock");
+            let vsock = s.pod_dir(VICTIM).vsock();
             let exec = start_victim_with_exec(s);
             let (shim, socket) = s.shim_process(VICTIM).expect("the victim's shim");
             assert!(socket.exists(), "{} missing", socket.display());

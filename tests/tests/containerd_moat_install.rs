@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use moat_tests::guards::ScratchDir;
+use moat_runtime::{Config, RUNTIME_ID};
 
 /// The script under test.
 fn script() -> PathBuf {
@@ -27,7 +27,10 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn installs_the_shim_the_kata_link_and_the_config_once() {
-    let scratch = ScratchDir::new(&std::env::temp_dir(), "moat-install").unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-install-")
+        .tempdir()
+        .unwrap();
     let prefix = scratch.path().join("usr");
     let config = scratch.path().join("etc/moat/configuration.toml");
     let from = moat_tests::cargo_bin("containerd-shim-moat-v2");
@@ -65,7 +68,7 @@ fn installs_the_shim_the_kata_link_and_the_config_once() {
         .output()
         .unwrap();
     assert!(
-        text(&v.stdout).contains("Runtime: io.containerd.moat.v2"),
+        text(&v.stdout).contains(&format!("Runtime: {RUNTIME_ID}")),
         "{}",
         text(&v.stdout)
     );
@@ -73,19 +76,22 @@ fn installs_the_shim_the_kata_link_and_the_config_once() {
     assert_eq!(std::fs::read_to_string(&config).unwrap(), shipped);
 
     // Again (an upgrade): the binaries are replaced, a changed config is kept.
-    std::fs::write(&config, "[vm]\nvcpus = 2\n").unwrap();
+    let mut changed = Config::default();
+    changed.vm.vcpus = 2;
+    let changed = changed.to_toml();
+    std::fs::write(&config, &changed).unwrap();
     let o = install(&args);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("keeping the existing"));
-    assert_eq!(
-        std::fs::read_to_string(&config).unwrap(),
-        "[vm]\nvcpus = 2\n"
-    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), changed);
 }
 
 #[test]
 fn failures_are_loud() {
-    let scratch = ScratchDir::new(&std::env::temp_dir(), "moat-install-bad").unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-install-bad-")
+        .tempdir()
+        .unwrap();
     let prefix = scratch.path().join("usr");
     let config = scratch.path().join("moat.toml");
     let fails = |args: &[&Path], why: &str| {

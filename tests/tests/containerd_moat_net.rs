@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use moat_netlink::testing::TestNetns;
-use moat_tests::moat_stack::{sigkill, with_stack, Stack};
+use moat_tests::containerd::moat_stack::{sigkill, with_stack, Stack};
 
 /// How many fresh test hosts the flow may use when the guest crashes.
 const ATTEMPTS: usize = 4;
@@ -184,7 +184,7 @@ fn shim_killed_netns_restored() {
             assert_eq!(o.code(), Some(0), "{}\n{}", o.stderr_str(), s.log());
             let page = http_get("/", Instant::now() + Duration::from_secs(120));
             assert_eq!(String::from_utf8_lossy(&page), PAGE);
-            assert!(s.pod_dir("web2").join("network.json").is_file());
+            assert!(s.pod_dir("web2").network_record().is_file());
             let (shim, _) = s.shim_process("web2").expect("the shim of web2");
             let killed = Instant::now();
             sigkill(shim);

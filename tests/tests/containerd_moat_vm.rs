@@ -7,14 +7,15 @@
 
 use std::time::Duration;
 
-use moat_tests::moat_stack::{with_stack, Stack, RUNTIME};
+use moat_runtime::RUNTIME_ID;
+use moat_tests::containerd::moat_stack::{with_stack, Stack};
 
 /// Fresh test hosts a flow may use when the guest crashes (`moat_tests::on_kvm_retrying`).
 const ATTEMPTS: usize = 4;
 
 /// `ctr run --rm` with `annotations`, printing `nproc` and MemTotal (KiB).
 fn run_sized(s: &Stack, id: &str, annotations: &[&str]) -> (String, String, Option<i32>) {
-    let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME_ID];
     for a in annotations {
         args.extend(["--annotation", a]);
     }
@@ -53,7 +54,7 @@ fn vm_sizing_annotations() {
             assert_eq!(code, Some(0), "{err}");
             let (cpus, mib) = parse_size(&out);
             assert_eq!(cpus, 1);
-            assert_memory_about(mib, moat_tests::moat_stack::VM_MEMORY_MIB);
+            assert_memory_about(mib, moat_tests::containerd::moat_stack::VM_MEMORY_MIB);
 
             let (out, err, code) =
                 run_sized(s, "sized", &["moat.vm.vcpus=2", "moat.vm.memory_mib=384"]);
@@ -68,7 +69,7 @@ fn vm_sizing_annotations() {
             assert_eq!(code, Some(0), "{err}");
             assert_memory_about(
                 parse_size(&out).1,
-                moat_tests::moat_stack::VM_MEMORY_MIB + 128,
+                moat_tests::containerd::moat_stack::VM_MEMORY_MIB + 128,
             );
 
             // Out of range: refused, named, nothing left behind.

@@ -1,5 +1,5 @@
 //! The containerd test harness (`moat_tests::containerd`) and the OCI image builder
-//! (`moat_tests::oci_image`) with runc as the runtime: a private containerd runs busybox
+//! (`moat_tests::containerd::oci_image`) with runc as the runtime: a private containerd runs busybox
 //! containers from a locally built image, and leaves nothing behind. Runs in the test host
 //! (root, cgroup2, overlayfs; no KVM needed) unless this machine has hardware KVM.
 
@@ -7,13 +7,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use moat_runtime::RUNTIME_ID;
+use moat_tests::containerd::oci_image::{build_busybox_image, DEFAULT_BUSYBOX_IMAGE};
 use moat_tests::containerd::{sys, Containerd, ContainerdOptions, CtrOutput};
-use moat_tests::guards::ScratchDir;
-use moat_tests::oci_image::{build_busybox_image, DEFAULT_BUSYBOX_IMAGE};
 
 moat_tests::kvm_test!(containerd_runs_busybox_with_runc, {
     let t0 = Instant::now();
-    let scratch = ScratchDir::new(&std::env::temp_dir(), "moat-containerd-runc").unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-containerd-runc-")
+        .tempdir()
+        .unwrap();
     let tar = scratch.path().join("busybox.tar");
     let image = build_busybox_image(&tar, DEFAULT_BUSYBOX_IMAGE).unwrap_or_else(|e| panic!("{e}"));
     let t_image = t0.elapsed();
@@ -51,10 +54,11 @@ moat_tests::kvm_test!(containerd_runs_busybox_with_runc, {
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
+    let moat_runtime_type = format!(r#"runtime_type = "{RUNTIME_ID}""#);
     for want in [
         r#"runtime_path = "/nonexistent/containerd-shim-moat-v2""#,
         r#"ConfigPath = "/nonexistent/moat.toml""#,
-        r#"runtime_type = "io.containerd.moat.v2""#,
+        &moat_runtime_type,
         r#"sandbox_image = "docker.io/moat/busybox:latest""#,
         "restrict_oom_score_adj = true",
     ] {
@@ -136,7 +140,10 @@ moat_tests::kvm_test!(containerd_runs_busybox_with_runc, {
 });
 
 moat_tests::kvm_test!(containerd_is_cleaned_up_after_a_panic, {
-    let scratch = ScratchDir::new(&std::env::temp_dir(), "moat-containerd-runc").unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-containerd-runc-")
+        .tempdir()
+        .unwrap();
     let tar = scratch.path().join("busybox.tar");
     build_busybox_image(&tar, DEFAULT_BUSYBOX_IMAGE).unwrap_or_else(|e| panic!("{e}"));
     // A test that panics with a running container (its shim, a process tree, the rootfs

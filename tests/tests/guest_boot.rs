@@ -4,7 +4,7 @@
 //! The guest image is prepared on the host (the workspace is read-only inside the test host),
 //! then each body runs where KVM works.
 
-use moat_tests::microvm::{boot_moat, BootSpec, GuestImage, INIT_MARKER};
+use moat_tests::guest::{boot_moat, BootSpec, GuestImage, INIT_MARKER};
 
 fn image() -> GuestImage {
     GuestImage::default_image().unwrap_or_else(|e| panic!("guest image: {e}"))

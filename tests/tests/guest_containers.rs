@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use moat_agent_protocol::agent::{CopyFileRequest, CreateSandboxRequest};
 use moat_agent_protocol::stdio::Channels;
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
-use moat_tests::container_suite::{self, Suite};
-use moat_tests::containers::{self, WAIT};
-use moat_tests::microvm::{AgentVm, BootSpec, GuestImage};
-use moat_tests::oci;
+use moat_tests::agent::container_suite::{self, Suite};
+use moat_tests::agent::containers::{self, WAIT};
+use moat_tests::agent::oci;
+use moat_tests::guest::{AgentVm, BootSpec, GuestImage};
 use serde_json::json;
 
 /// Where the agent mounts the share `moatfs` in the guest.
@@ -61,7 +61,11 @@ fn tail(text: &str) -> String {
 /// Boots one VM and runs `flows` in it. `Err` only when the guest crashed (moat-vmm status
 /// 4); other failures panic.
 fn one_vm(image: &GuestImage, flows: fn(&Suite)) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("moat-gc-{}", moat_tests::unique_suffix()));
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-gc-")
+        .tempdir()
+        .expect("scratch dir");
+    let dir = scratch.path();
     let share = dir.join("share");
     oci::busybox_rootfs(&share.join("rootfs"), std::path::Path::new("/bin/busybox"))
         .expect("rootfs");
@@ -71,7 +75,7 @@ fn one_vm(image: &GuestImage, flows: fn(&Suite)) -> Result<(), String> {
     spec.extra_args = vec![format!("--share=moatfs={}", share.display())];
     spec.append = "moat.share=moatfs".into();
     let vmm = moat_tests::cargo_bin("moat-vmm");
-    let mut vm = AgentVm::start(&vmm, &spec, &dir).expect("start moat-vmm");
+    let mut vm = AgentVm::start(&vmm, &spec, dir).expect("start moat-vmm");
     let client =
         AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(120))
             .unwrap_or_else(|e| {
@@ -94,7 +98,6 @@ fn one_vm(image: &GuestImage, flows: fn(&Suite)) -> Result<(), String> {
         let status = vm.child.try_wait().ok().flatten().and_then(|s| s.code());
         eprintln!("--- guest console (tail) ---\n{}", tail(&vm.console_text()));
         eprintln!("--- moat-vmm exit {status:?}: {vmm_log}");
-        let _ = std::fs::remove_dir_all(&dir);
         if status == Some(4) {
             return Err(vmm_log.trim().to_string());
         }
@@ -108,7 +111,6 @@ fn one_vm(image: &GuestImage, flows: fn(&Suite)) -> Result<(), String> {
         vm.console_text()
     );
     assert_eq!(vm.stop(), Some(128 + libc::SIGTERM));
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

@@ -92,8 +92,11 @@ fn test_host_has_nested_kvm() {
 
 #[test]
 fn test_host_rw_dir_is_shared() {
-    let dir = std::env::temp_dir().join(format!("moat-rw-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("moat-rw-test-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     std::fs::write(dir.join("from-host"), b"host data").unwrap();
     let script = format!(
         "cd '{}' && cat from-host && echo guest-data > from-guest && mkdir sub && echo y > sub/f",
@@ -101,12 +104,12 @@ fn test_host_rw_dir_is_shared() {
     );
     let result = TestHost::builder()
         .timeout(Duration::from_secs(240))
-        .rw_dir(&dir)
+        .rw_dir(dir)
         .build()
         .and_then(|h| h.run(&script));
     let read = |p: &str| std::fs::read_to_string(dir.join(p)).ok();
     let (from_guest, sub) = (read("from-guest"), read("sub/f"));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     let out = result.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status, 0, "stderr:\n{}", out.stderr_str());
     assert_eq!(out.stdout, b"host data");
@@ -115,13 +118,16 @@ fn test_host_rw_dir_is_shared() {
 }
 
 kvm_test!(on_kvm_round_trip, {
+    // SAFETY: open(2) of a NUL-terminated literal path; the fd is checked below.
     let fd = unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     assert!(
         fd >= 0,
         "open /dev/kvm: {}",
         std::io::Error::last_os_error()
     );
+    // SAFETY: KVM_GET_API_VERSION takes no argument and touches no memory of ours.
     let version = unsafe { libc::ioctl(fd, KVM_GET_API_VERSION as _, 0) };
+    // SAFETY: `fd` was opened above and is not used after this.
     unsafe { libc::close(fd) };
     assert_eq!(version, 12, "KVM_GET_API_VERSION");
     // Where the machine's KVM is PVM, the body must run in L1, whose KVM

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use moat_tests::microvm::{boot_moat, BootSpec, GuestImage};
+use moat_tests::guest::{boot_moat, BootSpec, GuestImage};
 use moat_tests::testhost::TestHost;
+use tempfile::TempDir;
 
 /// Names the disk-image directory for the run inside the test host.
 const DISK_DIR_ENV: &str = "MOAT_VIRTIO_TEST_DISKS";
@@ -24,14 +25,11 @@ fn console_value<'a>(serial: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "moat-virtio-{name}-{}-{}",
-        std::process::id(),
-        moat_tests::unique_suffix()
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+fn scratch_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("moat-virtio-{name}-"))
+        .tempdir()
+        .expect("scratch dir")
 }
 
 fn sha256_hex(path: &Path) -> String {
@@ -98,13 +96,15 @@ fn virtio_blk_reads_writes_and_enforces_read_only() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     // Inside the test host, use the images the outer run made (shared read-write).
-    let dir = match std::env::var_os(DISK_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
+    // Removed on drop; none inside the test host, which uses the outer run's.
+    let (_scratch, dir) = match std::env::var_os(DISK_DIR_ENV) {
+        Some(dir) => (None, PathBuf::from(dir)),
         None => {
-            let dir = scratch_dir("blk");
+            let scratch = scratch_dir("blk");
+            let dir = scratch.path().to_path_buf();
             std::fs::write(dir.join("vda.img"), &pattern).expect("vda");
             std::fs::write(dir.join("vdb.img"), vec![0u8; 1 << 20]).expect("vdb");
-            dir
+            (Some(scratch), dir)
         }
     };
     let vda = dir.join("vda.img");
@@ -149,7 +149,4 @@ fn virtio_blk_reads_writes_and_enforces_read_only() {
         std::fs::read(&vda).expect("read vda") == pattern,
         "read-only disk changed"
     );
-    if std::env::var_os(DISK_DIR_ENV).is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

@@ -15,8 +15,9 @@ use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use moat_tests::microvm::{boot_moat, test_initramfs_with, BootRun, BootSpec, GuestImage};
+use moat_tests::guest::{boot_moat, test_initramfs_with, BootRun, BootSpec, GuestImage};
 use moat_vmm::devices::virtio::net::Tap;
+use tempfile::TempDir;
 
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
@@ -267,7 +268,7 @@ const DROP_NET_ADMIN: &str = "--bounding-set=-net_admin";
 
 /// A wrapper running moat-vmm without CAP_NET_ADMIN (checked: `ip tuntap add` fails
 /// under the same setpriv).
-fn vmm_without_net_admin() -> PathBuf {
+fn vmm_without_net_admin() -> (TempDir, PathBuf) {
     let out = Command::new("setpriv")
         .args([
             DROP_NET_ADMIN,
@@ -286,9 +287,11 @@ fn vmm_without_net_admin() -> PathBuf {
         !out.status.success(),
         "setpriv {DROP_NET_ADMIN} did not take CAP_NET_ADMIN away"
     );
-    let dir = std::env::temp_dir().join(format!("moat-net-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let wrapper = dir.join("moat-vmm-no-net-admin");
+    let dir = tempfile::Builder::new()
+        .prefix("moat-net-")
+        .tempdir()
+        .expect("scratch dir");
+    let wrapper = dir.path().join("moat-vmm-no-net-admin");
     let vmm = moat_tests::cargo_bin("moat-vmm");
     std::fs::write(
         &wrapper,
@@ -299,7 +302,7 @@ fn vmm_without_net_admin() -> PathBuf {
     )
     .expect("write wrapper");
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    wrapper
+    (dir, wrapper)
 }
 
 #[test]
@@ -336,7 +339,8 @@ fn virtio_net_over_an_inherited_tap_fd_with_jumbo_mtu() {
             let mac = "02:6d:6f:61:74:03";
             let arg = format!("fd={},mac={mac},mtu=9000", fd.as_raw_fd());
             // The tap (non-persistent) goes away when `fd` and the VMM's copy are closed.
-            run_guest(&vmm_without_net_admin(), &image, &arg, mac, 9000)
+            let (_scratch, vmm) = vmm_without_net_admin();
+            run_guest(&vmm, &image, &arg, mac, 9000)
         },
     );
 }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use moat_tests::microvm::{boot_moat, BootSpec, GuestImage};
+use moat_tests::guest::{boot_moat, BootSpec, GuestImage};
 use moat_tests::testhost::TestHost;
 
 /// Names the scratch directory of the run inside the test host.
@@ -23,14 +23,15 @@ fn console_value<'a>(serial: &'a str, key: &str) -> Option<&'a str> {
 fn virtiofs_shares_a_host_directory_and_confines_the_guest() {
     let image = GuestImage::default_image().unwrap_or_else(|e| panic!("guest image: {e}"));
     // `<dir>/secret.txt` next to `<dir>/share/`, which links to it by absolute path.
-    let dir = match std::env::var_os(FS_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
+    // Removed on drop; none inside the test host, which uses the outer run's.
+    let (_scratch, dir) = match std::env::var_os(FS_DIR_ENV) {
+        Some(dir) => (None, PathBuf::from(dir)),
         None => {
-            let dir = std::env::temp_dir().join(format!(
-                "moat-virtiofs-{}-{}",
-                std::process::id(),
-                moat_tests::unique_suffix()
-            ));
+            let scratch = tempfile::Builder::new()
+                .prefix("moat-virtiofs-")
+                .tempdir()
+                .expect("scratch dir");
+            let dir = scratch.path().to_path_buf();
             let share = dir.join("share");
             std::fs::create_dir_all(&share).expect("share dir");
             let secret = dir.join("secret.txt");
@@ -38,7 +39,7 @@ fn virtiofs_shares_a_host_directory_and_confines_the_guest() {
                 .expect("secret");
             std::fs::write(share.join("hello.txt"), "hello-from-the-host\n").expect("hello");
             std::os::unix::fs::symlink(&secret, share.join("link-to-secret")).expect("link");
-            dir
+            (Some(scratch), dir)
         }
     };
     let share = dir.join("share");
@@ -78,7 +79,4 @@ fn virtiofs_shares_a_host_directory_and_confines_the_guest() {
     // Back on the host (the directory is shared read-write with the test host).
     let written = std::fs::read_to_string(share.join("from-guest.txt")).expect("from-guest.txt");
     assert_eq!(written, "moat-from-guest\n");
-    if std::env::var_os(FS_DIR_ENV).is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

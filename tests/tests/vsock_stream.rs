@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moat_tests::microvm::{GuestImage, VSOCK_ECHO_PORT};
+use moat_tests::guest::{GuestImage, VSOCK_ECHO_PORT};
 
 /// Parallel connections in the integrity run, unless `$MOAT_VSOCK_CONNECTIONS` says otherwise.
 const CONNECTIONS: usize = 64;
@@ -235,10 +235,13 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         .unwrap_or(CONNECTIONS);
     moat_tests::on_kvm("vsock_64_parallel_streams_echo_1mib_intact", || {
         // Unix sockets can't live on the test host's 9p shares: use its tmpfs /tmp.
-        let dir = std::env::temp_dir().join(format!("moat-vsock-{}", moat_tests::unique_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("moat-vsock-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path();
         let uds = dir.join("vm.sock");
-        let mut vm = start_vm(&image, &dir);
+        let mut vm = start_vm(&image, dir);
         let ready = wait_ready(&mut vm, &uds);
         println!(
             "guest echo reachable {:.0} ms after moat-vmm spawn",
@@ -315,6 +318,5 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
             console.contains("moat-vsock-echo: listening on 5000"),
             "{console}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }

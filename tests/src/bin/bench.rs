@@ -6,7 +6,7 @@
 //! successful `Health.Check` over hybrid vsock, as a ratio to the bare boot's spawn → /init.
 //!
 //! `moat-bench pod [RUNS]`: the whole stack through containerd against runc in the same run
-//! (`moat_tests::pod_bench`): `ctr run --rm busybox true` wall time and the host memory (PSS)
+//! (`moat_tests::bench::pod`): `ctr run --rm busybox true` wall time and the host memory (PSS)
 //! of one idle pod, as moat/runc ratios.
 //!
 //! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each),
@@ -16,12 +16,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
-use moat_tests::microvm::{
+use moat_tests::bench::pod as pod_bench;
+use moat_tests::bench::report::{self, median, ratio};
+use moat_tests::containerd::moat_stack::Stack;
+use moat_tests::guest::{
     boot_moat, boot_qemu, default_image_for, AgentVm, BootRun, BootSpec, GuestImage,
 };
-use moat_tests::moat_stack::Stack;
-use moat_tests::pod_bench;
-use moat_tests::report::{self, median, ratio};
 
 const USAGE: &str = "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0]";
 
@@ -96,7 +96,7 @@ fn bench(image: GuestImage, boots: u32) -> Option<u64> {
     let vmm = moat_tests::cargo_bin("moat-vmm");
     let spec = BootSpec::new(image);
     let (mut moat, mut qemu) = (Vec::new(), Vec::new());
-    let with_qemu = moat_tests::testhost::find_on_path("qemu-system-x86_64").is_some();
+    let with_qemu = moat_tests::artifacts::find_on_path("qemu-system-x86_64").is_some();
     if !with_qemu {
         println!(
             "moat-bench: NOTE: qemu-system-x86_64 not found, so no qemu baseline and no ratios"
@@ -131,26 +131,31 @@ fn bench(image: GuestImage, boots: u32) -> Option<u64> {
             }
         }
     }
+    print_boot_report(boots, &moat, &qemu)
+}
+
+/// Prints the medians of the measured boots; returns moat's median spawn -> /init marker.
+fn print_boot_report(boots: u32, moat: &[BootRun], qemu: &[BootRun]) -> Option<u64> {
     let to_marker = |r: &BootRun| r.to_marker.map(|d| d.as_micros() as u64);
     let rss = |r: &BootRun| r.rss_kib_at_marker;
-    let m_marker = collect(&moat, to_marker);
-    let q_marker = collect(&qemu, to_marker);
-    let m_rss = collect(&moat, rss);
-    let q_rss = collect(&qemu, rss);
+    let m_marker = collect(moat, to_marker);
+    let q_marker = collect(qemu, to_marker);
+    let m_rss = collect(moat, rss);
+    let q_rss = collect(qemu, rss);
     println!(
         "moat-bench: {boots} boots each, medians (guest: 1 vCPU, 256 MiB, same kernel+initramfs)"
     );
     println!(
         "  moat-vmm spawn -> first KVM_RUN      {}",
-        ms(collect(&moat, BootRun::spawn_to_first_run_us))
+        ms(collect(moat, BootRun::spawn_to_first_run_us))
     );
     println!(
         "  moat-vmm spawn -> /init (boot timer) {}",
-        ms(collect(&moat, BootRun::spawn_to_init_us))
+        ms(collect(moat, BootRun::spawn_to_init_us))
     );
     println!(
         "  moat-vmm RSS without guest RAM       {}",
-        kib(collect(&moat, |r| r.metrics["rss_excl_guest_kib"].as_u64()))
+        kib(collect(moat, |r| r.metrics["rss_excl_guest_kib"].as_u64()))
     );
     println!(
         "  spawn -> /init marker on console:  moat {}  qemu {}  ratio moat/qemu {}",
@@ -174,13 +179,15 @@ fn bench_agent(image: GuestImage, boots: u32, bare_init_us: u64) -> ExitCode {
     let spec = BootSpec::new(image);
     let mut ready = Vec::new();
     for i in 0..=boots {
-        let dir = std::env::temp_dir().join(format!("moat-bench-{}", moat_tests::unique_suffix()));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            eprintln!("moat-bench: {}: {e}", dir.display());
-            return ExitCode::FAILURE;
-        }
+        let dir = match tempfile::Builder::new().prefix("moat-bench-").tempdir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("moat-bench: scratch dir: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let start = std::time::Instant::now();
-        let mut vm = match AgentVm::start(&vmm, &spec, &dir) {
+        let mut vm = match AgentVm::start(&vmm, &spec, dir.path()) {
             Ok(vm) => vm,
             Err(e) => {
                 eprintln!("moat-bench: {e}");
@@ -191,7 +198,6 @@ fn bench_agent(image: GuestImage, boots: u32, bare_init_us: u64) -> ExitCode {
             AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(90));
         let elapsed = start.elapsed().as_micros() as u64;
         vm.stop();
-        let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = client {
             eprintln!(
                 "moat-bench: agent not reachable: {e}\n{}",

@@ -14,7 +14,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moat_tests::moat_stack::{Stack, RUNTIME};
+use moat_runtime::RUNTIME_ID;
+use moat_tests::containerd::moat_stack::Stack;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,11 +47,11 @@ fn run() -> Result<(), String> {
     );
     let args = ["echo", "hello from a microVM"];
     eprintln!(
-        "moat-demo: ctr run --rm --runtime {RUNTIME} {} demo {}",
+        "moat-demo: ctr run --rm --runtime {RUNTIME_ID} {} demo {}",
         stack.image,
         args.join(" ")
     );
-    let out = stack.run_rm_with(RUNTIME, "demo", &args, None)?;
+    let out = stack.run_rm_with(RUNTIME_ID, "demo", &args, None)?;
     print!("{}", out.stdout_str());
     eprint!("{}", out.stderr_str());
     let result = match out.code() {

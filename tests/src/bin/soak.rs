@@ -7,7 +7,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_tests::microvm::{boot_moat, default_image_for, min_median_max, BootSpec, GuestImage};
+use moat_tests::bench::report::min_median_max;
+use moat_tests::guest::{boot_moat, default_image_for, BootSpec, GuestImage};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -75,7 +75,7 @@ fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
         libc::bind(
             fd,
             (&addr as *const libc::sockaddr_vm).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
         )
     };
     if rc < 0 {

@@ -8,15 +8,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use moat_agent_protocol::AgentClient;
+use tempfile::TempDir;
 
-use crate::guards::{KillOnDrop, ScratchDir};
-use crate::testhost::find_on_path;
+use crate::artifacts::find_on_path;
+use crate::process::KillOnDrop;
 
 /// A running agent in its own namespaces; killed (with everything it started) on drop.
 pub struct NsAgent {
     // Dropped first: the agent dies before its directory goes.
     _child: KillOnDrop,
-    dir: ScratchDir,
+    dir: TempDir,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -27,7 +28,9 @@ impl NsAgent {
     pub fn start(agent_bin: &Path) -> Result<NsAgent, String> {
         let unshare = find_on_path("unshare")
             .ok_or("`unshare` (util-linux) is not on PATH: the fast container tests need it")?;
-        let dir = ScratchDir::new(&std::env::temp_dir(), "moat-ns-agent")
+        let dir = tempfile::Builder::new()
+            .prefix("moat-ns-agent-")
+            .tempdir()
             .map_err(|e| format!("scratch dir: {e}"))?;
         let socket = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");

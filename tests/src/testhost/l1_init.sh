@@ -1,5 +1,5 @@
 #!/bin/sh
-# /init of the moat test host's L1 initramfs (built by tests/src/initramfs.rs,
+# /init of the moat test host's L1 initramfs (built by tests/src/testhost/initramfs.rs,
 # booted by tests/src/testhost.rs). Only busybox is in the initramfs.
 #
 # 1. mounts the per-run scratch share (9p tag `moatrun`) at /moat and reads

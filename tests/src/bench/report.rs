@@ -1,6 +1,18 @@
-//! Number formatting shared by the benchmarks: medians, milliseconds, MiB, ratios.
+//! Statistics and number formatting shared by the benchmarks and the soak: medians,
+//! milliseconds, MiB, ratios.
 
-use crate::microvm::min_median_max;
+/// min / median / max of a list (None when empty).
+pub fn min_median_max(values: &mut [u64]) -> Option<(u64, u64, u64)> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    Some((
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    ))
+}
 
 /// The median of `v`, `None` when empty.
 pub fn median(mut v: Vec<u64>) -> Option<u64> {

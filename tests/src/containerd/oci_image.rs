@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::guards::ScratchDir;
-
 /// Media type of an OCI image index.
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// Media type of an OCI image manifest.
@@ -126,12 +124,12 @@ impl ImageConfig {
 pub fn default_busybox() -> PathBuf {
     std::env::var_os("MOAT_BUSYBOX")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(crate::initramfs::DEFAULT_BUSYBOX))
+        .unwrap_or_else(|| PathBuf::from(crate::testhost::initramfs::DEFAULT_BUSYBOX))
 }
 
 /// Builds a busybox image archive at `out_tar` named `name` (e.g.
 /// [`DEFAULT_BUSYBOX_IMAGE`]) from [`default_busybox`], laid out by
-/// [`crate::oci::busybox_rootfs`]; its default command is `sh`.
+/// [`crate::agent::oci::busybox_rootfs`]; its default command is `sh`.
 pub fn build_busybox_image(out_tar: &Path, name: &str) -> Result<ImageRef, OciImageError> {
     build_busybox_image_with(
         out_tar,
@@ -160,7 +158,7 @@ pub fn build_pause_image(out_tar: &Path, name: &str) -> Result<ImageRef, OciImag
 }
 
 /// Builds an image archive at `out_tar` named `name` from the static busybox binary at
-/// `busybox` (laid out by [`crate::oci::busybox_rootfs`]) with `config`.
+/// `busybox` (laid out by [`crate::agent::oci::busybox_rootfs`]) with `config`.
 pub fn build_busybox_image_with(
     out_tar: &Path,
     name: &str,
@@ -176,16 +174,39 @@ pub fn build_busybox_image_with(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let scratch = ScratchDir::new(parent, ".moat-rootfs").map_err(io_err(format!(
-        "creating a scratch dir in {}",
-        parent.display()
-    )))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".moat-rootfs-")
+        .tempdir_in(parent)
+        .map_err(io_err(format!(
+            "creating a scratch dir in {}",
+            parent.display()
+        )))?;
     let rootfs = scratch.path().join("rootfs");
-    crate::oci::busybox_rootfs(&rootfs, busybox).map_err(io_err(format!(
+    crate::agent::oci::busybox_rootfs(&rootfs, busybox).map_err(io_err(format!(
         "laying out a busybox rootfs in {}",
         rootfs.display()
     )))?;
     build_image(out_tar, name, &rootfs, config)
+}
+
+/// The OCI image configuration of a one-layer linux/amd64 image with `config`, whose layer
+/// has digest `layer_digest`.
+fn image_config(config: &ImageConfig, layer_digest: &str) -> Value {
+    let mut run = json!({ "Env": [IMAGE_PATH_ENV], "Cmd": config.cmd, "WorkingDir": "/" });
+    if !config.entrypoint.is_empty() {
+        run["Entrypoint"] = json!(config.entrypoint);
+    }
+    if let Some(sig) = &config.stop_signal {
+        run["StopSignal"] = json!(sig);
+    }
+    json!({
+        "created": "1970-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": run,
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "moat-tests oci_image" }],
+    })
 }
 
 /// Builds an image archive at `out_tar` named `name` whose single layer is the tree under
@@ -202,22 +223,7 @@ pub fn build_image(
     let layer_tar = layer.finish().map_err(io_err("finishing the layer tar"))?;
     let layer_digest = sha256_digest(&layer_tar);
 
-    let mut run = json!({ "Env": [IMAGE_PATH_ENV], "Cmd": config.cmd, "WorkingDir": "/" });
-    if !config.entrypoint.is_empty() {
-        run["Entrypoint"] = json!(config.entrypoint);
-    }
-    if let Some(sig) = &config.stop_signal {
-        run["StopSignal"] = json!(sig);
-    }
-    let config = json!({
-        "created": "1970-01-01T00:00:00Z",
-        "architecture": "amd64",
-        "os": "linux",
-        "config": run,
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "moat-tests oci_image" }],
-    });
-    let config = to_json(&config)?;
+    let config = to_json(&image_config(config, &layer_digest))?;
     let layer_desc = descriptor(LAYER_MEDIA_TYPE, &layer_tar);
     let manifest = json!({
         "schemaVersion": 2,
@@ -465,7 +471,10 @@ mod tests {
 
     #[test]
     fn image_layout_is_consistent() {
-        let dir = ScratchDir::new(&std::env::temp_dir(), "moat-oci-image-test").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-oci-image-test-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::write(root.join("bin/hello"), b"#!/bin/sh\necho hi\n").unwrap();
@@ -506,7 +515,10 @@ mod tests {
 
     #[test]
     fn busybox_image_has_sh() {
-        let dir = ScratchDir::new(&std::env::temp_dir(), "moat-oci-image-test").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-oci-image-test-")
+            .tempdir()
+            .unwrap();
         let out = dir.path().join("busybox.tar");
         let t = std::time::Instant::now();
         let img =
@@ -523,7 +535,10 @@ mod tests {
 
     #[test]
     fn pause_image_waits_in_its_entrypoint() {
-        let dir = ScratchDir::new(&std::env::temp_dir(), "moat-oci-image-test").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-oci-image-test-")
+            .tempdir()
+            .unwrap();
         let out = dir.path().join("pause.tar");
         let img = build_pause_image(&out, DEFAULT_PAUSE_IMAGE).unwrap_or_else(|e| panic!("{e}"));
         let tar = std::fs::read(&out).unwrap();

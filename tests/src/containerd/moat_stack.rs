@@ -1,8 +1,11 @@
 //! The whole moat stack for tests, the demo and the benchmarks: a private containerd 1.6
-//! ([`crate::containerd`]) that runs `io.containerd.moat.v2` (the built
-//! `containerd-shim-moat-v2`, configured for the built moat-vmm, the cached guest kernel and
-//! the agent image), with the locally built busybox image imported; plus the leak checks every
-//! flow ends with (no moat process, no mount under moat's state dir, no pod directory).
+//! ([`super::Containerd`]) that runs [`RUNTIME_ID`] (the built `containerd-shim-moat-v2`,
+//! configured with a [`Config`] for the built moat-vmm, the cached guest kernel and the agent
+//! image), with the locally built busybox image imported; plus the leak checks every flow
+//! ends with (no moat process, no mount under moat's state dir, no pod directory).
+//!
+//! The shim's configuration, runtime name and pod directory layout come from the shim itself
+//! (`moat_runtime`), so the stack always matches the shim it runs.
 //!
 //! Must run where KVM boots Linux: in the test host (see [`crate::on_kvm_retrying`]) unless
 //! the machine has hardware virtualization.
@@ -12,35 +15,41 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::containerd::{sys, Containerd, ContainerdOptions, CtrOutput};
-pub use crate::live_ctr::LiveCtr;
-use crate::microvm::GuestImage;
-use crate::oci_image;
+use moat_runtime::{Config, PodDir, DEFAULT_STATE_DIR, RUNTIME_ID};
+use tempfile::TempDir;
 
-/// Where the shim keeps pod state in these tests.
-pub const STATE_DIR: &str = "/run/moat";
-/// The runtime under test, as `ctr --runtime` names it.
-pub const RUNTIME: &str = "io.containerd.moat.v2";
+use super::{oci_image, sys, Containerd, ContainerdOptions, CtrOutput, LiveCtr};
+use crate::guest::GuestImage;
+
 /// The guest memory of the stack's pods, MiB.
 pub const VM_MEMORY_MIB: u64 = 256;
 /// How long [`Stack::assert_no_leftovers`] waits for teardown (containerd reaps its shims
 /// lazily).
 const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 
-/// Writes the moat config the stack uses into `dir`: the built moat-vmm, the cached guest
-/// kernel, the agent image, 1 vCPU, [`VM_MEMORY_MIB`], debug logs.
-pub fn write_config(dir: &Path) -> Result<PathBuf, String> {
+/// The shim configuration the stack uses: the shim's defaults with the built moat-vmm, the
+/// cached guest kernel, the agent image, 1 vCPU, [`VM_MEMORY_MIB`], state in
+/// [`DEFAULT_STATE_DIR`] and debug logs.
+pub fn config() -> Result<Config, String> {
     let kernel = crate::kernel_path("guest").map_err(|e| format!("guest kernel: {e}"))?;
     let image = GuestImage::agent_image().map_err(|e| format!("agent image: {e}"))?;
     let vmm = crate::try_cargo_bin("moat-vmm").map_err(|e| e.to_string())?;
+    let mut cfg = Config::default();
+    cfg.vm.vmm = vmm;
+    cfg.vm.kernel = kernel;
+    cfg.vm.initrd = image.initrd;
+    cfg.vm.vcpus = 1;
+    cfg.vm.memory_mib = VM_MEMORY_MIB;
+    cfg.runtime.state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+    cfg.runtime.log_level = "debug".into();
+    Ok(cfg)
+}
+
+/// Writes [`config`] into `dir` as `moat.toml`; returns the file's path.
+pub fn write_config(dir: &Path) -> Result<PathBuf, String> {
     let path = dir.join("moat.toml");
-    let toml = format!(
-        "[vm]\nvmm = {vmm:?}\nkernel = {kernel:?}\ninitrd = {:?}\nvcpus = 1\n\
-         memory_mib = {VM_MEMORY_MIB}\n\
-         [runtime]\nstate_dir = {STATE_DIR:?}\nlog_level = \"debug\"\n",
-        image.initrd,
-    );
-    std::fs::write(&path, toml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    std::fs::write(&path, config()?.to_toml())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -53,18 +62,9 @@ pub struct Stack {
     pub image: String,
     /// The moat config file the shim reads.
     pub config: PathBuf,
-    /// A scratch directory of this stack (config, image tar), removed on drop.
-    pub dir: PathBuf,
-    _dir: RemoveOnDrop,
-}
-
-/// Removes a directory on drop.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    /// This stack's scratch directory (config, image tar), removed on drop (after
+    /// containerd is gone: fields drop in order).
+    dir: TempDir,
 }
 
 impl Stack {
@@ -75,15 +75,13 @@ impl Stack {
 
     /// Starts containerd after `tune` has adjusted its options (sandbox image, extra TOML...).
     pub fn start_with(tune: impl FnOnce(&mut ContainerdOptions)) -> Result<Stack, String> {
-        let dir = std::env::temp_dir().join(format!("moat-ctrd-{}", crate::unique_suffix()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let cleanup = |e: String| {
-            let _ = std::fs::remove_dir_all(&dir);
-            e
-        };
-        let config = write_config(&dir).map_err(cleanup)?;
+        let dir = tempfile::Builder::new()
+            .prefix("moat-ctrd-")
+            .tempdir()
+            .map_err(|e| format!("creating a scratch dir: {e}"))?;
+        let config = write_config(dir.path())?;
         let shim = crate::try_cargo_bin("containerd-shim-moat-v2")
-            .map_err(|e| cleanup(format!("{e} (cargo build -p moat-runtime)")))?;
+            .map_err(|e| format!("{e} (cargo build -p moat-runtime)"))?;
         let mut opts = ContainerdOptions {
             extra_path: vec![shim.parent().unwrap().to_path_buf()],
             env: vec![(
@@ -96,21 +94,25 @@ impl Stack {
             ..Default::default()
         };
         tune(&mut opts);
-        let containerd =
-            Containerd::start(opts).map_err(|e| cleanup(format!("containerd: {e}")))?;
-        let tar = dir.join("busybox.tar");
+        let containerd = Containerd::start(opts).map_err(|e| format!("containerd: {e}"))?;
+        let tar = dir.path().join("busybox.tar");
         let image = oci_image::build_busybox_image(&tar, oci_image::DEFAULT_BUSYBOX_IMAGE)
-            .map_err(|e| cleanup(format!("busybox image: {e}")))?;
+            .map_err(|e| format!("busybox image: {e}"))?;
         containerd
             .import(&tar)
-            .map_err(|e| cleanup(format!("importing the busybox image: {e}")))?;
+            .map_err(|e| format!("importing the busybox image: {e}"))?;
         Ok(Stack {
             containerd,
             image: image.name,
             config,
-            _dir: RemoveOnDrop(dir.clone()),
             dir,
         })
+    }
+
+    /// This stack's scratch directory (the shim's config, the image tar; tests may add
+    /// their own files), removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// `ctr ARGS` (any exit status); panics when ctr cannot run or times out.
@@ -145,7 +147,7 @@ impl Stack {
     /// `ctr run --rm --runtime io.containerd.moat.v2 IMAGE ID ARGS...` with `stdin`; panics
     /// when ctr cannot run.
     pub fn run_rm(&self, id: &str, args: &[&str], stdin: Option<&[u8]>) -> CtrOutput {
-        self.run_rm_with(RUNTIME, id, args, stdin)
+        self.run_rm_with(RUNTIME_ID, id, args, stdin)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -174,7 +176,7 @@ impl Stack {
         let deadline = Instant::now() + LEFTOVER_WAIT;
         loop {
             let procs = moat_processes();
-            let mounts = sys::mounts_under(Path::new(STATE_DIR));
+            let mounts = sys::mounts_under(Path::new(DEFAULT_STATE_DIR));
             let dirs = pod_dirs();
             if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
                 return None;
@@ -195,7 +197,8 @@ impl Stack {
         }
     }
 
-    /// `ctr run -d --null-io --runtime RUNTIME IMAGE ID ARGS...`, which must succeed.
+    /// `ctr run -d --null-io --runtime io.containerd.moat.v2 IMAGE ID ARGS...`, which must
+    /// succeed.
     pub fn run_detached(&self, id: &str, args: &[&str]) -> CtrOutput {
         self.run_detached_with(&[], id, args)
     }
@@ -216,23 +219,26 @@ impl Stack {
         id: &'a str,
         args: &[&'a str],
     ) -> Vec<&'a str> {
-        let mut all = vec!["run", "-d", "--null-io", "--runtime", RUNTIME];
+        let mut all = vec!["run", "-d", "--null-io", "--runtime", RUNTIME_ID];
         all.extend_from_slice(flags);
         all.extend([self.image.as_str(), id]);
         all.extend_from_slice(args);
         all
     }
 
-    /// Pod `pod`'s state directory (`<state dir>/<namespace>/<pod>`).
-    pub fn pod_dir(&self, pod: &str) -> PathBuf {
-        Path::new(STATE_DIR)
-            .join(self.containerd.namespace())
-            .join(pod)
+    /// Pod `pod`'s state directory (`<state dir>/<namespace>/<pod>`), laid out as the shim
+    /// lays it out.
+    pub fn pod_dir(&self, pod: &str) -> PodDir {
+        PodDir::new(
+            Path::new(DEFAULT_STATE_DIR),
+            self.containerd.namespace(),
+            pod,
+        )
     }
 
     /// The pid of pod `pod`'s live moat-vmm (its command line names the pod's vsock socket).
     pub fn vmm_pid(&self, pod: &str) -> Option<u32> {
-        let vsock = self.pod_dir(pod).join("vsock.sock");
+        let vsock = self.pod_dir(pod).vsock();
         let vsock = vsock.as_os_str().as_bytes();
         sys::list()
             .into_iter()
@@ -313,7 +319,7 @@ pub fn moat_processes() -> Vec<String> {
 
 /// Pod directories under the state dir (`<state>/<namespace>/<pod>`).
 pub fn pod_dirs() -> Vec<PathBuf> {
-    let Ok(nss) = std::fs::read_dir(STATE_DIR) else {
+    let Ok(nss) = std::fs::read_dir(DEFAULT_STATE_DIR) else {
         return Vec::new();
     };
     nss.flatten()

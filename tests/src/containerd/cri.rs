@@ -20,7 +20,7 @@ use api::image_service_client::ImageServiceClient;
 use api::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::containerd::{sys, Containerd};
+use super::{sys, Containerd};
 
 /// How long a CRI call may take unless [`CriClient::with_timeout`] says otherwise (a pod boots
 /// a VM in a TCG test host: tens of seconds).

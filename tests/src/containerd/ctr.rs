@@ -1,17 +1,128 @@
-//! A `ctr` command watched while it runs: its output readable as it arrives, optionally on a
-//! pty of its own (`ctr run -t` needs a controlling terminal), resizable, killed if dropped.
-//! Made by [`crate::moat_stack::Stack::ctr_live`] and [`crate::moat_stack::Stack::ctr_on_pty`].
+//! `ctr` commands run against a [`Containerd`](super::Containerd): finished ([`CtrOutput`]),
+//! running with captured output ([`CtrChild`], from
+//! [`Containerd::ctr_spawn`](super::Containerd::ctr_spawn)), or watched while they run
+//! ([`LiveCtr`]: output readable as it arrives, optionally on a pty of its own — `ctr run -t`
+//! needs a controlling terminal — resizable, killed if dropped; made by
+//! [`Stack::ctr_live`](super::moat_stack::Stack::ctr_live) and
+//! [`Stack::ctr_on_pty`](super::moat_stack::Stack::ctr_on_pty)).
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::containerd::CtrOutput;
-use crate::guards::{KillOnDrop, WaitOutcome};
+use super::{io_err, log_tail, ContainerdError};
+use crate::process::{KillOnDrop, WaitOutcome};
+
+/// What a `ctr` command did.
+#[derive(Debug, Clone)]
+pub struct CtrOutput {
+    /// Its exit status (`ctr run` exits with the task's status).
+    pub status: ExitStatus,
+    /// Its stdout, byte-exact.
+    pub stdout: Vec<u8>,
+    /// Its stderr, byte-exact.
+    pub stderr: Vec<u8>,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl CtrOutput {
+    /// The exit code (`None` if a signal killed ctr).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    /// stdout as text (lossy).
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// stderr as text (lossy).
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A `ctr` command started by [`Containerd::ctr_spawn`](super::Containerd::ctr_spawn); killed if dropped unwaited.
+#[derive(Debug)]
+pub struct CtrChild {
+    /// ctr's stdin, if piped: take it, write, drop it for EOF.
+    pub stdin: Option<ChildStdin>,
+    pub(super) stdout: JoinHandle<Vec<u8>>,
+    pub(super) stderr: JoinHandle<Vec<u8>>,
+    pub(super) child: KillOnDrop,
+    pub(super) start: Instant,
+    pub(super) args: String,
+    pub(super) log: PathBuf,
+}
+
+impl CtrChild {
+    /// ctr's pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes stdin (if still open) and waits for ctr to exit; after `timeout` kills it
+    /// (an error). A non-zero exit is not an error.
+    pub fn wait(mut self, timeout: Duration) -> Result<CtrOutput, ContainerdError> {
+        drop(self.stdin.take());
+        let outcome = self
+            .child
+            .wait_timeout(timeout)
+            .map_err(io_err(format!("waiting for `ctr {}`", self.args)))?;
+        let out = CtrOutput {
+            status: match outcome {
+                WaitOutcome::Exited(st) => st,
+                WaitOutcome::TimedOut => ExitStatus::from_raw(libc::SIGKILL),
+            },
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+            elapsed: self.start.elapsed(),
+        };
+        match outcome {
+            WaitOutcome::Exited(_) => Ok(out),
+            WaitOutcome::TimedOut => {
+                let why = format!("did not finish within {timeout:?} (killed)");
+                Err(ctr_error(self.args, why, &out, &self.log))
+            }
+        }
+    }
+}
+
+/// The error of a failed or timed-out ctr command.
+pub(super) fn ctr_error(args: String, why: String, o: &CtrOutput, log: &Path) -> ContainerdError {
+    let (stdout, stderr, log_tail) = (o.stdout_str(), o.stderr_str(), log_tail(log));
+    ContainerdError::Ctr {
+        args,
+        why,
+        stdout,
+        stderr,
+        log_tail,
+    }
+}
+
+/// `args` for messages: `["run", "--rm", ...]`.
+pub(super) fn show(args: &[impl AsRef<OsStr>]) -> String {
+    format!(
+        "{:?}",
+        args.iter().map(AsRef::as_ref).collect::<Vec<&OsStr>>()
+    )
+}
+
+/// Reads a pipe to its end on a thread.
+pub(super) fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
 
 /// What a [`LiveCtr`] has read so far from one of ctr's outputs.
 #[derive(Default)]
@@ -37,8 +148,9 @@ impl Collected {
     }
 }
 
-/// A `ctr` command whose output is watched while it runs ([`Stack::ctr_live`],
-/// [`Stack::ctr_on_pty`]); killed if dropped unfinished.
+/// A `ctr` command whose output is watched while it runs
+/// ([`Stack::ctr_live`](super::moat_stack::Stack::ctr_live),
+/// [`Stack::ctr_on_pty`](super::moat_stack::Stack::ctr_on_pty)); killed if dropped unfinished.
 pub struct LiveCtr {
     child: KillOnDrop,
     out: Arc<Collected>,

@@ -10,8 +10,7 @@ use moat_agent_protocol::ttrpc::Code;
 use moat_agent_protocol::AgentClient;
 use serde_json::{json, Value};
 
-use crate::containers;
-use crate::oci;
+use super::{containers, oci};
 
 /// An agent to run the flows against, and the container root filesystem it can see.
 pub struct Suite<'a> {

@@ -6,8 +6,8 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::cpio::Archive;
-use crate::testhost::TestHostError;
+use super::TestHostError;
+use crate::guest::cpio::{self, Archive};
 
 /// The L1 `/init` script.
 pub const INIT_SCRIPT: &str = include_str!("l1_init.sh");
@@ -84,7 +84,7 @@ fn busybox_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BUSYBOX))
 }
 
-fn archive(busybox: Vec<u8>) -> Result<Archive, crate::cpio::CpioError> {
+fn archive(busybox: Vec<u8>) -> Result<Archive, cpio::CpioError> {
     let mut a = Archive::new();
     for d in ["bin", "dev", "proc", "sys", "moat", "host"] {
         a.dir(d, 0o755)?;
@@ -101,7 +101,7 @@ fn archive(busybox: Vec<u8>) -> Result<Archive, crate::cpio::CpioError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpio::EntryKind;
+    use crate::guest::cpio::EntryKind;
 
     #[test]
     fn archive_has_init_and_busybox() {

@@ -14,9 +14,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use moat_runtime::RUNTIME_ID;
+
+use super::report::{median, mib, ms, ratio};
+use crate::containerd::moat_stack::{Stack, VM_MEMORY_MIB};
 use crate::containerd::sys;
-use crate::moat_stack::{Stack, RUNTIME, VM_MEMORY_MIB};
-use crate::report::{median, mib, ms, ratio};
 
 /// containerd's runc runtime, the baseline.
 pub const RUNC: &str = "io.containerd.runc.v2";
@@ -37,7 +39,7 @@ pub struct RuntimeNumbers {
 pub fn run(stack: &Stack, runs: u32) -> Result<(RuntimeNumbers, RuntimeNumbers), String> {
     let (mut moat_t, mut runc_t) = (Vec::new(), Vec::new());
     for i in 0..=runs {
-        for (runtime, times) in [(RUNTIME, &mut moat_t), (RUNC, &mut runc_t)] {
+        for (runtime, times) in [(RUNTIME_ID, &mut moat_t), (RUNC, &mut runc_t)] {
             let id = format!("bench-{}-{i}", short(runtime));
             let out = stack.run_rm_with(runtime, &id, &["true"], None)?;
             if out.code() != Some(0) {
@@ -61,7 +63,7 @@ pub fn run(stack: &Stack, runs: u32) -> Result<(RuntimeNumbers, RuntimeNumbers),
         run_rm_us: median(runc_t),
         ..Default::default()
     };
-    (moat.idle_pss_kib, moat.guest_ram_pss_kib) = idle_pod(stack, RUNTIME)?;
+    (moat.idle_pss_kib, moat.guest_ram_pss_kib) = idle_pod(stack, RUNTIME_ID)?;
     (runc.idle_pss_kib, _) = idle_pod(stack, RUNC)?;
     print_report(runs, &moat, &runc);
     Ok((moat, runc))

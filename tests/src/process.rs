@@ -1,46 +1,21 @@
-//! RAII guards that make sure a test-host run leaves nothing behind: the
-//! qemu process is killed and reaped, the scratch directory removed.
+//! Child processes the harness starts (qemu, moat-vmm, containerd, ctr, the agent): a
+//! [`KillOnDrop`] guard makes sure none outlives the test that started it.
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
-/// A freshly created directory that is removed (recursively) on drop.
-#[derive(Debug)]
-pub struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    /// Creates a new, empty, uniquely named directory `<parent>/<prefix>-...`.
-    pub fn new(parent: &Path, prefix: &str) -> io::Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        loop {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = parent.join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// The directory's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+/// Makes the process `cmd` spawns get SIGKILL when the *thread* that spawned it dies
+/// (`PR_SET_PDEATHSIG`): a killed test takes its qemu or containerd with it.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -113,16 +88,8 @@ impl Drop for KillOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::process::Command;
-
-    #[test]
-    fn scratch_dir_is_removed() {
-        let d = ScratchDir::new(&std::env::temp_dir(), "moat-guard-test").unwrap();
-        let p = d.path().to_path_buf();
-        std::fs::write(p.join("f"), b"x").unwrap();
-        drop(d);
-        assert!(!p.exists());
-    }
 
     #[test]
     fn child_is_killed_on_timeout_and_drop() {
