@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use moat_agent_protocol::agent::{CopyFileRequest, CreateSandboxRequest};
+use moat_agent_protocol::agent::{CopyFileRequest, CreatePodRequest};
 use moat_agent_protocol::stdio::Channels;
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use moat_tests::agent::container_suite::{self, Suite};
@@ -126,18 +126,18 @@ fn rootfs_spec(suite: &Suite, args: &[&str]) -> serde_json::Value {
 
 /// Creates the pod every flow runs in.
 fn create_pod(suite: &Suite) {
-    let mut sb = CreateSandboxRequest::new();
-    sb.sandbox_id = "pod1".into();
+    let mut sb = CreatePodRequest::new();
+    sb.pod_id = "pod1".into();
     sb.hostname = "pod1-host".into();
     sb.dns_servers = vec!["10.0.0.10".into()];
-    sb.sandbox_pidns = true;
-    suite.client.create_sandbox(&sb).unwrap();
+    sb.pod_pidns = true;
+    suite.client.create_pod(&sb).unwrap();
 }
 
 fn suite_flows(suite: &Suite) {
     create_pod(suite);
     container_suite::all(suite);
-    suite.client.destroy_sandbox("pod1").unwrap();
+    suite.client.destroy_pod("pod1").unwrap();
 }
 
 fn guest_flows(suite: &Suite) {
@@ -340,7 +340,7 @@ fn guest_flows(suite: &Suite) {
 
     c.signal_process("busy", "", 9, true).unwrap();
     assert_eq!(c.wait_process("busy", "", Some(WAIT)).unwrap().status, 137);
-    c.destroy_sandbox("pod1").unwrap();
+    c.destroy_pod("pod1").unwrap();
     assert!(
         c.list_processes("busy").is_err(),
         "destroy left the container"

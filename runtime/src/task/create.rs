@@ -186,12 +186,7 @@ impl Tasks {
         let client = &pod.vm.client;
         let spec_json = plan.guest.spec.to_string();
         let pid = client
-            .create_container(
-                &c.id,
-                &spec_json,
-                c.stdio.channels(),
-                plan.guest.pod_pidns,
-            )
+            .create_container(&c.id, &spec_json, c.stdio.channels(), plan.guest.pod_pidns)
             .map_err(TaskError::agent("CreateContainer"))?;
         let io = ProcessIo::attach(client, &c.id, "", &c.stdio).inspect_err(|_| {
             let _ = client.remove_container(&c.id, Some(REMOVE_TIMEOUT));

@@ -236,10 +236,10 @@ impl Stack {
         )
     }
 
-    /// The pid of pod `pod`'s live moat-vmm (its command line names the pod's vsock socket).
+    /// The pid of pod `pod`'s live moat-vmm (its command line names the pod's `vm.json`).
     pub fn vmm_pid(&self, pod: &str) -> Option<u32> {
-        let vsock = self.pod_dir(pod).vsock();
-        let vsock = vsock.as_os_str().as_bytes();
+        let config = self.pod_dir(pod).vm_config();
+        let config = config.as_os_str().as_bytes();
         sys::list()
             .into_iter()
             .filter(|(pid, _, _)| sys::alive(*pid))
@@ -247,7 +247,7 @@ impl Stack {
                 argv[0].ends_with(b"moat-vmm")
                     && argv
                         .iter()
-                        .any(|a| a.windows(vsock.len()).any(|w| w == vsock))
+                        .any(|a| a.windows(config.len()).any(|w| w == config))
             })
             .map(|(pid, _, _)| pid)
     }
