@@ -46,7 +46,8 @@ pub(crate) fn spec(json: &str) -> oci_spec::runtime::Spec {
 /// Runs the test `name` (its full libtest path) of this test binary again in a child process,
 /// behind `wrapper` (e.g. `unshare ...`; empty: none) and with `env` set so the child knows
 /// it is the child. For tests that must be alone in their process (they reap every child, or
-/// change namespaces). Returns the child's exit status.
+/// change namespaces). Returns the child's exit status; panics unless it ran exactly one test
+/// (a wrong name would otherwise run none and pass).
 pub(crate) fn rerun_test(
     name: &str,
     wrapper: &[&str],
@@ -61,8 +62,18 @@ pub(crate) fn rerun_test(
         }
         None => Command::new(exe),
     };
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+    let out = cmd
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(env.0, env.1)
-        .status()
-        .unwrap_or_else(|e| panic!("re-running {name}: {e}"))
+        .output()
+        .unwrap_or_else(|e| panic!("re-running {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("running 1 test"),
+        "re-running `--exact {name}` did not run exactly one test: is the name the full \
+         libtest path?"
+    );
+    out.status
 }

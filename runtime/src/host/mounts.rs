@@ -279,7 +279,11 @@ mod tests {
     #[test]
     fn bind_and_unmount_in_a_private_namespace() {
         // A child in its own user+mount namespace, so nothing leaks into the host's table.
-        let status = std::process::Command::new("unshare")
+        let child = format!(
+            "{}::bind_child",
+            module_path!().trim_start_matches("moat_runtime::")
+        );
+        let out = std::process::Command::new("unshare")
             .args([
                 "--user",
                 "--map-root-user",
@@ -288,15 +292,17 @@ mod tests {
                 "private",
             ])
             .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "mounts::tests::bind_child",
-                "--include-ignored",
-                "--nocapture",
-            ])
-            .status()
+            .args(["--exact", &child, "--include-ignored", "--nocapture"])
+            .output()
             .expect("unshare (util-linux) must be installed");
-        assert!(status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        print!("{stdout}");
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            stdout.contains("running 1 test"),
+            "`--exact {child}` did not run exactly one test"
+        );
+        assert!(out.status.success(), "{child} failed: {}", out.status);
     }
 
     #[test]
