@@ -161,14 +161,6 @@ impl TaskError {
         }
     }
 
-    /// The agent's gRPC code for this error, if it is an agent error that has one.
-    pub fn agent_code(&self) -> Option<Code> {
-        match self {
-            TaskError::Agent { source, .. } => agent_code(source),
-            _ => None,
-        }
-    }
-
     /// The message with every cause that the message does not already spell out.
     pub fn message(&self) -> String {
         chain_message(self)
@@ -205,7 +197,7 @@ impl From<TaskError> for ttrpc::Error {
 
 /// The gRPC code of an agent error, in the shim protocol's ttrpc (a different ttrpc version
 /// than the agent protocol's; the codes are gRPC's in both).
-fn agent_code(e: &ClientError) -> Option<Code> {
+pub fn agent_code(e: &ClientError) -> Option<Code> {
     use containerd_shim::protos::protobuf::Enum;
     e.rpc_code().and_then(|c| Code::from_i32(c as i32))
 }

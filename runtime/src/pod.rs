@@ -118,8 +118,7 @@ impl Pod {
 
     /// Removes container `cid`'s host side: its share directory and the bundle's marker.
     pub fn remove_container(&self, cid: &str, bundle: &Path) {
-        cleanup::remove_container_dir(&self.dir, cid);
-        let _ = std::fs::remove_file(bundle.join(layout::BUNDLE_MARKER));
+        cleanup::remove_container(&self.dir, cid, bundle);
     }
 
     /// Stops the VM and removes the pod's directory with every mount under it.

@@ -14,6 +14,12 @@ pub fn remove_container_dir(dir: &PodDir, cid: &str) {
     unmount_and_remove(&dir.container(cid));
 }
 
+/// Removes container `cid`'s host side: its share directory and its bundle's marker.
+pub fn remove_container(dir: &PodDir, cid: &str, bundle: &Path) {
+    remove_container_dir(dir, cid);
+    let _ = std::fs::remove_file(bundle.join(BUNDLE_MARKER));
+}
+
 /// Unmounts everything under the pod directory and removes it (and its namespace directory
 /// when that is left empty).
 pub fn remove_pod_dir(dir: &PodDir) {
@@ -43,8 +49,7 @@ pub fn after_dead_shim(bundle: &Path, cid: &str) -> String {
     let Some(marker) = BundleMarker::read(bundle) else {
         return format!("{cid}: no moat pod recorded in {}", bundle.display());
     };
-    remove_container_dir(&marker.pod, cid);
-    let _ = std::fs::remove_file(bundle.join(BUNDLE_MARKER));
+    remove_container(&marker.pod, cid, bundle);
     if !marker.is_sandbox {
         return format!("{cid}: container of pod {} cleaned up", marker.pod_id);
     }

@@ -22,6 +22,8 @@ use moat_agent_protocol::stdio::{Channel, Channels};
 use moat_agent_protocol::AgentClient;
 use nix::poll::{poll, PollFd, PollFlags};
 
+use crate::util::lock;
+
 /// Errors attaching stdio.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
@@ -108,7 +110,7 @@ impl Outputs {
     /// Waits (at most `timeout`) until stdout and stderr have reached their FIFOs.
     pub fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        let mut left = lock(&self.left);
         while *left > 0 {
             let now = Instant::now();
             if now >= deadline {
@@ -171,11 +173,11 @@ impl ProcessIo {
             }
             let stream = open(channel)?;
             let (path, is_file) = target(uri)?.expect("channel implies a path");
-            *outputs.left.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            *lock(&outputs.left) += 1;
             let outputs = outputs.clone();
             io.threads.push(std::thread::spawn(move || {
                 copy_out(stream, &path, is_file);
-                let mut left = outputs.left.lock().unwrap_or_else(|p| p.into_inner());
+                let mut left = lock(&outputs.left);
                 *left -= 1;
                 outputs.cond.notify_all();
             }));

@@ -13,7 +13,7 @@ use containerd_shim::protos::ttrpc::Code;
 use super::process::{Exit, Process};
 use super::state::Tasks;
 use super::{stats, REMOVE_TIMEOUT};
-use crate::error::TaskError;
+use crate::error::{agent_code, TaskError};
 use crate::pod::io::{ProcessIo, StdioPaths};
 use crate::pod::layout::check_id;
 
@@ -162,10 +162,8 @@ impl Tasks {
         let pod = self.live_pod()?;
         match pod.vm.client.signal_process(id, exec, signal, all) {
             Ok(()) => Ok(()),
-            Err(e) => match TaskError::agent("SignalProcess")(e) {
-                e if e.agent_code() == Some(Code::NOT_FOUND) => Err(TaskError::Finished),
-                e => Err(e),
-            },
+            Err(e) if agent_code(&e) == Some(Code::NOT_FOUND) => Err(TaskError::Finished),
+            Err(e) => Err(TaskError::agent("SignalProcess")(e)),
         }
     }
 

@@ -13,7 +13,7 @@ use moat_vmm_config::status::describe;
 
 use super::process::{Exit, VM_DIED_STATUS};
 use super::state::Tasks;
-use crate::error::TaskError;
+use crate::error::agent_code;
 use crate::pod::io::ProcessIo;
 use crate::pod::Pod;
 
@@ -157,12 +157,9 @@ fn wait_process(pod: &Pod, cid: &str, exec: &str) -> u32 {
         match pod.vm.client.wait_process(cid, exec, Some(WAIT_SLICE)) {
             Ok(r) => return r.status as u32,
             Err(e) if e.is_timeout() => continue,
+            Err(e) if agent_code(&e) == Some(Code::NOT_FOUND) => return VM_DIED_STATUS,
             Err(e) => {
-                let e = TaskError::agent("WaitProcess")(e);
-                if e.agent_code() == Some(Code::NOT_FOUND) {
-                    return VM_DIED_STATUS;
-                }
-                log::debug!("{cid}/{exec}: {e}");
+                log::debug!("{cid}/{exec}: WaitProcess: {e}");
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
