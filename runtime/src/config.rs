@@ -13,6 +13,8 @@ use moat_vmm_config::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::host::share::ShareLimits;
+
 pub mod options;
 
 /// The configuration file read when no other is named.
@@ -141,6 +143,11 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// Forward the guest's console (kernel and agent logs) to containerd's log.
     pub guest_console: bool,
+    /// Size of each pod's staging tmpfs (its share's mount points), KiB.
+    pub share_size_kib: u64,
+    /// Inodes of each pod's staging tmpfs: bounds its containers' directories and mount
+    /// points (about 3 + one per volume for each container).
+    pub share_inodes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -149,6 +156,8 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             log_level: "info".into(),
             guest_console: true,
+            share_size_kib: 1024,
+            share_inodes: 16384,
         }
     }
 }
@@ -313,7 +322,33 @@ impl RuntimeConfig {
                 ),
             ));
         }
+        check_range("runtime.share_size_kib", self.share_size_kib, 64..=1 << 20)?;
+        check_range("runtime.share_inodes", self.share_inodes, 64..=1 << 20)?;
         Ok(())
+    }
+
+    /// The bounds of a pod's staging tmpfs.
+    pub fn share_limits(&self) -> ShareLimits {
+        ShareLimits {
+            size_kib: self.share_size_kib,
+            inodes: self.share_inodes,
+        }
+    }
+}
+
+/// `value` of `field` within `range`.
+fn check_range(
+    field: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<(), FieldError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("{value} is not in {}..={}", range.start(), range.end()),
+        ))
     }
 }
 

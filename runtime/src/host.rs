@@ -1,7 +1,14 @@
-//! Host resources a pod uses besides its VM: the mounts that fill its virtio-fs share
-//! ([`mounts`]), its network namespace bridged to a TAP of the VM ([`network`]), and the
-//! size of its VM ([`sizing`]). Each records what it changes and undoes it at teardown.
+//! Host resources a pod uses besides its VM: its virtio-fs share ([`share`]: a host-only
+//! staging tmpfs and its read-only bind for the guest) filled with mounts ([`mounts`]) made
+//! through symlink-free, confined paths ([`confined`]), its network namespace bridged to a TAP
+//! of the VM ([`network`]), and the size of its VM ([`sizing`]). Each records what it changes
+//! and undoes it at teardown.
 
+pub mod confined;
 pub mod mounts;
 pub mod network;
+pub mod share;
 pub mod sizing;
+
+#[cfg(test)]
+pub mod testing;

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use containerd_shim::protos::types::mount::Mount as ApiMount;
 
-use crate::host::mounts::{self, MountError};
+use crate::host::confined::PathError;
+use crate::host::mounts::MountError;
 use crate::host::network::{NetworkError, PodNetwork};
+use crate::host::share::{ContainerMounts, PodShare, ShareError};
 use crate::util::lock;
 use crate::vm::{Vm, VmError};
 
@@ -42,6 +44,9 @@ pub enum PodError {
     /// A pod with this id already has a directory (another shim runs it).
     #[error("pod directory {0} already exists: is another shim running this pod?")]
     Exists(std::path::PathBuf),
+    /// The pod's share could not be made.
+    #[error("the pod's share: {0}")]
+    Share(#[from] ShareError),
     /// The VM did not come up.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -67,6 +72,8 @@ pub struct Pod {
     pub dir: PodDir,
     /// Its VM.
     pub vm: Arc<Vm>,
+    /// Its share, where containers' root filesystems and volumes are mounted.
+    share: PodShare,
     /// Its network namespace's changes, undone at teardown.
     network: Mutex<Option<PodNetwork>>,
 }
@@ -89,7 +96,8 @@ pub struct ContainerSetup<'a> {
 
 impl Pod {
     /// Mounts container `c`'s root filesystem and shared host paths into the share and
-    /// records the pod in its bundle. On failure the container's share directory is gone.
+    /// records the pod in its bundle. A container directory that already exists is refused.
+    /// On failure the container's share directory is gone.
     pub fn setup_container(&self, c: &ContainerSetup<'_>) -> Result<(), PodError> {
         let marker = BundleMarker {
             pod: self.dir.clone(),
@@ -103,15 +111,21 @@ impl Pod {
                 source,
             })
             .and_then(|_| {
-                mounts::mount_rootfs(c.rootfs, c.bundle, c.spec_root, &self.dir.rootfs(c.id))?;
-                for b in c.binds {
-                    let target = self.dir.container(c.id).join("mounts").join(&b.share_name);
-                    mounts::bind(&b.source, &target, b.readonly)?;
-                }
-                Ok(())
+                let mounts = ContainerMounts {
+                    id: c.id,
+                    rootfs: c.rootfs,
+                    bundle: c.bundle,
+                    spec_root: c.spec_root,
+                    binds: c.binds,
+                };
+                Ok(self.share.add_container(&mounts)?)
             });
-        if result.is_err() {
-            cleanup::remove_container_dir(&self.dir, c.id);
+        match &result {
+            // Not ours to remove: another container's, or planted.
+            Err(PodError::Mount(MountError::MountPoint(PathError::Exists(p))))
+                if *p == self.dir.container(c.id) => {}
+            Err(_) => cleanup::remove_container_dir(&self.dir, c.id),
+            Ok(()) => {}
         }
         result
     }

@@ -1,23 +1,25 @@
 //! Host-side mounts of a pod: container root filesystems (containerd's snapshot mounts, or a
-//! bind of the bundle's rootfs) and bind mounts of host files the spec shares, all under the
-//! pod's virtio-fs share; and their removal.
+//! bind of the bundle's rootfs) and bind mounts of host files the spec shares, attached by fd
+//! to mount points of the pod's staging tree ([`crate::host::share`]), `nosuid,nodev`, binds
+//! recursive (read-only throughout when asked); and their removal (`UMOUNT_NOFOLLOW`).
 
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount as ApiMount;
+use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::confined::{proc_fd_path, ConfinedDir, PathError};
 
 /// Errors of host mounts.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    /// Creating a mount point failed.
-    #[error("creating mount point {path}: {source}")]
-    MountPoint {
-        /// The mount point.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// A mount point could not be made or opened safely.
+    #[error("mount point {0}")]
+    MountPoint(#[from] PathError),
     /// A mount failed.
     #[error("mounting {what} on {target}: {why}")]
     Mount {
@@ -49,58 +51,67 @@ pub enum MountError {
     },
 }
 
-/// Mounts a container's root filesystem at `target`: containerd's `mounts` (an overlay of
-/// snapshots, usually one) in order, or — when containerd passed none — a bind of the spec's
-/// `root.path` (relative to `bundle`).
+/// Mounts a container's root filesystem on `target` (an empty directory of the pod's staging
+/// tree, mounted on through its fd, never by path): containerd's `mounts` (an overlay of
+/// snapshots, usually one) in order, each `nosuid,nodev` on the host, or — when containerd
+/// passed none — a bind of the spec's `root.path` (relative to `bundle`).
 pub fn mount_rootfs(
     mounts: &[ApiMount],
     bundle: &Path,
     spec_root: &Path,
-    target: &Path,
+    target: &ConfinedDir,
 ) -> Result<(), MountError> {
-    mkdir(target)?;
     if mounts.is_empty() {
         let source = if spec_root.is_absolute() {
             spec_root.to_path_buf()
         } else {
             bundle.join(spec_root)
         };
-        if !source.is_dir() {
+        let tree = DetachedTree::clone_of(&source, false)?;
+        if !tree.is_dir()? {
             return Err(MountError::Source {
                 path: source,
                 why: "the root filesystem is not a directory".into(),
             });
         }
-        return bind(&source, target, false);
+        return tree.attach(target.fd(), target.path());
     }
-    for m in mounts {
-        let (flags, data) = parse_options(&m.options);
-        let what = format!("{} {}", m.type_, m.source);
-        if data.len() >= MAX_MOUNT_DATA {
-            return Err(MountError::Mount {
-                what,
-                target: target.to_path_buf(),
-                why: format!(
-                    "{} bytes of mount options (at most {MAX_MOUNT_DATA})",
-                    data.len()
-                ),
-            });
-        }
-        let fstype = Some(m.type_.as_str()).filter(|t| !t.is_empty() && *t != "bind");
-        mount(
-            Some(m.source.as_str()).filter(|s| !s.is_empty()),
-            target,
-            fstype,
-            flags,
-            Some(data.as_str()).filter(|d| !d.is_empty()),
-        )
-        .map_err(|e| MountError::Mount {
+    mounts.iter().try_for_each(|m| mount_one(m, target))
+}
+
+/// Mounts one of containerd's rootfs mounts on `target`.
+fn mount_one(m: &ApiMount, target: &ConfinedDir) -> Result<(), MountError> {
+    let (flags, data) = parse_options(&m.options);
+    let what = format!("{} {}", m.type_, m.source);
+    if data.len() >= MAX_MOUNT_DATA {
+        return Err(MountError::Mount {
             what,
-            target: target.to_path_buf(),
-            why: e.to_string(),
-        })?;
+            target: target.path().to_path_buf(),
+            why: format!(
+                "{} bytes of mount options (at most {MAX_MOUNT_DATA})",
+                data.len()
+            ),
+        });
     }
-    Ok(())
+    if flags.contains(MsFlags::MS_BIND) || m.type_ == "bind" {
+        // A bind ignores nosuid/nodev/ro until remounted: clone and set attributes instead.
+        let readonly = flags.contains(MsFlags::MS_RDONLY);
+        return DetachedTree::clone_of(Path::new(&m.source), readonly)?
+            .attach(target.fd(), target.path());
+    }
+    let fstype = Some(m.type_.as_str()).filter(|t| !t.is_empty());
+    mount(
+        Some(m.source.as_str()).filter(|s| !s.is_empty()),
+        &proc_fd_path(target.fd()),
+        fstype,
+        flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()).filter(|d| !d.is_empty()),
+    )
+    .map_err(|e| MountError::Mount {
+        what,
+        target: target.path().to_path_buf(),
+        why: e.to_string(),
+    })
 }
 
 /// The most mount data the kernel takes (one page).
@@ -137,57 +148,113 @@ pub fn parse_options(options: &[String]) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// Bind-mounts `source` (a file or directory) on `target`, creating `target` as the same
-/// kind; read-only when `readonly`.
-pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), MountError> {
-    let meta = std::fs::metadata(source).map_err(|e| MountError::Source {
-        path: source.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    if meta.is_dir() {
-        mkdir(target)?;
-    } else {
-        if let Some(parent) = target.parent() {
-            mkdir(parent)?;
-        }
-        if !target.exists() {
-            std::fs::File::create(target).map_err(|source| MountError::MountPoint {
-                path: target.to_path_buf(),
-                source,
-            })?;
-        }
-    }
-    let failed = |e: nix::Error| MountError::Mount {
-        what: format!("bind {}", source.display()),
-        target: target.to_path_buf(),
-        why: e.to_string(),
-    };
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(failed)?;
-    if readonly {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(failed)?;
-    }
-    Ok(())
+/// A detached copy of a host mount tree (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`),
+/// `nosuid,nodev` throughout (read-only throughout if asked), to be attached to a mount point
+/// by fd. The source keeps its own `noexec`/`nosuid`/`nodev`: attributes are only added.
+pub struct DetachedTree {
+    fd: OwnedFd,
+    source: PathBuf,
 }
 
-fn mkdir(path: &Path) -> Result<(), MountError> {
-    std::fs::create_dir_all(path).map_err(|source| MountError::MountPoint {
-        path: path.to_path_buf(),
-        source,
-    })
+impl DetachedTree {
+    /// Clones the mount tree at `source` (a host path from containerd's spec, symlinks in it
+    /// followed as runc does) and sets its attributes.
+    pub fn clone_of(source: &Path, readonly: bool) -> Result<DetachedTree, MountError> {
+        let source_err = |e: Errno| MountError::Source {
+            path: source.to_path_buf(),
+            why: e.desc().to_string(),
+        };
+        let c =
+            CString::new(source.as_os_str().as_bytes()).map_err(|_| source_err(Errno::EINVAL))?;
+        let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+        // SAFETY: a NUL-terminated path; the returned fd is checked and owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+        let fd = owned_fd(fd).map_err(source_err)?;
+        let mut attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+        if readonly {
+            attr_set |= libc::MOUNT_ATTR_RDONLY;
+        }
+        // SAFETY: mount_attr is plain data; zero is its valid default.
+        let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+        attr.attr_set = attr_set;
+        // SAFETY: a valid detached-tree fd, an empty path with AT_EMPTY_PATH and a mount_attr
+        // of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+                &attr as *const libc::mount_attr,
+                size_of::<libc::mount_attr>(),
+            )
+        };
+        Errno::result(rc).map_err(source_err)?;
+        Ok(DetachedTree {
+            fd,
+            source: source.to_path_buf(),
+        })
+    }
+
+    /// Whether the tree's root is a directory (else a file: bind it on a file).
+    pub fn is_dir(&self) -> Result<bool, MountError> {
+        let st = nix::sys::stat::fstat(self.fd.as_raw_fd()).map_err(|e| MountError::Source {
+            path: self.source.clone(),
+            why: e.desc().to_string(),
+        })?;
+        Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    /// Attaches the tree on `target` (an fd of the mount point; `path` names it in errors).
+    pub fn attach(self, target: BorrowedFd<'_>, path: &Path) -> Result<(), MountError> {
+        let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH;
+        // SAFETY: two valid fds with empty paths and the EMPTY_PATH flags for both.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                target.as_raw_fd(),
+                c"".as_ptr(),
+                flags,
+            )
+        };
+        Errno::result(rc).map_err(|e| MountError::Mount {
+            what: format!("bind {}", self.source.display()),
+            target: path.to_path_buf(),
+            why: e.desc().to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+/// Binds host path `source` (a file or a directory) on the new mount point `rel` of `dir`
+/// (created as the same kind, missing parents included; an existing entry is refused),
+/// `nosuid,nodev`, read-only throughout when `readonly`.
+pub fn bind(
+    source: &Path,
+    dir: &ConfinedDir,
+    rel: &Path,
+    readonly: bool,
+) -> Result<(), MountError> {
+    let tree = DetachedTree::clone_of(source, readonly)?;
+    let target = if tree.is_dir()? {
+        let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(p) = parent {
+            dir.create_dir_all(p, 0o700)?;
+        }
+        dir.create_dir(rel, 0o700)?.into_fd()
+    } else {
+        dir.create_file(rel, 0o600)?
+    };
+    tree.attach(target.as_fd(), &dir.path().join(rel))
+}
+
+/// Takes ownership of a syscall's returned fd, or its errno.
+fn owned_fd(fd: libc::c_long) -> Result<OwnedFd, Errno> {
+    let fd = i32::try_from(Errno::result(fd)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: a fresh fd just returned by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The mount points at or below `dir`, deepest first.
@@ -214,8 +281,8 @@ pub fn unmount_under(dir: &Path) -> Result<(), MountError> {
             break;
         }
         for p in points {
-            if let Err(source) = umount2(&p, MntFlags::MNT_DETACH) {
-                if source != nix::errno::Errno::EINVAL && source != nix::errno::Errno::ENOENT {
+            if let Err(source) = umount2(&p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                if source != Errno::EINVAL && source != Errno::ENOENT {
                     first_err.get_or_insert(MountError::Unmount { path: p, source });
                 }
             }
@@ -278,31 +345,7 @@ mod tests {
 
     #[test]
     fn bind_and_unmount_in_a_private_namespace() {
-        // A child in its own user+mount namespace, so nothing leaks into the host's table.
-        let child = format!(
-            "{}::bind_child",
-            module_path!().trim_start_matches("moat_runtime::")
-        );
-        let out = std::process::Command::new("unshare")
-            .args([
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--propagation",
-                "private",
-            ])
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", &child, "--include-ignored", "--nocapture"])
-            .output()
-            .expect("unshare (util-linux) must be installed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        print!("{stdout}");
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(
-            stdout.contains("running 1 test"),
-            "`--exact {child}` did not run exactly one test"
-        );
-        assert!(out.status.success(), "{child} failed: {}", out.status);
+        crate::host::testing::in_private_namespace(&format!("{}::bind_child", module_path!()));
     }
 
     #[test]
@@ -313,9 +356,11 @@ mod tests {
         let src = base.join("src");
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::write(src.join("f"), "file").unwrap();
-        let share = base.join("share");
-        bind(&src, &share.join("c1/rootfs"), false).unwrap();
-        bind(&src.join("f"), &share.join("c1/mounts/0-f"), true).unwrap();
+        std::fs::create_dir_all(base.join("tree")).unwrap();
+        let tree = ConfinedDir::open(&base.join("tree")).unwrap();
+        bind(&src, &tree, Path::new("c1/rootfs"), false).unwrap();
+        bind(&src.join("f"), &tree, Path::new("c1/mounts/0-f"), true).unwrap();
+        let share = tree.path();
         assert_eq!(
             std::fs::read_to_string(share.join("c1/rootfs/f")).unwrap(),
             "file"
@@ -324,11 +369,15 @@ mod tests {
             std::fs::write(share.join("c1/mounts/0-f"), "x").is_err(),
             "ro bind writable"
         );
-        let under = mounts_under(&share).unwrap();
+        let e = bind(&src, &tree, Path::new("c1/rootfs"), false).unwrap_err();
+        assert!(e.to_string().contains("c1/rootfs"), "{e}");
+        let under = mounts_under(share).unwrap();
         assert_eq!(under.len(), 2, "{under:?}");
         assert!(under[0].ends_with("0-f"), "deepest first: {under:?}");
-        unmount_under(&share).unwrap();
-        assert!(mounts_under(&share).unwrap().is_empty());
-        assert!(mount_rootfs(&[], base, Path::new("missing"), &share.join("c2/rootfs")).is_err());
+        unmount_under(share).unwrap();
+        assert!(mounts_under(share).unwrap().is_empty());
+        let c2 = tree.create_dir_all(Path::new("c2/rootfs"), 0o700).unwrap();
+        let e = mount_rootfs(&[], base, Path::new("missing"), &c2).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 }

@@ -2,6 +2,8 @@
 //! VM ([`crate::host::network`]), the VM, then the guest's side of the pod (clock, pod
 //! environment, NIC addresses and routes). On failure every step is undone.
 
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -12,7 +14,9 @@ use super::cleanup::remove_pod_dir;
 use super::layout::PodDir;
 use super::{Pod, PodError, VMM_STOP_GRACE};
 use crate::config::Config;
+use crate::host::confined::ConfinedDir;
 use crate::host::network::{self, PodNetwork};
+use crate::host::share::{PodShare, ShareError};
 use crate::vm::{Vm, VmmStatus};
 
 /// What a pod is booted with.
@@ -36,7 +40,7 @@ impl Pod {
         spec: &PodSpec<'_>,
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
     ) -> Result<Pod, PodError> {
-        let dir = make_dir(cfg, spec)?;
+        let (dir, share) = make_dir(cfg, spec)?;
         let mut network = match connect_network(&dir, spec) {
             Ok(n) => n,
             Err(e) => {
@@ -62,6 +66,7 @@ impl Pod {
                 id: spec.id.into(),
                 dir,
                 vm,
+                share,
                 network: Mutex::new(network),
             }),
             Err(e) => {
@@ -75,17 +80,36 @@ impl Pod {
     }
 }
 
-/// Creates the pod's state directory and its share; refuses a pod that already has one.
-fn make_dir(cfg: &Config, spec: &PodSpec<'_>) -> Result<PodDir, PodError> {
+/// Creates the pod's state directory (mode 0700) and its share; refuses a pod that already has
+/// one.
+fn make_dir(cfg: &Config, spec: &PodSpec<'_>) -> Result<(PodDir, PodShare), PodError> {
     let dir = PodDir::new(&cfg.runtime.state_dir, spec.namespace, spec.id);
-    if dir.root.exists() {
-        return Err(PodError::Exists(dir.root));
+    let dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PodError::Dir { path, source }
+    };
+    let ns_dir = dir.root.parent().unwrap_or(&dir.root);
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(ns_dir)
+        .map_err(dir_err(ns_dir))?;
+    match DirBuilder::new().mode(0o700).create(&dir.root) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(PodError::Exists(dir.root))
+        }
+        r => r.map_err(dir_err(&dir.root))?,
     }
-    std::fs::create_dir_all(dir.share()).map_err(|source| PodError::Dir {
-        path: dir.share(),
-        source,
-    })?;
-    Ok(dir)
+    let share = ConfinedDir::open(&dir.root)
+        .map_err(ShareError::from)
+        .and_then(|root| PodShare::create(&root, cfg.runtime.share_limits()));
+    match share {
+        Ok(share) => Ok((dir, share)),
+        Err(e) => {
+            remove_pod_dir(&dir);
+            Err(e.into())
+        }
+    }
 }
 
 /// Bridges the pod network namespace's interface to a new TAP, recorded in the pod dir.

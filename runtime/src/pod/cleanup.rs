@@ -9,8 +9,12 @@ use super::layout::{BundleMarker, PodDir, BUNDLE_MARKER};
 use crate::host::{mounts, network};
 use crate::vm;
 
-/// Unmounts and removes container `cid`'s share directory.
+/// Unmounts container `cid`'s mounts (their copies in the share too) and removes its
+/// directory.
 pub fn remove_container_dir(dir: &PodDir, cid: &str) {
+    if let Err(e) = mounts::unmount_under(&dir.shared_container(cid)) {
+        log::warn!("unmounting {}: {e}", dir.shared_container(cid).display());
+    }
     unmount_and_remove(&dir.container(cid));
 }
 

@@ -1,13 +1,15 @@
-//! Where a pod's host-side state lives: `<state_dir>/<namespace>/<pod id>/` holds the VMM's
-//! vsock socket and pid file and `share/`, the directory exported to the guest over
-//! virtio-fs; each container's root filesystem and shared mounts are mounted under
-//! `share/<container id>/`. A bundle records its pod in `moat-pod.json` so `delete` can clean
+//! Where a pod's host-side state lives: `<state_dir>/<namespace>/<pod id>/` (mode 0700) holds
+//! the VMM's config, vsock socket and pid file, `staging/` (the tmpfs where the shim mounts
+//! each container's root filesystem and shared mounts under `staging/<container id>/`) and
+//! `share/`, its read-only bind exported to the guest over virtio-fs (see
+//! [`crate::host::share`]). A bundle records its pod in `moat-pod.json` so `delete` can clean
 //! up after a shim that was killed.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::share::{SHARE_DIR, STAGING_DIR};
 use crate::vm::GUEST_SHARE_DIR;
 
 /// The marker a container's bundle gets: which pod directory the container lives in.
@@ -48,19 +50,24 @@ impl PodDir {
         self.root.join(crate::host::network::RECORD_FILE)
     }
 
-    /// The directory shared with the guest.
+    /// The directory shared with the guest (read-only bind of [`PodDir::staging`]).
     pub fn share(&self) -> PathBuf {
-        self.root.join("share")
+        self.root.join(SHARE_DIR)
     }
 
-    /// Container `id`'s directory in the share (host side).
+    /// The staging tmpfs, where only the shim mounts.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join(STAGING_DIR)
+    }
+
+    /// Container `id`'s directory in the staging tree (where the shim mounts).
     pub fn container(&self, id: &str) -> PathBuf {
-        self.share().join(id)
+        self.staging().join(id)
     }
 
-    /// Container `id`'s root filesystem mount point (host side).
-    pub fn rootfs(&self, id: &str) -> PathBuf {
-        self.container(id).join("rootfs")
+    /// Container `id`'s directory in the share (the same directory, read-only).
+    pub fn shared_container(&self, id: &str) -> PathBuf {
+        self.share().join(id)
     }
 }
 
@@ -133,8 +140,12 @@ mod tests {
         let d = PodDir::new(Path::new("/run/moat"), "k8s.io", "pod1");
         assert_eq!(d.root, Path::new("/run/moat/k8s.io/pod1"));
         assert_eq!(
-            d.rootfs("c1"),
-            Path::new("/run/moat/k8s.io/pod1/share/c1/rootfs")
+            d.container("c1"),
+            Path::new("/run/moat/k8s.io/pod1/staging/c1")
+        );
+        assert_eq!(
+            d.shared_container("c1"),
+            Path::new("/run/moat/k8s.io/pod1/share/c1")
         );
         assert_eq!(
             guest_container_dir("c1"),
