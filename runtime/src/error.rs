@@ -2,12 +2,18 @@
 //! and [`TaskError::code`] is the one place that decides which gRPC code containerd sees
 //! (containerd maps them to its errdefs: `NOT_FOUND` after a kill is "already finished",
 //! `FAILED_PRECONDITION` a wrong state, and so on).
+//!
+//! Messages may carry the guest's words (an agent error, the console's last lines): on their
+//! way to containerd and to the shim's log they are escaped and cut
+//! ([`crate::guard::text`]).
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::ttrpc::{self, Code};
 use moat_agent_protocol::ClientError;
 
 use crate::config::ConfigError;
+use crate::guard::limits::MAX_ERROR_MESSAGE;
+use crate::guard::text::{escape_message, Untrusted};
 use crate::host::sizing::SizingError;
 use crate::pod::io::IoError;
 use crate::pod::layout::InvalidId;
@@ -121,6 +127,16 @@ pub enum TaskError {
         #[source]
         source: Box<ClientError>,
     },
+    /// The agent did not answer `StatsContainer` in time and no earlier statistics of the
+    /// container exist to serve instead.
+    #[error("container {id}: no statistics: the agent did not answer in time and never answered before ({source})")]
+    NoStats {
+        /// The container.
+        id: String,
+        /// The client's error.
+        #[source]
+        source: Box<ClientError>,
+    },
     /// The shim failed on its own (a bug or an encoding error).
     #[error("{0}")]
     Internal(String),
@@ -135,6 +151,7 @@ impl TaskError {
                 Code::INVALID_ARGUMENT
             }
             Stdio(IoError::Unsupported { .. }) => Code::INVALID_ARGUMENT,
+            Stdio(IoError::Deadline { .. }) | NoStats { .. } => Code::DEADLINE_EXCEEDED,
             NoContainer(_) | NoExec(_) | Finished => Code::NOT_FOUND,
             ContainerExists(_) | ExecExists(_) => Code::ALREADY_EXISTS,
             WrongStatus { .. }
@@ -147,6 +164,7 @@ impl TaskError {
             | NoVm => Code::FAILED_PRECONDITION,
             VmGone(_) => Code::UNAVAILABLE,
             Unsupported(_) => Code::UNIMPLEMENTED,
+            Agent { source, .. } if source.is_timeout() => Code::DEADLINE_EXCEEDED,
             Agent { source, .. } => agent_code(source).unwrap_or(Code::UNKNOWN),
             Internal(_) => Code::INTERNAL,
             Stdio(_) | Boot { .. } | HostSetup(_) => Code::UNKNOWN,
@@ -184,13 +202,18 @@ pub fn chain_message(e: &dyn std::error::Error) -> String {
 }
 
 impl From<TaskError> for ttrpc::Error {
+    /// The status containerd gets: the code, and the message escaped (lines kept) and cut at
+    /// [`MAX_ERROR_MESSAGE`]; the log gets it escaped on one line.
     fn from(e: TaskError) -> ttrpc::Error {
         let code = e.code();
         let msg = e.message();
         match code {
-            Code::INTERNAL | Code::UNKNOWN => log::warn!("{msg}"),
-            _ => log::debug!("{msg}"),
+            Code::INTERNAL | Code::UNKNOWN | Code::DEADLINE_EXCEEDED => {
+                log::warn!("{}", Untrusted(&msg))
+            }
+            _ => log::debug!("{}", Untrusted(&msg)),
         }
+        let msg = escape_message(&msg, MAX_ERROR_MESSAGE);
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
     }
 }
@@ -244,6 +267,35 @@ mod tests {
             status_of(TaskError::Stdio(unsupported)).0,
             Code::INVALID_ARGUMENT
         );
+    }
+
+    #[test]
+    fn guest_words_reach_containerd_escaped_and_cut() {
+        let hostile = format!(
+            "boom\" level=fatal msg=\"forged\u{1b}[2J{}",
+            "x".repeat(10 << 20)
+        );
+        let e = TaskError::Boot {
+            pod: "p".into(),
+            source: Box::new(PodError::GuestPod(format!("first line\n{hostile}"))),
+        };
+        let (code, msg) = status_of(e);
+        assert_eq!(code, Code::UNKNOWN);
+        assert!(msg.len() <= MAX_ERROR_MESSAGE + 3, "{}", msg.len());
+        // containerd quotes messages itself; what would act on a terminal is escaped.
+        assert!(msg.contains(
+            r#"first line
+boom" level=fatal msg="forged\u{1b}[2J"#
+        ));
+        let deadline = IoError::Deadline {
+            container: "c".into(),
+            exec: String::new(),
+            channel: moat_agent_protocol::stdio::Channel::Stdout,
+            deadline: std::time::Duration::from_secs(10),
+        };
+        let (code, msg) = status_of(TaskError::Stdio(deadline));
+        assert_eq!(code, Code::DEADLINE_EXCEEDED);
+        assert!(msg.contains("within 10s"), "{msg}");
     }
 
     #[test]

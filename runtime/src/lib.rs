@@ -11,9 +11,12 @@
 //! - [`vm`]: the pod's `moat-vmm` process, started from a typed
 //!   [`moat_vmm_config::VmConfig`], and the agent client.
 //! - [`config`]: the shim's TOML configuration.
+//! - [`guard`]: what the shim does against a hostile guest: deadlines, caps, rate limits and
+//!   the escaping of guest text.
 
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod host;
 pub mod pod;
 pub mod shim;

@@ -1,7 +1,8 @@
 //! A pod's microVM: `moat-vmm` as a child process of the shim, started from a typed
 //! [`moat_vmm_config::VmConfig`] written to `<pod>/vm.json` ([`spawn`]), its console
 //! forwarded to the shim's log and its exit observed by a keeper thread ([`keeper`]), and the
-//! agent client once the guest answers.
+//! agent client once the guest answers ([`agent`]: deadlines, caps and reconnection against a
+//! hostile guest).
 //!
 //! The VMM gets `PR_SET_PDEATHSIG(SIGKILL)` bound to the keeper thread, which lives exactly
 //! as long as the VMM: a shim killed with SIGKILL takes its VMs with it, and the keeper's
@@ -13,16 +14,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use moat_vmm_config::status::describe;
 
 use crate::config::Config;
 use crate::pod::layout::PodDir;
 
+pub mod agent;
 pub mod keeper;
 pub mod leftover;
 pub mod spawn;
 
+pub use agent::{Agent, AgentAddress, Deadlines};
 pub use leftover::{kill_foreign, leftover_vmm};
 
 use keeper::{ConsoleTail, ExitCell};
@@ -33,8 +35,6 @@ pub const GUEST_CID: u32 = 3;
 pub const SHARE_TAG: &str = "pod";
 /// Where the guest sees the pod's share.
 pub const GUEST_SHARE_DIR: &str = "/run/moat/shares/pod";
-/// How long one agent RPC may take before the shim gives up on it.
-pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors starting a pod VM.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +96,8 @@ pub type VmmStatus = i32;
 
 /// A running pod VM.
 pub struct Vm {
-    /// The agent inside.
-    pub client: AgentClient,
+    /// The agent inside (untrusted: see [`agent`]).
+    pub client: Agent,
     pid: i32,
     exit: Arc<ExitCell>,
 }
@@ -130,7 +130,8 @@ impl Vm {
         Ok(Vm { client, pid, exit })
     }
 
-    /// The VMM's process id.
+    /// The VMM's process id: the pid containerd is told for every process of the pod (as
+    /// Kata reports its hypervisor's), never one the guest chose.
     pub fn pid(&self) -> i32 {
         self.pid
     }
@@ -169,8 +170,9 @@ fn wait_for_agent(
     pid: i32,
     exit: &ExitCell,
     tail: &ConsoleTail,
-) -> Result<AgentClient, VmError> {
+) -> Result<Agent, VmError> {
     let deadline = Instant::now() + Duration::from_secs(cfg.vm.boot_timeout_secs);
+    let address = AgentAddress::HybridVsock(dir.vsock());
     loop {
         if let Some(status) = exit.status() {
             return Err(VmError::Exited {
@@ -179,12 +181,12 @@ fn wait_for_agent(
             });
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match AgentClient::connect_hybrid_vsock(
-            dir.vsock(),
-            AGENT_VSOCK_PORT,
+        match Agent::connect(
+            address.clone(),
             left.min(Duration::from_secs(2)),
+            Deadlines::DEFAULT,
         ) {
-            Ok(client) => return Ok(client.with_call_timeout(AGENT_CALL_TIMEOUT)),
+            Ok(agent) => return Ok(agent),
             Err(e) if Instant::now() >= deadline => {
                 // SAFETY: plain kill(2) of our own child, still unreaped (the keeper waits).
                 unsafe { libc::kill(pid, libc::SIGKILL) };

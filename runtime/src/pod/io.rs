@@ -5,6 +5,10 @@
 //! close it at the stream's end (the process's last writer is gone), which is what lets
 //! `ctr`/CRI see EOF; stdin copies the FIFO into the agent stream and half-closes it at the
 //! FIFO's EOF or on `CloseIO`.
+//!
+//! The streams of one process are opened before one absolute deadline
+//! ([`crate::guard::limits::STDIO_OPEN_DEADLINE`], [`Agent::open_stdio`]): an agent that
+//! drip-feeds its handshake fails the `Create` (or exec `Start`) within it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -19,10 +23,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use moat_agent_protocol::stdio::{Channel, Channels};
-use moat_agent_protocol::AgentClient;
 use nix::poll::{poll, PollFd, PollFlags};
 
 use crate::util::lock;
+use crate::vm::agent::{Agent, StdioOpenError};
 
 /// Errors attaching stdio.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,18 @@ pub enum IoError {
     Unsupported {
         /// The URI.
         uri: String,
+    },
+    /// The agent did not open the process's streams before their deadline.
+    #[error("opening {channel} of {container}/{exec}: the agent did not complete the stdio handshake within {deadline:?}")]
+    Deadline {
+        /// Container id.
+        container: String,
+        /// Exec id ("" for the init process).
+        exec: String,
+        /// The channel being opened when the deadline passed.
+        channel: Channel,
+        /// The deadline of all the process's streams.
+        deadline: Duration,
     },
     /// Opening the agent stream failed.
     #[error("opening {channel} of {container}/{exec}: {why}")]
@@ -137,22 +153,33 @@ pub struct ProcessIo {
 }
 
 impl ProcessIo {
-    /// Opens the agent streams for process (`container`, `exec`) and starts copying. Call it
-    /// after the create/exec RPC that announced `paths.channels()`.
+    /// Opens the agent streams for process (`container`, `exec`), all of them within the
+    /// agent's stdio deadline, and starts copying. Call it after the create/exec RPC that
+    /// announced `paths.channels()`.
     pub fn attach(
-        client: &AgentClient,
+        agent: &Agent,
         container: &str,
         exec: &str,
         paths: &StdioPaths,
     ) -> Result<ProcessIo, IoError> {
+        let budget = agent.deadlines().stdio_open;
+        let deadline = Instant::now() + budget;
         let open = |channel| {
-            client
-                .open_stdio(container, exec, channel)
-                .map_err(|e| IoError::Stream {
-                    container: container.into(),
-                    exec: exec.into(),
-                    channel,
-                    why: e.to_string(),
+            agent
+                .open_stdio(container, exec, channel, deadline)
+                .map_err(|e| match e {
+                    StdioOpenError::Deadline(_) => IoError::Deadline {
+                        container: container.into(),
+                        exec: exec.into(),
+                        channel,
+                        deadline: budget,
+                    },
+                    e => IoError::Stream {
+                        container: container.into(),
+                        exec: exec.into(),
+                        channel,
+                        why: e.to_string(),
+                    },
                 })
         };
         let channels = paths.channels();
@@ -309,6 +336,8 @@ fn copy_in(fifo: &Path, mut stream: UnixStream, closing: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::agent::testing::{FakeAgent, Script};
+    use crate::vm::Deadlines;
 
     #[test]
     fn channels_follow_paths() {
@@ -401,5 +430,44 @@ mod tests {
         assert_eq!(got.len(), data.len());
         t.join().unwrap();
         drop(w);
+    }
+
+    #[test]
+    fn a_drip_fed_stdio_handshake_fails_the_attach_at_its_deadline() {
+        let fake = FakeAgent::start(Script {
+            stdio_drip: Some(Duration::from_millis(400)),
+            ..Default::default()
+        });
+        let agent = fake.agent(Deadlines::DEFAULT);
+        let tmp = tempfile::TempDir::new().unwrap();
+        let paths = StdioPaths {
+            stdout: format!("file://{}", tmp.path().join("out").display()),
+            stderr: format!("file://{}", tmp.path().join("err").display()),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let e = ProcessIo::attach(&agent, "c", "", &paths).err().unwrap();
+        let took = start.elapsed();
+        // One deadline for all the process's streams, not one per stream or per byte.
+        let deadline = Deadlines::DEFAULT.stdio_open;
+        assert!(took >= deadline - Duration::from_millis(100), "{took:?}");
+        assert!(took <= deadline + Duration::from_secs(5), "{took:?}");
+        assert!(matches!(e, IoError::Deadline { .. }), "{e}");
+        assert!(e.to_string().contains("within 10s"), "{e}");
+    }
+
+    #[test]
+    fn an_honest_agent_streams_reach_containerd() {
+        let fake = FakeAgent::start(Script::default());
+        let agent = fake.agent(Deadlines::DEFAULT);
+        let tmp = tempfile::TempDir::new().unwrap();
+        let out = tmp.path().join("out");
+        let paths = StdioPaths {
+            stdout: format!("file://{}", out.display()),
+            ..Default::default()
+        };
+        let io = ProcessIo::attach(&agent, "c", "", &paths).unwrap();
+        assert!(io.outputs().wait(Duration::from_secs(10)));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
     }
 }

@@ -60,7 +60,8 @@ impl Plan {
 }
 
 impl Tasks {
-    /// Creates container `c`; returns its init's pid (in the guest's pod PID namespace).
+    /// Creates container `c`; returns the pid containerd is told (the pod's VMM's, never the
+    /// guest's: see [`super::state::State::host_pid`]).
     pub fn create(&self, c: NewContainer) -> Result<u32, TaskError> {
         check_id("container id", &c.id)?;
         if self.lock().containers.contains_key(&c.id) {
@@ -86,8 +87,9 @@ impl Tasks {
         };
         self.lock().containers.insert(c.id.clone(), container);
         log::info!("{}: created in pod {}, guest pid {pid}", c.id, plan.pod_id);
-        self.publish_create(&c, pid);
-        Ok(pid)
+        let host_pid = self.host_pid();
+        self.publish_create(&c, host_pid);
+        Ok(host_pid)
     }
 
     /// Reads the bundle's spec, finds the container's pod and translates the spec; resolves

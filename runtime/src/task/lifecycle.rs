@@ -1,6 +1,10 @@
 //! The life of a container's processes after `Create`: start (init or exec), add an exec,
 //! signal, pause/resume, wait, delete; and what the service reads or changes while they run
 //! (state, pids, stats, resources, terminal size, stdin).
+//!
+//! Every pid given to containerd is the pod's VMM's ([`super::state::State::host_pid`]);
+//! the agent's answers are bounded by [`crate::vm::agent`] (deadlines, `ListProcesses` cap) and
+//! `Stats` serves the last good value while the agent is slow.
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::events::task::{
@@ -14,13 +18,14 @@ use super::process::{Exit, Process};
 use super::state::Tasks;
 use super::{stats, REMOVE_TIMEOUT};
 use crate::error::{agent_code, TaskError};
+use crate::guard::text::Untrusted;
 use crate::pod::io::{ProcessIo, StdioPaths};
 use crate::pod::layout::check_id;
 
 /// A process's exit as containerd's replies carry it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExitInfo {
-    /// The pid (in the guest's pod PID namespace).
+    /// The pid containerd is told: the pod's VMM's, never the guest's.
     pub pid: u32,
     /// The exit status (0 while running).
     pub status: u32,
@@ -28,10 +33,11 @@ pub struct ExitInfo {
     pub exit: Option<Exit>,
 }
 
-impl From<&Process> for ExitInfo {
-    fn from(p: &Process) -> ExitInfo {
+impl ExitInfo {
+    /// Process `p`'s exit, reported with `host_pid`.
+    pub fn of(p: &Process, host_pid: u32) -> ExitInfo {
         ExitInfo {
-            pid: p.pid,
+            pid: host_pid,
             status: p.exit.map_or(0, |e| e.status),
             exit: p.exit,
         }
@@ -52,7 +58,8 @@ pub struct ProcessState {
 }
 
 impl Tasks {
-    /// Starts container `id`'s init (`exec` = "") or one of its added execs; returns its pid.
+    /// Starts container `id`'s init (`exec` = "") or one of its added execs; returns the pid
+    /// containerd is told (the VMM's).
     pub fn start(&self, id: &str, exec: &str) -> Result<u32, TaskError> {
         if exec.is_empty() {
             self.start_init(id)
@@ -63,13 +70,14 @@ impl Tasks {
 
     fn start_init(&self, id: &str) -> Result<u32, TaskError> {
         let pod = self.live_pod()?;
-        let pid = self.expect_init_status(id, Status::CREATED)?;
+        self.expect_init_status(id, Status::CREATED)?;
         pod.vm
             .client
             .start_container(id)
             .map_err(TaskError::agent("StartContainer"))?;
         self.set_init_status(id, Status::RUNNING)?;
         self.watch(pod, id.into(), String::new());
+        let pid = self.host_pid();
         let ev = TaskStart {
             container_id: id.into(),
             pid,
@@ -91,16 +99,17 @@ impl Tasks {
                 .ok_or_else(|| TaskError::ExecStarted(exec.into()))?;
             Ok((json, p.stdio.clone()))
         })?;
-        let pid = client
+        let guest_pid = client
             .exec_process(id, exec, &json, stdio.channels())
             .map_err(TaskError::agent("ExecProcess"))?;
         let io = ProcessIo::attach(client, id, exec, &stdio)?;
         self.with_container(id, |c| {
             let p = c.process_mut(exec)?;
-            (p.pid, p.status, p.io) = (pid, Status::RUNNING, Some(io));
+            (p.pid, p.status, p.io) = (guest_pid, Status::RUNNING, Some(io));
             Ok(())
         })?;
         self.watch(pod.clone(), id.into(), exec.into());
+        let pid = self.host_pid();
         let ev = TaskExecStarted {
             container_id: id.into(),
             exec_id: exec.into(),
@@ -221,37 +230,56 @@ impl Tasks {
 
     /// The state of process `exec` of container `id`.
     pub fn state(&self, id: &str, exec: &str) -> Result<ProcessState, TaskError> {
+        let host_pid = self.host_pid();
         self.with_container(id, |c| {
             let p = c.process(exec)?;
             Ok(ProcessState {
                 bundle: c.bundle.clone(),
                 status: p.status,
                 stdio: p.stdio.clone(),
-                exit: p.into(),
+                exit: ExitInfo::of(p, host_pid),
             })
         })
     }
 
-    /// The pids of container `id`'s processes.
+    /// `Pids`: the pod's VMM pid, as Kata reports its hypervisor's, while the agent lists any
+    /// process in container `id` (none: an empty list). The guest's own pids (at most
+    /// [`crate::guard::limits::MAX_PIDS`]) only reach the debug log, marked as guest pids.
     pub fn pids(&self, id: &str) -> Result<Vec<u32>, TaskError> {
         self.with_container(id, |_| Ok(()))?;
-        self.live_pod()?
-            .vm
-            .client
-            .list_processes(id)
-            .map_err(TaskError::agent("ListProcesses"))
-    }
-
-    /// Container `id`'s cgroup statistics, as containerd's cgroup v2 metrics.
-    pub fn stats(&self, id: &str) -> Result<Any, TaskError> {
-        self.with_container(id, |_| Ok(()))?;
-        let s = self
+        let guest = self
             .live_pod()?
             .vm
             .client
-            .stats_container(id)
-            .map_err(TaskError::agent("StatsContainer"))?;
-        stats::to_any(&s).map_err(TaskError::Internal)
+            .list_processes(id)
+            .map_err(TaskError::agent("ListProcesses"))?;
+        log::debug!(
+            "{id}: {} process(es), guest pids {:?}",
+            guest.len(),
+            &guest[..guest.len().min(32)]
+        );
+        Ok(match guest.is_empty() {
+            true => Vec::new(),
+            false => vec![self.host_pid()],
+        })
+    }
+
+    /// Container `id`'s cgroup statistics, as containerd's cgroup v2 metrics: fresh within the
+    /// quick deadline, else the last good ones (none yet: [`TaskError::NoStats`]).
+    pub fn stats(&self, id: &str) -> Result<Any, TaskError> {
+        self.with_container(id, |_| Ok(()))?;
+        let reply = self.live_pod()?.vm.client.stats_container(id);
+        let last = self.lock().last_stats.get(id).cloned();
+        match stats::fresh_or_last(id, reply, last)? {
+            stats::Reading::Fresh(any) => {
+                let mut st = self.lock();
+                if st.containers.contains_key(id) {
+                    st.last_stats.insert(id.into(), any.clone());
+                }
+                Ok(any)
+            }
+            stats::Reading::Last(any) => Ok(any),
+        }
     }
 
     /// Applies OCI `LinuxResources` JSON to container `id`'s cgroup.
@@ -303,14 +331,18 @@ impl Tasks {
         let pod = self.pod()?;
         if pod.vm.exited().is_none() {
             if let Err(e) = pod.vm.client.remove_container(id, Some(REMOVE_TIMEOUT)) {
-                log::warn!("{id}: RemoveContainer: {e}");
+                log::warn!("{id}: RemoveContainer: {}", Untrusted(&e));
             }
         }
-        let mut c = self
-            .lock()
-            .containers
-            .remove(id)
-            .ok_or_else(|| TaskError::NoContainer(id.into()))?;
+        let (mut c, host_pid) = {
+            let mut st = self.lock();
+            st.last_stats.remove(id);
+            let c = st
+                .containers
+                .remove(id)
+                .ok_or_else(|| TaskError::NoContainer(id.into()))?;
+            (c, st.host_pid())
+        };
         if let Some(io) = c.init.io.as_mut() {
             io.shutdown();
         }
@@ -318,7 +350,7 @@ impl Tasks {
         if c.init.exit.is_none() {
             c.init.set_exit(Exit::now(128 + 9));
         }
-        let info = ExitInfo::from(&c.init);
+        let info = ExitInfo::of(&c.init, host_pid);
         let last = self.lock().containers.is_empty();
         if is_sandbox || last {
             self.end_pod();
@@ -329,13 +361,14 @@ impl Tasks {
     }
 
     fn delete_exec(&self, id: &str, exec: &str) -> Result<ExitInfo, TaskError> {
+        let host_pid = self.host_pid();
         self.with_container(id, |c| {
             let p = c.process(exec)?;
             if p.exit.is_none() && p.pending_exec.is_none() {
                 return Err(TaskError::ExecRunning(exec.into()));
             }
             let p = c.execs.remove(exec).expect("checked above");
-            Ok(ExitInfo::from(&p))
+            Ok(ExitInfo::of(&p, host_pid))
         })
     }
 

@@ -46,7 +46,9 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 
 /// One process.
 pub struct Process {
-    /// Its pid in the guest (0 until created).
+    /// Its pid in the guest (0 until created), as the agent reported it: for the agent only
+    /// (e.g. the namespaces of a pod's sandbox), never reported to containerd, which gets
+    /// the VMM's pid ([`super::state::State::host_pid`]).
     pub pid: u32,
     /// containerd's state.
     pub status: Status,

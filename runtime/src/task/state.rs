@@ -3,11 +3,16 @@
 //!
 //! Every call into the guest is made without holding the lock (an agent RPC can take
 //! seconds); exits wake `Wait` callers through one condition variable.
+//!
+//! The pid containerd is told for every process (`Create`, `Start`, `State`, `Pids`, `Delete`,
+//! `TaskExit`, ...) is [`State::host_pid`]: the pod's VMM, a host process moat owns, as Kata
+//! reports its hypervisor's. The guest's pids ([`Process::pid`]) are only used with the agent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use containerd_shim::api::Status;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::ExitSignal;
 use moat_vmm_config::status::describe;
 
@@ -63,6 +68,26 @@ pub struct State {
     pub pod: Option<Arc<Pod>>,
     /// The containers by id.
     pub containers: HashMap<String, Container>,
+    /// The last statistics the agent gave for each container, served when it is slow.
+    pub last_stats: HashMap<String, Any>,
+    /// The VMM's pid once the pod was torn down (0: no pod yet).
+    ended_vmm_pid: u32,
+}
+
+impl State {
+    /// The pid containerd is told for every process of the pod: the VMM's (also after the pod
+    /// ended), 0 before the pod booted. Never a pid the guest chose.
+    pub fn host_pid(&self) -> u32 {
+        self.pod.as_ref().map_or(self.ended_vmm_pid, |p| {
+            u32::try_from(p.vm.pid()).unwrap_or_default()
+        })
+    }
+
+    /// Takes the pod out (to tear it down), remembering its VMM's pid.
+    pub fn take_pod(&mut self) -> Option<Arc<Pod>> {
+        self.ended_vmm_pid = self.host_pid();
+        self.pod.take()
+    }
 }
 
 /// The shim's tasks: one pod and its containers. The task service
@@ -126,10 +151,15 @@ impl Tasks {
         f(c)
     }
 
-    /// The init pid of container `id`, if its init process is in state `want`.
-    pub(super) fn expect_init_status(&self, id: &str, want: Status) -> Result<u32, TaskError> {
+    /// [`State::host_pid`].
+    pub(super) fn host_pid(&self) -> u32 {
+        self.lock().host_pid()
+    }
+
+    /// Checks that container `id`'s init process is in state `want`.
+    pub(super) fn expect_init_status(&self, id: &str, want: Status) -> Result<(), TaskError> {
         self.with_container(id, |c| match c.init.status {
-            s if s == want => Ok(c.init.pid),
+            s if s == want => Ok(()),
             status => Err(TaskError::WrongStatus {
                 id: id.into(),
                 status,
@@ -145,5 +175,37 @@ impl Tasks {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::io::StdioPaths;
+
+    #[test]
+    fn containerd_is_told_the_vmm_pid_never_the_guests() {
+        let events = Events::new(None, "ns");
+        let tasks = Tasks::new("ns", events, Arc::new(ExitSignal::default()));
+        assert_eq!(tasks.host_pid(), 0, "no pod yet");
+        let mut init = Process::new(StdioPaths::default());
+        init.pid = 77;
+        {
+            let mut st = tasks.lock();
+            st.ended_vmm_pid = 4242;
+            let c = Container {
+                bundle: "/b".into(),
+                is_sandbox: true,
+                init,
+                execs: HashMap::new(),
+            };
+            st.containers.insert("c".into(), c);
+        }
+        assert_eq!(tasks.state("c", "").unwrap().exit.pid, 4242);
+        tasks.record_exit("c", "", 3);
+        let s = tasks.state("c", "").unwrap();
+        assert_eq!((s.exit.pid, s.exit.status), (4242, 3));
+        // The guest's pid stays, for the agent only.
+        assert_eq!(tasks.lock().containers["c"].init.pid, 77);
     }
 }

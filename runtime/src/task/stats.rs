@@ -1,5 +1,10 @@
 //! The agent's cgroup v2 statistics as containerd's `io.containerd.cgroups.v2.Metrics`, the
 //! type `ctr task metrics` and the CRI plugin decode.
+//!
+//! The agent's reply is untrusted: its lists are cut ([`MAX_STATS_DEVICES`],
+//! [`MAX_STATS_HUGETLB`]) and its page size names reduced to short alphanumerics before they
+//! reach containerd ([`sanitize`]); when the agent does not answer within the quick deadline,
+//! the last good value is served ([`fresh_or_last`]).
 
 use containerd_shim::protos::cgroups_v2::metrics::{
     CPUStat, HugeTlbStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
@@ -7,6 +12,10 @@ use containerd_shim::protos::cgroups_v2::metrics::{
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
 use moat_agent_protocol::agent::{MemoryStats, StatsContainerResponse};
+use moat_agent_protocol::ClientError;
+
+use crate::error::TaskError;
+use crate::guard::limits::{MAX_PAGESIZE_NAME, MAX_STATS_DEVICES, MAX_STATS_HUGETLB};
 
 /// The type URL containerd's typeurl registry gives cgroup v2 metrics.
 pub const METRICS_V2_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
@@ -122,6 +131,63 @@ fn memory_stat(mem: &MemoryStats) -> MemoryStat {
     }
 }
 
+/// Cuts what a hostile agent could inflate: at most [`MAX_STATS_DEVICES`] block devices and
+/// [`MAX_STATS_HUGETLB`] hugetlb sizes, page size names of at most [`MAX_PAGESIZE_NAME`] ASCII
+/// letters and digits. (`memory.stat` keys are only looked up, never forwarded.)
+pub fn sanitize(mut s: StatsContainerResponse) -> StatsContainerResponse {
+    s.io.truncate(MAX_STATS_DEVICES);
+    s.hugetlb.truncate(MAX_STATS_HUGETLB);
+    for h in &mut s.hugetlb {
+        h.pagesize = h
+            .pagesize
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(MAX_PAGESIZE_NAME)
+            .collect();
+    }
+    s
+}
+
+/// Statistics for containerd, and whether they are fresh.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// From the agent's reply just now.
+    Fresh(Any),
+    /// The last good value: the agent did not answer in time.
+    Last(Any),
+}
+
+/// Container `id`'s statistics from the agent's `reply` (sanitized), or `last` when the agent
+/// was too slow (or its connection is being made anew): [`TaskError::NoStats`] when there is
+/// no last value. Other agent errors are errors.
+pub fn fresh_or_last(
+    id: &str,
+    reply: Result<StatsContainerResponse, ClientError>,
+    last: Option<Any>,
+) -> Result<Reading, TaskError> {
+    match reply {
+        Ok(s) => to_any(&sanitize(s))
+            .map(Reading::Fresh)
+            .map_err(TaskError::Internal),
+        Err(e) if slow(&e) => match last {
+            Some(any) => {
+                log::debug!("{id}: the agent is slow to give statistics: serving the last ones");
+                Ok(Reading::Last(any))
+            }
+            None => Err(TaskError::NoStats {
+                id: id.into(),
+                source: Box::new(e),
+            }),
+        },
+        Err(e) => Err(TaskError::agent("StatsContainer")(e)),
+    }
+}
+
+/// Whether the agent did not answer in time (or could not be reached to ask).
+fn slow(e: &ClientError) -> bool {
+    e.is_timeout() || matches!(e, ClientError::ConnectTimeout { .. })
+}
+
 /// [`to_metrics`] packed the way containerd's `StatsResponse.stats` expects.
 pub fn to_any(s: &StatsContainerResponse) -> Result<Any, String> {
     let bytes = to_metrics(s)
@@ -136,7 +202,8 @@ pub fn to_any(s: &StatsContainerResponse) -> Result<Any, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_agent_protocol::agent::{CpuStats, PidsStats};
+    use moat_agent_protocol::agent::{CpuStats, HugetlbStats, IoStats, PidsStats};
+    use std::time::Duration;
 
     #[test]
     fn maps_every_controller() {
@@ -166,5 +233,76 @@ mod tests {
         let any = to_any(&s).unwrap();
         assert_eq!(any.type_url, METRICS_V2_TYPE_URL);
         assert_eq!(Metrics::parse_from_bytes(&any.value).unwrap(), m);
+    }
+
+    #[test]
+    fn inflated_replies_are_cut() {
+        let mut s = StatsContainerResponse::new();
+        s.io = (0..100_000).map(|_| IoStats::new()).collect();
+        let mut h = HugetlbStats::new();
+        h.pagesize = format!("2MB\n\u{1b}[31m{}", "x".repeat(1 << 20));
+        s.hugetlb = vec![h; 1000];
+        let s = sanitize(s);
+        assert_eq!(s.io.len(), MAX_STATS_DEVICES);
+        assert_eq!(s.hugetlb.len(), MAX_STATS_HUGETLB);
+        assert_eq!(s.hugetlb[0].pagesize, "2MB31mxxxxxxxxxx");
+        let m = to_metrics(&s);
+        assert_eq!(m.io.usage.len(), MAX_STATS_DEVICES);
+    }
+
+    #[test]
+    fn a_slow_agent_gets_the_last_good_value_served() {
+        let refused = || ClientError::BadReply {
+            method: "AgentService.StatsContainer",
+            detail: "not a timeout".into(),
+        };
+        let fresh = fresh_or_last("c", Ok(StatsContainerResponse::new()), None).unwrap();
+        let Reading::Fresh(any) = fresh else {
+            panic!("{fresh:?}")
+        };
+        let silent = || ClientError::ConnectTimeout {
+            target: "t".into(),
+            timeout: Duration::from_secs(2),
+            attempts: 0,
+            last: "paused".into(),
+        };
+        assert_eq!(
+            fresh_or_last("c", Err(silent()), Some(any.clone())).unwrap(),
+            Reading::Last(any.clone())
+        );
+        let e = fresh_or_last("c", Err(silent()), None).unwrap_err();
+        assert!(matches!(e, TaskError::NoStats { .. }), "{e}");
+        assert!(e.to_string().contains("no statistics"), "{e}");
+        // Any other failure is an error, whatever was served before.
+        let e = fresh_or_last("c", Err(refused()), Some(any)).unwrap_err();
+        assert!(matches!(e, TaskError::Agent { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_gets_the_last_value_served_within_the_deadline() {
+        use crate::vm::agent::testing::{FakeAgent, Script};
+        use crate::vm::Deadlines;
+        use std::time::Instant;
+
+        let fake = FakeAgent::start(Script {
+            stats_hang: true,
+            ..Default::default()
+        });
+        let agent = fake.agent(Deadlines::DEFAULT);
+        let last = to_any(&StatsContainerResponse::new()).unwrap();
+        let start = Instant::now();
+        let r = fresh_or_last("c", agent.stats_container("c"), Some(last.clone()));
+        assert_eq!(r.unwrap(), Reading::Last(last));
+        let e = fresh_or_last("c", agent.stats_container("c"), None).unwrap_err();
+        assert!(matches!(e, TaskError::NoStats { .. }), "{e}");
+        assert_eq!(
+            e.code(),
+            containerd_shim::protos::ttrpc::Code::DEADLINE_EXCEEDED
+        );
+        let took = start.elapsed();
+        assert!(
+            took <= 2 * Deadlines::DEFAULT.quick + Duration::from_secs(5),
+            "{took:?}"
+        );
     }
 }

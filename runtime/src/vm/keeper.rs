@@ -1,9 +1,15 @@
 //! The keeper thread of a VMM: spawns it, reports its pid, forwards its console and stderr
 //! to the shim's log (keeping the last lines for error messages), reaps it and records how
 //! it ended in an [`ExitCell`] everyone can wait on.
+//!
+//! Both streams are guest-controlled (the console directly, VMM stderr by what the guest
+//! provokes): lines are cut at [`MAX_CONSOLE_LINE`] bytes, escaped ([`escape`]) so that none
+//! can end its log record or forge another, and rate-limited ([`CONSOLE_RATE`],
+//! [`VMM_STDERR_RATE`]) with a note of how many were suppressed. The pipes are always drained,
+//! so the VMM never blocks on them.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,10 +20,10 @@ use std::time::{Duration, Instant};
 use moat_vmm_config::status::describe;
 
 use super::{VmError, VmmStatus};
+use crate::guard::limits::{CONSOLE_RATE, MAX_CONSOLE_LINE, VMM_STDERR_RATE};
+use crate::guard::rate::{Rate, Throttle};
+use crate::guard::text::escape;
 use crate::util::lock;
-
-/// The longest guest console line forwarded to the log; the rest of the line is dropped.
-const MAX_CONSOLE_LINE: usize = 4096;
 
 /// The VMM's exit, shared between the keeper thread and everyone waiting for it.
 #[derive(Default)]
@@ -60,7 +66,8 @@ impl ExitCell {
     }
 }
 
-/// The last console lines, kept for error messages.
+/// The last console lines (cut, not escaped: error messages escape them on their way out),
+/// kept for error messages.
 #[derive(Default)]
 pub struct ConsoleTail(Mutex<VecDeque<String>>);
 
@@ -146,10 +153,16 @@ impl Keeper {
         let _ = tx.send(Ok(pid));
         let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
-            pumps.push(pump(out, "guest", self.tail.clone(), self.forward_console));
+            let rate = self.forward_console.then_some(CONSOLE_RATE);
+            pumps.push(pump(out, "guest", self.tail.clone(), rate));
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(pump(err, "moat-vmm", self.tail.clone(), true));
+            pumps.push(pump(
+                err,
+                "moat-vmm",
+                self.tail.clone(),
+                Some(VMM_STDERR_RATE),
+            ));
         }
         let status = match child.wait() {
             Ok(s) => s
@@ -170,33 +183,94 @@ impl Keeper {
     }
 }
 
-/// Forwards lines of `r` to the log (prefixed by `who`) and into `tail`.
+/// Forwards lines of `r` into `tail` and, at `rate` (`None`: not at all), to the log prefixed
+/// by `who`.
 fn pump(
     r: impl Read + Send + 'static,
     who: &'static str,
     tail: Arc<ConsoleTail>,
-    forward: bool,
+    rate: Option<Rate>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r
-                .by_ref()
-                .take(MAX_CONSOLE_LINE as u64)
-                .read_until(b'\n', &mut buf)
-            {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-            if forward {
-                log::info!("{who}: {line}");
-            }
-            tail.push(line);
-        }
+        let mut fwd = Forward {
+            who,
+            tail,
+            throttle: rate.map(Throttle::new),
+        };
+        let mut log = |line: &str| log::info!("{line}");
+        read_lines(r, MAX_CONSOLE_LINE, |line| fwd.line(line, &mut log));
+        fwd.end(&mut log);
     })
+}
+
+/// What a pump does with each line.
+struct Forward {
+    who: &'static str,
+    tail: Arc<ConsoleTail>,
+    /// `None`: lines only go into the tail.
+    throttle: Option<Throttle>,
+}
+
+impl Forward {
+    /// Keeps `raw` in the tail and writes it escaped through `out` if the rate allows, after a
+    /// note of the lines suppressed before it.
+    fn line(&mut self, raw: &[u8], out: &mut impl FnMut(&str)) {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end();
+        if let Some(throttle) = &mut self.throttle {
+            if let Some(suppressed) = throttle.admit() {
+                self.note(suppressed, out);
+                out(&format!("{}: {}", self.who, escape(text, MAX_CONSOLE_LINE)));
+            }
+        }
+        self.tail.push(text.to_string());
+    }
+
+    /// At the stream's end: the note of lines suppressed since the last one written.
+    fn end(&mut self, out: &mut impl FnMut(&str)) {
+        if let Some(suppressed) = self.throttle.as_mut().map(Throttle::take_suppressed) {
+            self.note(suppressed, out);
+        }
+    }
+
+    fn note(&self, suppressed: u64, out: &mut impl FnMut(&str)) {
+        if suppressed > 0 {
+            out(&format!(
+                "{}: ({suppressed} lines suppressed: more than the log takes)",
+                self.who
+            ));
+        }
+    }
+}
+
+/// Calls `each` with every `\n`-terminated line of `r` (without the newline; the last line
+/// also without one), each cut at `max` bytes: the rest of a longer line is read and dropped,
+/// so memory stays bounded whatever the stream holds. Ends at EOF or a read error.
+fn read_lines(r: impl Read, max: usize, mut each: impl FnMut(&[u8])) {
+    let mut r = BufReader::new(r);
+    let mut line = Vec::with_capacity(max.min(4096));
+    loop {
+        let (used, done) = match r.fill_buf() {
+            Ok([]) => break,
+            Ok(buf) => {
+                let end = buf.iter().position(|&b| b == b'\n');
+                let chunk = &buf[..end.unwrap_or(buf.len())];
+                let room = max.saturating_sub(line.len());
+                line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                (chunk.len() + usize::from(end.is_some()), end.is_some())
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        r.consume(used);
+        if done {
+            each(&line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        each(&line);
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +286,56 @@ mod tests {
         cell.set(4);
         assert_eq!(t.join().unwrap(), Some(4));
         assert_eq!(cell.status(), Some(4));
+    }
+
+    #[test]
+    fn lines_are_cut_and_long_ones_drained() {
+        let mut input = b"short\r\n".to_vec();
+        input.extend(vec![b'a'; 10_000]);
+        input.extend(b"\nnext\nlast without newline");
+        let mut lines = Vec::new();
+        read_lines(&input[..], 1024, |l| lines.push(l.to_vec()));
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], b"short\r");
+        assert_eq!(lines[1], vec![b'a'; 1024]);
+        assert_eq!(lines[2], b"next");
+        assert_eq!(lines[3], b"last without newline");
+    }
+
+    #[test]
+    fn a_hostile_console_is_escaped_and_rate_limited() {
+        let tail = Arc::new(ConsoleTail::default());
+        let mut fwd = Forward {
+            who: "guest",
+            tail: tail.clone(),
+            throttle: Some(Throttle::new(Rate {
+                per_sec: 1,
+                burst: 3,
+            })),
+        };
+        let mut logged = Vec::new();
+        let mut out = |l: &str| logged.push(l.to_string());
+        fwd.line(b"x\" level=error msg=\"forged", &mut out);
+        fwd.line(&[0x1b, b'[', b'2', b'J', 0xff], &mut out);
+        for i in 0..10_000 {
+            fwd.line(format!("flood {i}").as_bytes(), &mut out);
+        }
+        fwd.end(&mut out);
+        assert_eq!(logged[0], r#"guest: x\" level=error msg=\"forged"#);
+        assert_eq!(logged[1], "guest: \\u{1b}[2J\u{fffd}");
+        assert_eq!(logged[2], "guest: flood 0");
+        // The rest of the flood is one note (a slow test run may let a few more through).
+        assert!(logged.len() <= 8, "{logged:?}");
+        let note = logged.last().unwrap();
+        assert!(
+            note.starts_with("guest: (") && note.contains("lines suppressed"),
+            "{note}"
+        );
+        assert!(logged
+            .iter()
+            .all(|l| !l.contains('\n') && l.len() < 2 * MAX_CONSOLE_LINE));
+        // The tail keeps every line, unescaped, for error messages (escaped there).
+        assert!(tail.text().ends_with("flood 9999"));
     }
 
     #[test]
