@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use containerd_shim::protos::types::mount::Mount as ApiMount;
 
+use crate::guard::text::Untrusted;
 use crate::host::confined::PathError;
 use crate::host::mounts::MountError;
 use crate::host::network::{NetworkError, PodNetwork};
@@ -139,7 +140,11 @@ impl Pod {
     pub fn teardown(&self) {
         if self.vm.exited().is_none() {
             if let Err(e) = self.vm.client.destroy_pod(&self.id) {
-                log::debug!("pod {}: destroying the pod in the guest: {e}", self.id);
+                log::debug!(
+                    "pod {}: destroying the pod in the guest: {}",
+                    self.id,
+                    Untrusted(&e)
+                );
             }
         }
         let status = self.vm.stop(VMM_STOP_GRACE);
