@@ -2,8 +2,8 @@
 //! passthrough file system that refuses what a hostile guest must never do on the host
 //! through the share, whatever the VMM's own privileges.
 //!
-//! The VMM runs as host root and fuse-backend-rs performs each request with the guest
-//! caller's uid/gid (`setresuid`/`setresgid` per request), so a request from guest root runs
+//! The VMM runs as host root, and fuse-backend-rs creates files as the guest caller (it
+//! switches the serving thread's uid/gid to the request's), so a request from guest root runs
 //! with host root's capabilities. Everything is delegated unchanged except:
 //!
 //! - **MKNOD** creates only regular files, FIFOs and sockets ([`mknod_allowed`]): block and
