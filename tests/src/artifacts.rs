@@ -47,6 +47,18 @@ pub fn vsock_echo_bin_path() -> Result<PathBuf, String> {
     )
 }
 
+/// Path of the static guest tool `moat-share-attack` (the hostile-guest test's attacker):
+/// `$MOAT_SHARE_ATTACK_BIN` if set, else what
+/// `tests/scripts/build-guest-tools.sh --print-path moat-share-attack` prints (build it with
+/// that script).
+pub fn share_attack_bin_path() -> Result<PathBuf, String> {
+    cached_artifact(
+        "MOAT_SHARE_ATTACK_BIN",
+        "tests/scripts/build-guest-tools.sh",
+        &["moat-share-attack"],
+    )
+}
+
 /// A build output cached outside the clone: the file in `$env_var` if set, else the path
 /// `<workspace>/<script> --print-path <args>` prints (such scripts never build in that mode).
 fn cached_artifact(env_var: &str, script: &str, args: &[&str]) -> Result<PathBuf, String> {

@@ -14,6 +14,7 @@
 //! - [`containerd`]: a private containerd, `ctr`, the CRI client, OCI images and the whole
 //!   moat stack behind containerd;
 //! - [`bench`](mod@bench): the benchmarks' measurements and reports;
+//! - [`hostile`]: the host side of the hostile-guest test (attack tool output, canary);
 //! - [`artifacts`] and [`process`]: where built binaries and images are; child processes.
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod containerd;
 pub mod guest;
+pub mod hostile;
 pub mod process;
 pub mod testhost;
 

@@ -2,7 +2,8 @@
 //! ([`super::Containerd`]) that runs [`RUNTIME_ID`] (the built `containerd-shim-moat-v2`,
 //! configured with a [`Config`] for the built moat-vmm, the cached guest kernel and the agent
 //! image), with the locally built busybox image imported; plus the leak checks every flow
-//! ends with (no moat process, no mount under moat's state dir, no pod directory).
+//! ends with (no moat process, no pod directory, no mount under moat's state dir and no mount
+//! anywhere on the host that was not there when the stack started).
 //!
 //! The shim's configuration, runtime name and pod directory layout come from the shim itself
 //! (`moat_runtime`), so the stack always matches the shim it runs.
@@ -10,6 +11,7 @@
 //! Must run where KVM boots Linux: in the test host (see [`crate::on_kvm_retrying`]) unless
 //! the machine has hardware virtualization.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,8 @@ pub struct Stack {
     pub image: String,
     /// The moat config file the shim reads.
     pub config: PathBuf,
+    /// Every mount point on the host once the stack was up (see [`mounts_since`]).
+    mount_baseline: Vec<PathBuf>,
     /// This stack's scratch directory (config, image tar), removed on drop (after
     /// containerd is gone: fields drop in order).
     dir: TempDir,
@@ -105,6 +109,7 @@ impl Stack {
             containerd,
             image: image.name,
             config,
+            mount_baseline: mount_table(),
             dir,
         })
     }
@@ -171,12 +176,23 @@ impl Stack {
             .map_err(|e| format!("stopping containerd: {e}"))
     }
 
-    /// What moat left behind, after waiting for teardown: `None` when nothing.
+    /// The host's mount points when the stack had started (containerd up, image imported).
+    pub fn mount_baseline(&self) -> &[PathBuf] {
+        &self.mount_baseline
+    }
+
+    /// What moat left behind, after waiting for teardown: `None` when nothing. Mounts count
+    /// anywhere on the host: any under moat's state dir, and any not in [`Self::mount_baseline`].
     pub fn leftovers(&self) -> Option<String> {
         let deadline = Instant::now() + LEFTOVER_WAIT;
         loop {
             let procs = moat_processes();
-            let mounts = sys::mounts_under(Path::new(DEFAULT_STATE_DIR));
+            let mut mounts = sys::mounts_under(Path::new(DEFAULT_STATE_DIR));
+            for m in mounts_since(&self.mount_baseline) {
+                if !mounts.contains(&m) {
+                    mounts.push(m);
+                }
+            }
             let dirs = pod_dirs();
             if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
                 return None;
@@ -190,7 +206,8 @@ impl Stack {
         }
     }
 
-    /// Panics unless no moat process, mount or pod directory is left.
+    /// Panics unless no moat process, pod directory or new mount (see [`Self::leftovers`]) is
+    /// left.
     pub fn assert_no_leftovers(&self) {
         if let Some(left) = self.leftovers() {
             panic!("left behind: {left}\n--- log ---\n{}", self.log());
@@ -317,6 +334,36 @@ pub fn moat_processes() -> Vec<String> {
         .collect()
 }
 
+/// Every mount point on the host (as this process sees `/proc/self/mountinfo`), in mount
+/// order; a path mounted on twice is there twice.
+pub fn mount_table() -> Vec<PathBuf> {
+    sys::mounts_under(Path::new("/"))
+}
+
+/// The host's mounts now that are not in `baseline` (a [`mount_table`]): every mount point,
+/// counted, beyond its count in the baseline (so a second mount on a path already mounted
+/// counts too).
+pub fn mounts_since(baseline: &[PathBuf]) -> Vec<PathBuf> {
+    beyond(mount_table(), baseline)
+}
+
+/// The entries of `now` beyond their count in `baseline`, in order.
+fn beyond(now: Vec<PathBuf>, baseline: &[PathBuf]) -> Vec<PathBuf> {
+    let mut before: HashMap<&Path, usize> = HashMap::new();
+    for m in baseline {
+        *before.entry(m.as_path()).or_default() += 1;
+    }
+    now.into_iter()
+        .filter(|m| match before.get_mut(m.as_path()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// Pod directories under the state dir (`<state>/<namespace>/<pod>`).
 pub fn pod_dirs() -> Vec<PathBuf> {
     let Ok(nss) = std::fs::read_dir(DEFAULT_STATE_DIR) else {
@@ -361,4 +408,23 @@ pub fn with_stack_tuned(
     stack.assert_no_leftovers();
     stack.stop().unwrap_or_else(|e| panic!("{e}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_mounts_are_counted() {
+        let p = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let base = p(&["/", "/proc", "/run", "/run"]);
+        assert!(beyond(base.clone(), &base).is_empty());
+        // A third mount on /run, one elsewhere; one gone from the baseline does not count.
+        let now = p(&["/", "/run", "/run", "/tmp/x", "/run"]);
+        assert_eq!(beyond(now, &base), p(&["/tmp/x", "/run"]));
+        // This process's own table, against itself.
+        let table = mount_table();
+        assert!(table.contains(&PathBuf::from("/")), "{table:?}");
+        assert!(beyond(table.clone(), &table).is_empty());
+    }
 }

@@ -1,7 +1,7 @@
 //! Builds real OCI image archives (an OCI image layout in a tar, what `ctr images import`
 //! and `docker load` take) from a directory tree, chiefly a busybox image for containerd
-//! tests and a pause image for CRI pods: there is no registry, so images are built locally
-//! and imported.
+//! tests, a pause image for CRI pods and a busybox image with extra files (the hostile-guest
+//! test's attack tool): there is no registry, so images are built locally and imported.
 //!
 //! The archive holds `oci-layout`, `index.json` (one manifest, named by the
 //! `io.containerd.image.name` and `org.opencontainers.image.ref.name` annotations) and
@@ -157,12 +157,39 @@ pub fn build_pause_image(out_tar: &Path, name: &str) -> Result<ImageRef, OciImag
     build_busybox_image_with(out_tar, name, &default_busybox(), &config)
 }
 
+/// The name of the hostile-guest test's image: busybox plus `/bin/moat-share-attack`, built
+/// with [`build_busybox_image_with_files`].
+pub const DEFAULT_ATTACK_IMAGE: &str = "docker.io/moat/share-attack:latest";
+
 /// Builds an image archive at `out_tar` named `name` from the static busybox binary at
 /// `busybox` (laid out by [`crate::agent::oci::busybox_rootfs`]) with `config`.
 pub fn build_busybox_image_with(
     out_tar: &Path,
     name: &str,
     busybox: &Path,
+    config: &ImageConfig,
+) -> Result<ImageRef, OciImageError> {
+    busybox_image(out_tar, name, busybox, &[], config)
+}
+
+/// [`build_busybox_image`] plus host files: each `(path in the image, host file)` of `files`
+/// is copied in with its mode (e.g. `("bin/moat-share-attack", tool)`), replacing what busybox
+/// put there; default command `sh`.
+pub fn build_busybox_image_with_files(
+    out_tar: &Path,
+    name: &str,
+    files: &[(&str, &Path)],
+) -> Result<ImageRef, OciImageError> {
+    let sh = ImageConfig::cmd(&["sh"]);
+    busybox_image(out_tar, name, &default_busybox(), files, &sh)
+}
+
+/// A busybox image with `files` added (see [`build_busybox_image_with_files`]).
+fn busybox_image(
+    out_tar: &Path,
+    name: &str,
+    busybox: &Path,
+    files: &[(&str, &Path)],
     config: &ImageConfig,
 ) -> Result<ImageRef, OciImageError> {
     if !busybox.is_file() {
@@ -186,6 +213,18 @@ pub fn build_busybox_image_with(
         "laying out a busybox rootfs in {}",
         rootfs.display()
     )))?;
+    for (inside, host) in files {
+        let dest = rootfs.join(inside.trim_start_matches('/'));
+        let what = format!("copying {} to {}", host.display(), dest.display());
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(what.clone()))?;
+        }
+        // A busybox applet link of the same name is replaced, not written through.
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            std::fs::remove_file(&dest).map_err(io_err(what.clone()))?;
+        }
+        std::fs::copy(host, &dest).map_err(io_err(what))?;
+    }
     build_image(out_tar, name, &rootfs, config)
 }
 
@@ -534,6 +573,32 @@ mod tests {
     }
 
     #[test]
+    fn busybox_image_with_files_has_them() {
+        let dir = tempfile::Builder::new()
+            .prefix("moat-oci-image-test-")
+            .tempdir()
+            .unwrap();
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, b"\x7fELF not really").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = dir.path().join("attack.tar");
+        let files = [("bin/moat-share-attack", tool.as_path())];
+        let img = build_busybox_image_with_files(&out, DEFAULT_ATTACK_IMAGE, &files)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tar = std::fs::read(&out).unwrap();
+        let layer = find_entry(&tar, &format!("blobs/sha256/{}", &img.layer_digest[7..])).unwrap();
+        assert_eq!(
+            find_entry(layer, "bin/moat-share-attack").unwrap(),
+            b"\x7fELF not really"
+        );
+        assert!(
+            find_entry(layer, "bin/sh").is_some(),
+            "busybox is there too"
+        );
+        assert_eq!(entry_mode(layer, "bin/moat-share-attack"), Some(0o755));
+    }
+
+    #[test]
     fn pause_image_waits_in_its_entrypoint() {
         let dir = tempfile::Builder::new()
             .prefix("moat-oci-image-test-")
@@ -554,6 +619,18 @@ mod tests {
 
     /// The data of entry `name` in an uncompressed ustar archive (short names only).
     fn find_entry<'a>(tar: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        find_header(tar, name).map(|(_, data)| data)
+    }
+
+    /// The permission bits of entry `name` (short names only).
+    fn entry_mode(tar: &[u8], name: &str) -> Option<u32> {
+        let (h, _) = find_header(tar, name)?;
+        let mode = std::str::from_utf8(&h[100..107]).ok()?;
+        u32::from_str_radix(mode, 8).ok()
+    }
+
+    /// The header and data of entry `name` in an uncompressed ustar archive (short names).
+    fn find_header<'a>(tar: &'a [u8], name: &str) -> Option<(&'a [u8], &'a [u8])> {
         let mut off = 0;
         while off + 512 <= tar.len() && tar[off] != 0 {
             let h = &tar[off..off + 512];
@@ -561,7 +638,7 @@ mod tests {
             let size_str = std::str::from_utf8(&h[124..135]).ok()?;
             let size = usize::from_str_radix(size_str, 8).ok()?;
             if &h[..end] == name.as_bytes() {
-                return Some(&tar[off + 512..off + 512 + size]);
+                return Some((h, &tar[off + 512..off + 512 + size]));
             }
             off += 512 + size.div_ceil(512) * 512;
         }

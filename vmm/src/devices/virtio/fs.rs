@@ -10,6 +10,14 @@
 //! (the guest reads their text with READLINK and resolves them in its own namespace); `..`
 //! looked up from the root inode is the root itself; names containing `/` are refused; only
 //! regular files and directories can be opened.
+//!
+//! No device nodes: the passthrough runs each request with the guest caller's uid, and guest
+//! root is host root to it, so the device serves it through [`ConfinedFs`], which refuses
+//! MKNOD of block and character devices (and `RENAME_WHITEOUT`, which makes one) with `EPERM`
+//! before the host sees the request; FIFOs, sockets and regular files are still created. No
+//! other request can create a device node (see [`confined`]). setuid/setgid bits are kept
+//! (images ship setuid binaries): the host mounts under a pod's directory `nosuid,nodev` and
+//! keeps that directory 0700, so such files never run with privilege on the host.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,8 +39,11 @@ pub use moat_vmm_config::limits::MAX_FS_TAG_LEN as TAG_LEN;
 /// The configuration's tag rule, which the device enforces too.
 pub use moat_vmm_config::valid_tag;
 
+pub mod confined;
 #[cfg(test)]
 mod tests;
+
+pub use confined::ConfinedFs;
 
 /// The virtio device id of virtio-fs.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -45,8 +56,10 @@ pub const NUM_REQUEST_QUEUES: u32 = 1;
 /// Most chains served per queue kick; the rest are served on the next loop turn.
 pub const MAX_CHAINS_PER_EVENT: usize = 32;
 
-/// The file system the device serves (guest memory has no dirty bitmap, hence `()`).
-type Fs = PassthroughFs<()>;
+/// The passthrough file system over the share (guest memory has no dirty bitmap, hence `()`).
+type Passthrough = PassthroughFs<()>;
+/// The file system the device serves: the passthrough, confined.
+type Fs = ConfinedFs<Passthrough>;
 
 /// Why a virtio-fs device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +113,7 @@ pub fn passthrough_config(root_dir: String) -> PassthroughConfig {
 }
 
 /// Builds (and imports the root of) the passthrough file system over `share`.
-pub fn new_passthrough(share: &Path) -> Result<Fs, FsError> {
+pub fn new_passthrough(share: &Path) -> Result<Passthrough, FsError> {
     let display = share.display().to_string();
     let root = share
         .to_str()
@@ -110,9 +123,14 @@ pub fn new_passthrough(share: &Path) -> Result<Fs, FsError> {
         path: display.clone(),
         source,
     };
-    let fs = Fs::new(passthrough_config(root.to_string())).map_err(passthrough_err)?;
+    let fs = Passthrough::new(passthrough_config(root.to_string())).map_err(passthrough_err)?;
     fs.import().map_err(passthrough_err)?;
     Ok(fs)
+}
+
+/// What the device serves over `share`: [`new_passthrough`] wrapped in [`ConfinedFs`].
+pub fn new_confined(share: &Path) -> Result<Fs, FsError> {
+    new_passthrough(share).map(ConfinedFs::new)
 }
 
 /// The virtio-fs device serving one shared host directory under a tag.
@@ -136,7 +154,7 @@ impl VirtioFs {
                 path: share.display().to_string(),
                 source,
             })?;
-        let fs = new_passthrough(&share)?;
+        let fs = new_confined(&share)?;
         let mut config = [0u8; TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());

@@ -1,0 +1,357 @@
+//! A hostile guest against the host, through the real shim: a container of a pod that escaped
+//! to guest root (played by a container with CAP_SYS_ADMIN and no seccomp filter) mounts the
+//! pod's virtio-fs share itself and attacks it with `moat-share-attack` (tests/guest-tools)
+//! while the host creates container after container in the same pod.
+//!
+//! Containers join the attacker's pod the way CRI's do: `ctr run --annotation
+//! io.kubernetes.cri.container-type=container --annotation io.kubernetes.cri.sandbox-id=<pod>`
+//! (the shim groups containers by these, see `runtime/src/pod/spec.rs`), so they reach the
+//! pod's shim and VM and get their rootfs and binds mounted in the pod's share while the
+//! attacker races to plant symlinks at those mount points.
+//!
+//! What must hold: no plant lands (the share outside the containers' own storage is
+//! read-only to the guest), a canary directory outside the pod (the symlinks' target) is
+//! untouched with nothing mounted on it, no mount appears on the host outside the pod's
+//! directory; filling the share root fails at once with EROFS and costs the host no space;
+//! mknod of devices in the attacker's own rootfs gets EPERM (from moat-vmm) while a FIFO
+//! works; a setuid-root copy the attacker plants in its rootfs never runs with euid 0 for an
+//! unprivileged host user; after the pod is deleted nothing of moat is left (the stack's
+//! check compares the host's whole mount table with its state at the start).
+//!
+//! Runs in the test host (nested KVM) unless this machine has hardware KVM. Needs the static
+//! `moat-share-attack` (`tests/scripts/build-guest-tools.sh`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use moat_runtime::{DEFAULT_STATE_DIR, RUNTIME_ID};
+use moat_tests::containerd::moat_stack::{mount_table, mounts_since, with_stack, Stack};
+use moat_tests::containerd::oci_image::{build_busybox_image_with_files, DEFAULT_ATTACK_IMAGE};
+use moat_tests::containerd::CtrOutput;
+use moat_tests::hostile::{self, AttackLine, Canary, Reach};
+
+/// Fresh test hosts the flow may use when the guest crashes (`moat_tests::on_kvm_retrying`).
+const ATTEMPTS: usize = 3;
+/// The attacker's container, and so its pod.
+const POD: &str = "hostile";
+/// The ids of the containers created during the race: `victim-0`, `victim-1`, ...
+const VICTIM_PREFIX: &str = "victim";
+/// How many containers are created (each started and deleted) while the race runs.
+const CREATES: usize = 200;
+/// Overrides [`CREATES`] (for a quicker run by hand; the run says so).
+const CREATES_ENV: &str = "MOAT_HOSTILE_CREATES";
+/// How many `ctr run`s go on at once.
+const LANES: usize = 2;
+/// The test host's time limit this test needs (200 creates under TCG), unless the
+/// environment sets one.
+const TEST_HOST_SECS: &str = "1200";
+/// The attack tool in the image.
+const TOOL: &str = "/bin/moat-share-attack";
+/// Where the attacker mounts the share.
+const SHARE_IN_GUEST: &str = "/mnt/share";
+/// The file that stops the race (on the container's own tmpfs).
+const STOP_FILE: &str = "/dev/shm/moat-attack-stop";
+/// How long one `ctr run --rm` of a victim may take.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Free space may move this much on the host while the fill runs (logs).
+const FREE_SPACE_MARGIN: u64 = 4 << 20;
+
+#[test]
+fn hostile_guest_cannot_reach_the_host() {
+    if std::env::var_os(moat_tests::TIMEOUT_ENV).is_none() {
+        std::env::set_var(moat_tests::TIMEOUT_ENV, TEST_HOST_SECS);
+    }
+    moat_tests::on_kvm_retrying("hostile_guest_cannot_reach_the_host", ATTEMPTS, || {
+        let canary = Canary::create().expect("creating the canary");
+        let volume = tempfile::Builder::new()
+            .prefix("moat-hostile-vol-")
+            .tempdir()
+            .expect("creating the victims' volume");
+        with_stack(|s| {
+            let image = import_attack_image(s);
+            let before = mount_table();
+            start_attacker(s, &image);
+            race_while_creating(s, &canary, volume.path());
+            assert_host_untouched(s, &canary, &before);
+            fill_the_share(s);
+            mknod_in_own_rootfs(s);
+            setuid_in_own_rootfs(s);
+            delete_attacker(s);
+            s.assert_no_leftovers();
+            canary.check().unwrap_or_else(|e| panic!("{e}"));
+        })
+    });
+}
+
+/// Builds and imports busybox plus `/bin/moat-share-attack`; returns the image's name.
+fn import_attack_image(s: &Stack) -> String {
+    let tool = moat_tests::artifacts::share_attack_bin_path().unwrap_or_else(|e| panic!("{e}"));
+    let tar = s.dir().join("attack.tar");
+    let files = [(TOOL, tool.as_path())];
+    let image = build_busybox_image_with_files(&tar, DEFAULT_ATTACK_IMAGE, &files)
+        .unwrap_or_else(|e| panic!("attack image: {e}"));
+    s.containerd
+        .import(&tar)
+        .unwrap_or_else(|e| panic!("importing the attack image: {e}"));
+    image.name
+}
+
+/// Starts the attacker (CAP_SYS_ADMIN, a seccomp profile that allows everything: guest root)
+/// as its pod's first container, and mounts the share in it.
+fn start_attacker(s: &Stack, image: &str) {
+    let unconfined = s.dir().join("unconfined.json");
+    std::fs::write(&unconfined, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+    let profile = unconfined.to_str().unwrap();
+    let args = [
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        RUNTIME_ID,
+        "--cap-add",
+        "CAP_SYS_ADMIN",
+        "--seccomp",
+        "--seccomp-profile",
+        profile,
+        image,
+        POD,
+        "sleep",
+        "100000",
+    ];
+    s.ctr_ok(&args);
+    s.wait_task_status(POD, "RUNNING", Duration::from_secs(120));
+    let mounted = attack(s, "mount", "mount-share", &[SHARE_IN_GUEST]);
+    assert_eq!(mounted.get("result"), "ok", "{}", mounted.line);
+}
+
+/// `ctr task exec` of `args` in the attacker, which must succeed.
+fn exec(s: &Stack, exec_id: &str, args: &[&str]) -> CtrOutput {
+    let mut all = vec!["task", "exec", "--exec-id", exec_id, POD];
+    all.extend_from_slice(args);
+    s.ctr_ok(&all)
+}
+
+/// Runs `moat-share-attack <mode> <args>` in the attacker; returns its final line.
+fn attack(s: &Stack, exec_id: &str, mode: &str, args: &[&str]) -> AttackLine {
+    let mut all = vec![TOOL, mode];
+    all.extend_from_slice(args);
+    let out = exec(s, exec_id, &all).stdout_str();
+    print!("{out}");
+    AttackLine::find(&out, mode).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The race against [`CREATES`] containers created, started and deleted in the pod, each
+/// with a read-write bind of `volume`: every create works, and not one plant lands.
+fn race_while_creating(s: &Stack, canary: &Canary, volume: &Path) {
+    let target = canary.path().to_str().unwrap();
+    let race = s.ctr_live(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "race",
+        POD,
+        TOOL,
+        "race",
+        "--share",
+        SHARE_IN_GUEST,
+        "--target",
+        target,
+        "--predict",
+        VICTIM_PREFIX,
+        "--seconds",
+        TEST_HOST_SECS,
+        "--stop-file",
+        STOP_FILE,
+    ]);
+    race.wait_for("race: started", Duration::from_secs(60));
+    let failures = create_victims(s, volume);
+    exec(s, "stop", &["touch", STOP_FILE]);
+    let out = race.finish(Duration::from_secs(120));
+    let text = out.stdout_str();
+    print!("{text}");
+    assert!(out.status.success(), "race: {}", out.stderr_str());
+    assert!(
+        failures.is_empty(),
+        "{} of the creates failed under attack; the first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let line = AttackLine::find(&text, "race").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(line.number("planted"), 0, "plants landed: {text}");
+    assert!(line.number("attempts") > 0, "{}", line.line);
+    // Refused by the read-only share, not missed: most attempts got EROFS.
+    assert!(line.number("erofs") > 0, "{}", line.line);
+    // The attacker's own directory and at least one victim's.
+    assert!(line.number("seen") >= 2, "the race saw no victim: {text}");
+}
+
+/// Creates [`CREATES`] (or `$MOAT_HOSTILE_CREATES`) victims, [`LANES`] at a time; returns the
+/// failed `ctr run`s.
+fn create_victims(s: &Stack, volume: &Path) -> Vec<String> {
+    let n = match std::env::var(CREATES_ENV).ok().map(|v| v.parse::<usize>()) {
+        None => CREATES,
+        Some(Ok(n)) if n > 0 => {
+            println!("hostile: {CREATES_ENV}={n} creates instead of {CREATES}");
+            n
+        }
+        Some(_) => panic!("{CREATES_ENV} must be a positive number"),
+    };
+    let mount = format!(
+        "type=bind,src={},dst=/vol,options=rbind:rw",
+        volume.display()
+    );
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    let failures = std::thread::scope(|sc| {
+        let lanes: Vec<_> = (0..LANES)
+            .map(|_| sc.spawn(|| create_lane(s, &next, n, &mount)))
+            .collect();
+        let joined = lanes.into_iter().map(|l| l.join().expect("a create lane"));
+        joined.flatten().collect::<Vec<String>>()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "hostile: {n} creates in {secs:.1} s ({:.2}/s, {LANES} at a time)",
+        n as f64 / secs
+    );
+    failures
+}
+
+/// Runs victims until `next` reaches `n`; returns the failures.
+fn create_lane(s: &Stack, next: &AtomicUsize, n: usize, mount: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            return failed;
+        }
+        let id = format!("{VICTIM_PREFIX}-{i}");
+        let sandbox = format!("io.kubernetes.cri.sandbox-id={POD}");
+        let args = [
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME_ID,
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &sandbox,
+            "--mount",
+            mount,
+            &s.image,
+            &id,
+            "true",
+        ];
+        match s.containerd.ctr_with(&args, None, CREATE_TIMEOUT) {
+            Ok(o) if o.code() == Some(0) => {}
+            Ok(o) => failed.push(format!("{id}: {:?}: {}", o.code(), o.stderr_str())),
+            Err(e) => failed.push(format!("{id}: {e}")),
+        }
+    }
+}
+
+/// The canary is as it was, and every mount that appeared on the host since `before` is
+/// inside the pod's directory.
+fn assert_host_untouched(s: &Stack, canary: &Canary, before: &[PathBuf]) {
+    canary.check().unwrap_or_else(|e| panic!("{e}"));
+    let pod = s.pod_dir(POD).root;
+    let outside: Vec<PathBuf> = mounts_since(before)
+        .into_iter()
+        .filter(|m| !m.starts_with(&pod))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "mounts appeared outside {}: {outside:?}",
+        pod.display()
+    );
+}
+
+/// Filling the share's root and the attacker's own container directory fails at once with
+/// EROFS; the host's free space (state dir, share) does not move.
+fn fill_the_share(s: &Stack) {
+    let share = s.pod_dir(POD).share();
+    let places = [Path::new(DEFAULT_STATE_DIR), share.as_path()];
+    let free = || places.map(|p| hostile::free_bytes(p).unwrap_or_else(|e| panic!("{e}")));
+    let before = free();
+    let own = format!("{SHARE_IN_GUEST}/{POD}");
+    for (id, dir) in [("fill-root", SHARE_IN_GUEST), ("fill-own", own.as_str())] {
+        let l = attack(
+            s,
+            id,
+            "fill",
+            &[dir, "--max-mib", "64", "--max-files", "1000"],
+        );
+        assert_eq!((l.number("bytes"), l.number("files")), (0, 0), "{}", l.line);
+        assert_eq!(l.get("data_errno"), "EROFS", "{}", l.line);
+        assert_eq!(l.get("errno"), "EROFS", "{}", l.line);
+    }
+    for ((p, b), a) in places.iter().zip(before).zip(free()) {
+        let moved = b.abs_diff(a);
+        assert!(
+            moved <= FREE_SPACE_MARGIN,
+            "{}: {b} -> {a} bytes free",
+            p.display()
+        );
+    }
+}
+
+/// mknod of /dev/mem (1,1) and a disk (8,0) in the attacker's own (writable) rootfs gets
+/// EPERM from moat-vmm, while a FIFO there works (the request reached the VMM).
+fn mknod_in_own_rootfs(s: &Stack) {
+    let l = attack(s, "mknod", "mknod", &["/attack-nodes"]);
+    assert_eq!(l.get("chr"), "EPERM", "{}", l.line);
+    assert_eq!(l.get("blk"), "EPERM", "{}", l.line);
+    assert_eq!(l.get("fifo"), "ok", "{}", l.line);
+}
+
+/// The attacker plants a setuid-root copy of the tool in its rootfs (moat keeps the bit);
+/// uid 65534 on the host never runs it with euid 0: not by its path in the share (the pod
+/// directory is closed to it), not through an fd (the share's mounts are nosuid), not by its
+/// path in containerd's snapshot (the upper dir of the rootfs overlay).
+fn setuid_in_own_rootfs(s: &Stack) {
+    let l = attack(s, "setuid", "setuid", &["/attack-suid"]);
+    assert_eq!(
+        l.get("chmod"),
+        "ok",
+        "the planting itself failed: {}",
+        l.line
+    );
+    let rootfs = s.pod_dir(POD).share().join(POD).join("rootfs");
+    let planted = rootfs.join("attack-suid");
+    let meta = std::fs::metadata(&planted).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "hostile: {} on the host: mode {:o}, uid {}",
+        planted.display(),
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()),
+        std::os::unix::fs::MetadataExt::uid(&meta)
+    );
+    let upper = hostile::overlay_upperdir(&rootfs)
+        .unwrap_or_else(|| panic!("no overlay mounted at {}", rootfs.display()));
+    for (path, reach) in [
+        (planted.clone(), Reach::Path),
+        (planted, Reach::Fd),
+        (upper.join("attack-suid"), Reach::Path),
+    ] {
+        let run = hostile::run_as_nobody(&path, reach).unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "hostile: as nobody, {} by {reach:?}: {run:?}",
+            path.display()
+        );
+        assert!(
+            run.euid.is_none() || run.euid == Some(u64::from(hostile::NOBODY)),
+            "{} ran with euid {:?} for nobody: {}",
+            path.display(),
+            run.euid,
+            run.output
+        );
+    }
+}
+
+/// Kills and deletes the attacker, which ends its pod.
+fn delete_attacker(s: &Stack) {
+    s.ctr_ok(&["task", "kill", "-s", "SIGKILL", POD]);
+    s.wait_task_status(POD, "STOPPED", Duration::from_secs(60));
+    s.ctr_ok(&["task", "delete", POD]);
+    s.ctr_ok(&["container", "delete", POD]);
+}
