@@ -92,7 +92,8 @@ pub struct PodVmConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_mib: Option<u64>,
     /// Whether the pod annotations `moat.vm.vcpus` / `moat.vm.memory_mib` may size the VM
-    /// (within the maxima); when off they are refused.
+    /// (within the maxima and the pod's own limits, see [`crate::host::sizing`]); when off
+    /// (the default: a pod author is not trusted) they are refused.
     pub enable_annotations: bool,
 }
 
@@ -108,7 +109,7 @@ impl Default for PodVmConfig {
             boot_timeout_secs: 120,
             max_vcpus: None,
             max_memory_mib: None,
-            enable_annotations: true,
+            enable_annotations: false,
         }
     }
 }
@@ -141,6 +142,11 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// Forward the guest's console (kernel and agent logs) to containerd's log.
     pub guest_console: bool,
+    /// Run each pod's moat-vmm in the host cgroup its sandbox (or lone) container names
+    /// (`linux.cgroupsPath`), as Kata's `sandbox_cgroup_only`, so the pod's limits and the
+    /// node's accounting cover the VM (see [`crate::host::cgroup`]); off: it runs in the
+    /// shim's cgroup.
+    pub sandbox_cgroup: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -149,6 +155,7 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             log_level: "info".into(),
             guest_console: true,
+            sandbox_cgroup: true,
         }
     }
 }
@@ -327,7 +334,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(parse("").unwrap(), Config::default());
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg, Config::default());
+        // Pod accounting is on, pod authors' sizing annotations are off.
+        assert!(cfg.runtime.sandbox_cgroup && !cfg.vm.enable_annotations);
     }
 
     #[test]
@@ -359,9 +369,11 @@ mod tests {
             state_dir = "/run/moat-test"
             log_level = "debug"
             guest_console = false
+            sandbox_cgroup = false
             "#,
         )
         .unwrap();
+        assert!(!cfg.runtime.sandbox_cgroup);
         assert_eq!(cfg.vm.vcpus, 2);
         assert_eq!(cfg.vm.memory_mib, 512);
         assert_eq!(cfg.runtime.state_dir, Path::new("/run/moat-test"));
