@@ -165,6 +165,9 @@ impl PodCgroup {
         record_path: &Path,
     ) -> Result<PodCgroup, CgroupError> {
         let layout = Layout::detect(root)?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| hierarchy::io("resolving", root, e))?;
         let trees = layout.hierarchies();
         let mut planned = Vec::new();
         for h in trees {
@@ -173,7 +176,7 @@ impl PodCgroup {
         let mut cg = PodCgroup {
             record: CgroupRecord {
                 cgroups_path: path.spec().into(),
-                root: root.to_path_buf(),
+                root,
                 joined: trees.iter().map(|h| h.root.join(path.relative())).collect(),
                 created: planned,
             },

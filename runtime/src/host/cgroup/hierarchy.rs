@@ -38,8 +38,9 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Finds the trees under `root`.
+    /// Finds the trees under `root` (their roots resolved, and inside `root`).
     pub fn detect(root: &Path) -> Result<Layout, CgroupError> {
+        let root = &root.canonicalize().map_err(|e| io("resolving", root, e))?;
         if root.join("cgroup.controllers").is_file() {
             return Ok(Layout::V2(Hierarchy {
                 root: root.to_path_buf(),
@@ -53,7 +54,7 @@ impl Layout {
             let Ok(real) = root.join(controller).canonicalize() else {
                 continue;
             };
-            if !real.join("cgroup.procs").is_file() {
+            if !real.join("cgroup.procs").is_file() || !real.starts_with(root) {
                 continue;
             }
             match trees.iter_mut().find(|t| t.root == real) {
