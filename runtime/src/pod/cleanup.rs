@@ -44,8 +44,7 @@ fn unmount_and_remove(dir: &Path) {
 /// `delete` after a dead shim: unmounts the container's share directory; for the pod's own
 /// container also kills a VMM still running (normally already gone with the shim, by
 /// PDEATHSIG), restores the network namespace, removes the pod's host cgroup and the pod
-/// directory. Returns what it
-/// found.
+/// directory. Returns what it found.
 pub fn after_dead_shim(bundle: &Path, cid: &str) -> String {
     let Some(marker) = BundleMarker::read(bundle) else {
         return format!("{cid}: no moat pod recorded in {}", bundle.display());
