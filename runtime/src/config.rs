@@ -94,7 +94,8 @@ pub struct PodVmConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_mib: Option<u64>,
     /// Whether the pod annotations `moat.vm.vcpus` / `moat.vm.memory_mib` may size the VM
-    /// (within the maxima); when off they are refused.
+    /// (within the maxima and the pod's own limits, see [`crate::host::sizing`]); when off
+    /// (the default: a pod author is not trusted) they are refused.
     pub enable_annotations: bool,
 }
 
@@ -110,7 +111,7 @@ impl Default for PodVmConfig {
             boot_timeout_secs: 120,
             max_vcpus: None,
             max_memory_mib: None,
-            enable_annotations: true,
+            enable_annotations: false,
         }
     }
 }
@@ -148,6 +149,11 @@ pub struct RuntimeConfig {
     /// Inodes of each pod's staging tmpfs: bounds its containers' directories and mount
     /// points (about 3 + one per volume for each container).
     pub share_inodes: u64,
+    /// Run each pod's moat-vmm in the host cgroup its sandbox (or lone) container names
+    /// (`linux.cgroupsPath`), as Kata's `sandbox_cgroup_only`, so the pod's limits and the
+    /// node's accounting cover the VM (see [`crate::host::cgroup`]); off: it runs in the
+    /// shim's cgroup.
+    pub sandbox_cgroup: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -158,6 +164,7 @@ impl Default for RuntimeConfig {
             guest_console: true,
             share_size_kib: 1024,
             share_inodes: 16384,
+            sandbox_cgroup: true,
         }
     }
 }
@@ -362,7 +369,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(parse("").unwrap(), Config::default());
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg, Config::default());
+        // Pod accounting is on, pod authors' sizing annotations are off.
+        assert!(cfg.runtime.sandbox_cgroup && !cfg.vm.enable_annotations);
     }
 
     #[test]
@@ -394,9 +404,11 @@ mod tests {
             state_dir = "/run/moat-test"
             log_level = "debug"
             guest_console = false
+            sandbox_cgroup = false
             "#,
         )
         .unwrap();
+        assert!(!cfg.runtime.sandbox_cgroup);
         assert_eq!(cfg.vm.vcpus, 2);
         assert_eq!(cfg.vm.memory_mib, 512);
         assert_eq!(cfg.runtime.state_dir, Path::new("/run/moat-test"));

@@ -1,9 +1,11 @@
 //! Host resources a pod uses besides its VM: its virtio-fs share ([`share`]: a host-only
 //! staging tmpfs and its read-only bind for the guest) filled with mounts ([`mounts`]) made
 //! through symlink-free, confined paths ([`confined`]), its network namespace bridged to a TAP
-//! of the VM ([`network`]), and the size of its VM ([`sizing`]). Each records what it changes
-//! and undoes it at teardown.
+//! of the VM ([`network`]), the host cgroup and OOM score its VMM is accounted with
+//! ([`cgroup`]), and the size of its VM ([`sizing`]). Each records what it changes and undoes
+//! it at teardown.
 
+pub mod cgroup;
 pub mod confined;
 pub mod mounts;
 pub mod network;

@@ -11,13 +11,15 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moat_vmm_config::status::describe;
 
 use crate::config::Config;
+use crate::host::cgroup::{CgroupError, PodAccounting, PodCgroup, ProcsFiles};
 use crate::pod::layout::PodDir;
+use crate::util::lock;
 
 pub mod agent;
 pub mod keeper;
@@ -50,6 +52,9 @@ pub enum VmError {
         /// Why.
         source: std::io::Error,
     },
+    /// The pod's host cgroup could not be made ready for the VMM.
+    #[error("the pod's host cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
     /// The VMM could not be started.
     #[error("starting {vmm}: {source}")]
     Spawn {
@@ -100,34 +105,66 @@ pub struct Vm {
     pub client: Agent,
     pid: i32,
     exit: Arc<ExitCell>,
+    /// The pod's host cgroup the VMM runs in, removed once the VMM is gone.
+    cgroup: Mutex<Option<PodCgroup>>,
 }
 
 impl Vm {
-    /// Boots a VM for the pod in `dir` and waits until the agent answers. `on_exit` runs (on
-    /// the keeper thread) when the VMM process ends, whoever ended it.
+    /// Boots a VM for the pod in `dir` and waits until the agent answers; the VMM runs in the
+    /// pod's host cgroup with its `oom_score_adj` (`accounting`). `on_exit` runs (on the
+    /// keeper thread) when the VMM process ends, whoever ended it.
     pub fn start(
         cfg: &Config,
         dir: &PodDir,
         nic: Option<VmNic>,
+        accounting: &PodAccounting,
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
     ) -> Result<Vm, VmError> {
         let vm_config = spawn::vm_config(cfg, dir, nic.as_ref());
         vm_config.validate()?;
         spawn::write_config(&vm_config, &dir.vm_config())?;
         let vmm = cfg.vmm_binary(std::env::current_exe().ok().as_deref());
-        // The TAP queue stays open in the shim until the VMM is spawned; only the child's
-        // copy loses close-on-exec.
-        let tap_fd = nic.as_ref().map(|n| n.tap.as_raw_fd());
-        let cmd = spawn::command(&vmm, &dir.vm_config(), tap_fd);
+        let (cgroup, procs) = spawn::pod_cgroup(dir, accounting)?;
+        let release = |cgroup: Option<PodCgroup>| cgroup.map(PodCgroup::remove);
+        // The TAP queue and the cgroup.procs files stay open in the shim until the VMM is
+        // spawned; only the child's copy of the TAP loses close-on-exec.
+        let child = spawn::ChildSetup {
+            tap_fd: nic.as_ref().map(|n| n.tap.as_raw_fd()),
+            cgroup_procs: procs.as_ref().map(ProcsFiles::fds).unwrap_or_default(),
+            oom_score_adj: accounting.oom_score_adj,
+        };
+        let cmd = spawn::command(&vmm, &dir.vm_config(), child);
         let forward = cfg.runtime.guest_console;
         let started = keeper::start(cmd, &vmm, forward, on_exit);
-        drop(nic);
-        let (pid, exit, tail) = started?;
+        drop((nic, procs));
+        let (pid, exit, tail) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                let e = spawn::in_cgroup(e, cgroup.as_ref());
+                release(cgroup);
+                return Err(e);
+            }
+        };
+        if let Some(adj) = &accounting.oom_score_adj {
+            adj.check(pid);
+        }
         if let Err(e) = std::fs::write(dir.vmm_pid(), pid.to_string()) {
             log::warn!("writing {}: {e}", dir.vmm_pid().display());
         }
-        let client = wait_for_agent(cfg, dir, pid, &exit, &tail)?;
-        Ok(Vm { client, pid, exit })
+        // On failure the VMM is gone (exited, or killed and reaped).
+        let client = match wait_for_agent(cfg, dir, pid, &exit, &tail) {
+            Ok(c) => c,
+            Err(e) => {
+                release(cgroup);
+                return Err(e);
+            }
+        };
+        Ok(Vm {
+            client,
+            pid,
+            exit,
+            cgroup: Mutex::new(cgroup),
+        })
     }
 
     /// The VMM's process id: the pid containerd is told for every process of the pod (as
@@ -141,8 +178,18 @@ impl Vm {
         self.exit.status()
     }
 
-    /// Stops the VMM: SIGTERM, then SIGKILL after `grace`; returns once it is reaped.
+    /// Stops the VMM: SIGTERM, then SIGKILL after `grace`; returns once it is reaped and its
+    /// host cgroup removed.
     pub fn stop(&self, grace: Duration) -> VmmStatus {
+        let status = self.stop_vmm(grace);
+        if let Some(cgroup) = lock(&self.cgroup).take() {
+            cgroup.remove();
+        }
+        status
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns once the VMM is reaped.
+    fn stop_vmm(&self, grace: Duration) -> VmmStatus {
         if let Some(s) = self.exited() {
             return s;
         }

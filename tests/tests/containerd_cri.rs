@@ -3,26 +3,39 @@
 //! (`moat_tests::containerd::cri`): RunPodSandbox with the locally built pause image, two busybox
 //! containers in the one VM of the pod, ExecSync, ContainerStatus/Stats, ListContainers,
 //! UpdateContainerResources, a container exiting on its own, StopContainer, RemoveContainer,
-//! the pod's CNI address reaching a container in the VM,
-//! StopPodSandbox and RemovePodSandbox; then nothing of moat or of the pod may be left. Runs in
-//! the test host (nested KVM) unless this machine has hardware KVM.
+//! the pod's CNI address reaching a container in the VM, pod accounting (the pod's moat-vmm
+//! in its sandbox cgroup under a kubelet-style pod cgroup, charged there, with the pod's
+//! `oom_score_adj`), StopPodSandbox and RemovePodSandbox; then nothing of moat or of the pod
+//! may be left, its cgroup included. A pod whose `moat.vm.memory_mib` annotation exceeds its
+//! pod cgroup's `memory.max` is refused. Runs in the test host (nested KVM) unless this
+//! machine has hardware KVM.
 
 use std::io::BufRead;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use moat_runtime::RUNTIME_ID;
 use moat_tests::containerd::cri::{
-    self, api, api::ContainerState, api::PodSandboxState, CriClient, PodIdentity,
+    self, api, api::ContainerState, api::PodSandboxState, CriClient, KubeletCgroup, PodIdentity,
 };
-use moat_tests::containerd::moat_stack::{moat_processes, with_stack_tuned, Stack};
+use moat_tests::containerd::moat_stack::{self, moat_processes, with_stack_tuned, Stack};
 use moat_tests::containerd::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
+use moat_tests::containerd::ContainerdOptions;
 
 /// How many fresh test hosts the flow may use when the guest crashes (see
 /// `moat_tests::on_kvm_retrying`).
 const ATTEMPTS: usize = 4;
 /// The CRI runtime handler the harness's containerd config defines for moat.
 const HANDLER: &str = "moat";
+/// A second moat handler this test adds: pod annotations `moat.*` passed to the shim, whose
+/// config enables the `moat.vm.*` sizing annotations.
+const SIZED_HANDLER: &str = "moat-sized";
+/// The pod cgroup's `memory.max` (room for the 256 MiB VM and the VMM).
+const POD_MEMORY_MAX: u64 = 1 << 30;
+/// The refused pod's `memory.max`, and what its annotation asks for, MiB.
+const SMALL_POD_MIB: u64 = 512;
+const ASKED_MIB: u64 = 1024;
 /// The pod's hostname.
 const HOSTNAME: &str = "moat-cri-pod";
 /// Container `alpha`: prints a line, then sleeps forever (ignoring SIGTERM as PID 1).
@@ -42,18 +55,95 @@ const SETTLE: Duration = Duration::from_secs(60);
 #[test]
 fn cri_pod_lifecycle() {
     moat_tests::on_kvm_retrying("cri_pod_lifecycle", ATTEMPTS, || {
+        let scratch = tempfile::TempDir::new().unwrap();
         with_stack_tuned(
-            |o| o.sandbox_image = DEFAULT_PAUSE_IMAGE.into(),
+            |o| {
+                o.sandbox_image = DEFAULT_PAUSE_IMAGE.into();
+                add_sized_handler(o, scratch.path());
+            },
             |s| {
                 let pod = Pod::run(s);
                 pod.check_one_vm();
+                pod.check_accounting();
                 pod.check_network();
                 pod.check_pod_files();
                 pod.check_exec_stats_update();
                 pod.check_own_exit();
                 pod.teardown();
+                check_annotation_over_the_limit(s);
             },
         )
+    });
+}
+
+/// Adds [`SIZED_HANDLER`] to containerd's config: the built shim, `pod_annotations =
+/// ["moat.*"]`, and a shim config (written into `dir`) with the sizing annotations enabled.
+fn add_sized_handler(o: &mut ContainerdOptions, dir: &Path) {
+    let mut cfg = moat_stack::config().unwrap_or_else(|e| panic!("{e}"));
+    cfg.vm.enable_annotations = true;
+    let config = dir.join("moat-sized.toml");
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let shim = o
+        .moat_runtime_path
+        .clone()
+        .expect("the stack names the shim");
+    // A TOML basic string (JSON's escapes are TOML's).
+    let q = |p: &Path| serde_json::Value::from(p.to_string_lossy()).to_string();
+    let table =
+        format!(r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{SIZED_HANDLER}"#);
+    o.extra_toml.push_str(&format!(
+        "[{table}]\n  runtime_type = \"{RUNTIME_ID}\"\n  runtime_path = {}\n  \
+         pod_annotations = [\"moat.*\"]\n[{table}.options]\n  ConfigPath = {}\n",
+        q(&shim),
+        q(&config),
+    ));
+}
+
+/// A kubelet-style pod cgroup `/kubepods/burstable/pod<uid>` with `memory.max` = `max` bytes,
+/// `None` on a cgroup v1 host (then the accounting checks are skipped, said so).
+fn pod_cgroup(who: &PodIdentity, max: u64) -> Option<KubeletCgroup> {
+    let path = format!("/kubepods/burstable/pod{}", who.uid);
+    let cg = KubeletCgroup::create(&path, max).unwrap_or_else(|e| panic!("{e}"));
+    if cg.is_none() {
+        println!("/sys/fs/cgroup is not cgroup v2: pod accounting checks skipped");
+    }
+    cg
+}
+
+/// A pod asking (`moat.vm.memory_mib`) for more memory than its pod cgroup's `memory.max` is
+/// refused with the annotation, its value and the limit named; nothing is left of it.
+fn check_annotation_over_the_limit(s: &Stack) {
+    let who = PodIdentity {
+        name: "moat-cri-big".into(),
+        namespace: "default".into(),
+        uid: format!("uid-{}", moat_tests::unique_suffix()),
+    };
+    let Some(cg) = pod_cgroup(&who, SMALL_POD_MIB << 20) else {
+        return;
+    };
+    let c = CriClient::for_containerd(&s.containerd).unwrap_or_else(|e| panic!("{e}"));
+    let mut pod_cfg = cri::pod_config(&who, "big", &s.dir().join("big-logs"));
+    pod_cfg.linux.as_mut().unwrap().cgroup_parent = cg.cgroup_parent().into();
+    let asked = ASKED_MIB.to_string();
+    pod_cfg
+        .annotations
+        .insert("moat.vm.memory_mib".into(), asked);
+    let e = c
+        .run_pod_sandbox(&pod_cfg, SIZED_HANDLER)
+        .expect_err("a pod asking for more than its memory limit ran");
+    let msg = e.to_string();
+    let want = format!("moat.vm.memory_mib={ASKED_MIB}: exceeds the pod's limit of {SMALL_POD_MIB} MiB (pod cgroup {})", cg.cgroup_parent());
+    assert!(msg.contains(&want), "{msg}");
+    println!("refused as it should be: {msg}");
+    s.assert_no_leftovers();
+    assert_eq!(
+        cg.children(),
+        Vec::<String>::new(),
+        "the refused pod left a cgroup"
+    );
+    settle("CRI to drop the refused pod", || {
+        let left = cri::leftovers(&s.containerd);
+        left.is_empty().then_some(()).ok_or(left)
     });
 }
 
@@ -70,6 +160,10 @@ struct Pod<'a> {
     logs: PathBuf,
     /// The host file bound at alpha's `/dev/termination-log`.
     termination_log: PathBuf,
+    /// The pod's cgroup (its `cgroup_parent`), `None` on a cgroup v1 host.
+    cgroup: Option<KubeletCgroup>,
+    /// Its `memory.current` before the pod ran.
+    memory_before: u64,
 }
 
 impl<'a> Pod<'a> {
@@ -98,7 +192,12 @@ impl<'a> Pod<'a> {
             // The kubelet makes each container's log directory.
             std::fs::create_dir_all(logs.join(name)).unwrap();
         }
-        let pod_cfg = cri::pod_config(&who, HOSTNAME, &logs);
+        let mut pod_cfg = cri::pod_config(&who, HOSTNAME, &logs);
+        let cgroup = pod_cgroup(&who, POD_MEMORY_MAX);
+        if let Some(cg) = &cgroup {
+            pod_cfg.linux.as_mut().unwrap().cgroup_parent = cg.cgroup_parent().into();
+        }
+        let memory_before = cgroup.as_ref().map_or(0, KubeletCgroup::memory_current);
         let t = Instant::now();
         let id = c
             .run_pod_sandbox(&pod_cfg, HANDLER)
@@ -166,7 +265,60 @@ impl<'a> Pod<'a> {
             b,
             logs,
             termination_log,
+            cgroup,
+            memory_before,
         }
+    }
+
+    /// The pod's moat-vmm pid.
+    fn vmm_pid(&self) -> u32 {
+        let vmms = Self::vmms();
+        let ours = vmms.iter().find(|p| p.contains(&self.id));
+        let pid = ours.and_then(|p| p.split(':').next()?.parse().ok());
+        pid.unwrap_or_else(|| panic!("no moat-vmm of pod {}: {vmms:?}", self.id))
+    }
+
+    /// Pod accounting: every thread of the pod's moat-vmm runs in the pod's sandbox cgroup
+    /// (CRI's `linux.cgroupsPath`: `<cgroup_parent>/<sandbox id>`), the VM's memory is charged
+    /// to the pod cgroup, and the VMM has the sandbox spec's `oom_score_adj`.
+    fn check_accounting(&self) {
+        let Some(cg) = &self.cgroup else { return };
+        let pid = self.vmm_pid();
+        let want = format!("0::{}/{}", cg.cgroup_parent(), self.id);
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let mut threads = 0;
+        for t in tasks.flatten() {
+            let cgroup = std::fs::read_to_string(t.path().join("cgroup")).unwrap_or_default();
+            assert_eq!(
+                cgroup.trim(),
+                want,
+                "thread {:?} of moat-vmm {pid}",
+                t.file_name()
+            );
+            threads += 1;
+        }
+        let grown = cg.memory_current().saturating_sub(self.memory_before);
+        println!(
+            "moat-vmm {pid}: {threads} threads in {want}; pod cgroup memory +{} KiB",
+            grown >> 10
+        );
+        assert!(
+            grown >= 8 << 20,
+            "the pod cgroup's memory grew by only {grown} bytes"
+        );
+        let bundle = self
+            .s
+            .containerd
+            .dir()
+            .join("state/io.containerd.runtime.v2.task/k8s.io");
+        let spec = std::fs::read(bundle.join(&self.id).join("config.json")).unwrap();
+        let spec: serde_json::Value = serde_json::from_slice(&spec).unwrap();
+        let pod_adj = spec
+            .pointer("/process/oomScoreAdj")
+            .and_then(|v| v.as_i64());
+        let pod_adj = pod_adj.expect("CRI sets the sandbox's oomScoreAdj");
+        let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        assert_eq!(adj.trim(), pod_adj.to_string(), "moat-vmm's oom_score_adj");
     }
 
     /// The pod's CNI address is the guest's: eth0 in the containers has it, and a listener in
@@ -392,7 +544,9 @@ impl<'a> Pod<'a> {
 
     /// StopPodSandbox frees the VM; RemovePodSandbox the rest: nothing may be left.
     fn teardown(self) {
-        let Pod { s, c, id, .. } = self;
+        let Pod {
+            s, c, id, cgroup, ..
+        } = self;
         let t = Instant::now();
         c.stop_pod_sandbox(&id)
             .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
@@ -414,6 +568,13 @@ impl<'a> Pod<'a> {
             let left = cri::leftovers(&s.containerd);
             left.is_empty().then_some(()).ok_or(left)
         });
+        if let Some(cg) = &cgroup {
+            assert_eq!(
+                cg.children(),
+                Vec::<String>::new(),
+                "the pod's cgroup is left"
+            );
+        }
     }
 }
 

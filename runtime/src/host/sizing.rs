@@ -12,7 +12,12 @@
 //!    by the guest cgroups);
 //! 3. or, replacing both, the pod annotations `moat.vm.vcpus` / `moat.vm.memory_mib` (CRI passes
 //!    them with `pod_annotations = ["moat.*"]`; `ctr run --annotation`), refused when
-//!    `[vm] enable_annotations` is off or the value is out of range.
+//!    `[vm] enable_annotations` is off (the default), when the value is out of range, or when
+//!    it exceeds the pod's own limit where that is known: CRI's annotations above, else (with
+//!    containerd 1.6, which passes them nowhere else) the memory limit and CPU quota of the
+//!    kubelet's pod cgroup ([`crate::host::cgroup::parent_limits`]). A pod author gets no
+//!    more than Kubernetes granted the pod: memory at most the limit (MiB, rounded down),
+//!    vCPUs at most `ceil(quota / period)`.
 
 use serde_json::Value;
 
@@ -59,9 +64,50 @@ pub enum SizingError {
         /// The largest allowed.
         max: u64,
     },
+    /// An annotation asks for more than the pod's own limit.
+    #[error("annotation {key}={value}: exceeds the pod's limit of {limit} {unit} ({source_of})")]
+    OverPodLimit {
+        /// The annotation.
+        key: &'static str,
+        /// Its value.
+        value: u64,
+        /// The limit, in the annotation's unit.
+        limit: u64,
+        /// That unit (`MiB`, `vCPUs`).
+        unit: &'static str,
+        /// Where the limit was read.
+        source_of: String,
+    },
     /// Sizing annotations are switched off.
     #[error("annotation {0} is not enabled ([vm] enable_annotations = false)")]
     Disabled(&'static str),
+}
+
+/// A CPU limit: `quota` µs of CPU time per `period` µs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    /// µs per period.
+    pub quota: u64,
+    /// The period, µs.
+    pub period: u64,
+}
+
+impl CpuQuota {
+    /// The vCPUs it amounts to: `ceil(quota / period)`.
+    pub fn vcpus(&self) -> u64 {
+        self.quota.div_ceil(self.period.max(1))
+    }
+}
+
+/// A pod's limits as Kubernetes set them, where known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// Memory, bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU.
+    pub cpu: Option<CpuQuota>,
+    /// Where they were read, for messages.
+    pub source: String,
 }
 
 /// The size of one pod's VM, and how it was arrived at.
@@ -75,8 +121,17 @@ pub struct VmSize {
     pub notes: Vec<String>,
 }
 
-/// The VM size for a pod whose sandbox (or lone) container has OCI spec `spec`.
-pub fn size_for(vm: &PodVmConfig, spec: &Value) -> Result<VmSize, SizingError> {
+/// Reads an annotation of a spec as a number.
+type Number<'a> = dyn Fn(&'static str) -> Result<Option<u64>, SizingError> + 'a;
+
+/// The VM size for a pod whose sandbox (or lone) container has OCI spec `spec`;
+/// `pod_cgroup` are the limits of the kubelet's pod cgroup, if known (the ceiling of the
+/// annotations when CRI's own are absent).
+pub fn size_for(
+    vm: &PodVmConfig,
+    spec: &Value,
+    pod_cgroup: Option<&PodLimits>,
+) -> Result<VmSize, SizingError> {
     let mut size = VmSize {
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
@@ -94,45 +149,96 @@ pub fn size_for(vm: &PodVmConfig, spec: &Value) -> Result<VmSize, SizingError> {
             })
             .transpose()
     };
-    cri_limits(vm, &number, &mut size)?;
-    // 3. Explicit annotations replace the result, within range.
-    let explicit = |key: &'static str, min: u64, max: u64| -> Result<Option<u64>, SizingError> {
-        let Some(value) = number(key)? else {
-            return Ok(None);
-        };
-        if !vm.enable_annotations {
-            return Err(SizingError::Disabled(key));
-        }
-        if !(min..=max).contains(&value) {
-            return Err(SizingError::OutOfRange {
-                key,
-                value,
-                min,
-                max,
-            });
-        }
-        Ok(Some(value))
+    let cri = cri_limits(&number)?;
+    add_cri_limits(vm, &cri, &mut size);
+    // 3. Explicit annotations replace the result, within range and the pod's limits.
+    let memory_limit = cri
+        .memory_bytes
+        .map(|b| (b, &cri.source))
+        .or_else(|| pod_cgroup.and_then(|l| Some((l.memory_bytes?, &l.source))));
+    let cpu_limit = cri
+        .cpu
+        .map(|q| (q, &cri.source))
+        .or_else(|| pod_cgroup.and_then(|l| Some((l.cpu?, &l.source))));
+    let vcpus = Explicit {
+        key: VCPUS_ANNOTATION,
+        min: 1,
+        max: u64::from(vm.max_vcpus()),
+        limit: cpu_limit.map(|(q, s)| (q.vcpus(), "vCPUs", s.clone())),
     };
-    if let Some(v) = explicit(VCPUS_ANNOTATION, 1, u64::from(vm.max_vcpus()))? {
+    if let Some(v) = vcpus.read(vm, &number)? {
         size.vcpus = v as u32;
         size.notes.push(format!("{VCPUS_ANNOTATION}: {v} vCPUs"));
     }
-    let min_mib = MIN_MEMORY_MIB;
-    if let Some(v) = explicit(MEMORY_ANNOTATION, min_mib, vm.max_memory_mib())? {
+    let memory = Explicit {
+        key: MEMORY_ANNOTATION,
+        min: MIN_MEMORY_MIB,
+        max: vm.max_memory_mib(),
+        limit: memory_limit.map(|(b, s)| (b / MIB, "MiB", s.clone())),
+    };
+    if let Some(v) = memory.read(vm, &number)? {
         size.memory_mib = v;
         size.notes.push(format!("{MEMORY_ANNOTATION}: {v} MiB"));
     }
     Ok(size)
 }
 
-/// Step 2 of [`size_for`]: CRI's pod limits (containerd >= 1.7 annotations) on top of the
-/// base, capped at the maxima. `number` reads an annotation as a number.
-fn cri_limits(
-    vm: &PodVmConfig,
-    number: &dyn Fn(&'static str) -> Result<Option<u64>, SizingError>,
-    size: &mut VmSize,
-) -> Result<(), SizingError> {
-    if let Some(bytes) = number(CRI_SANDBOX_MEMORY)?.filter(|b| *b > 0) {
+/// One explicit sizing annotation and what bounds it.
+struct Explicit {
+    key: &'static str,
+    min: u64,
+    max: u64,
+    /// The pod's limit in the annotation's unit, the unit, where it was read.
+    limit: Option<(u64, &'static str, String)>,
+}
+
+impl Explicit {
+    /// The annotation's value, if set, enabled, in range and within the pod's limit.
+    fn read(self, vm: &PodVmConfig, number: &Number<'_>) -> Result<Option<u64>, SizingError> {
+        let key = self.key;
+        let Some(value) = number(key)? else {
+            return Ok(None);
+        };
+        if !vm.enable_annotations {
+            return Err(SizingError::Disabled(key));
+        }
+        if !(self.min..=self.max).contains(&value) {
+            return Err(SizingError::OutOfRange {
+                key,
+                value,
+                min: self.min,
+                max: self.max,
+            });
+        }
+        match self.limit {
+            Some((limit, unit, source_of)) if value > limit => Err(SizingError::OverPodLimit {
+                key,
+                value,
+                limit,
+                unit,
+                source_of,
+            }),
+            _ => Ok(Some(value)),
+        }
+    }
+}
+
+/// CRI's pod limits on the sandbox (containerd >= 1.7 annotations; 0 is no limit).
+fn cri_limits(number: &Number<'_>) -> Result<PodLimits, SizingError> {
+    let quota = number(CRI_SANDBOX_CPU_QUOTA)?.filter(|q| *q > 0);
+    let period = number(CRI_SANDBOX_CPU_PERIOD)?.filter(|p| *p > 0);
+    Ok(PodLimits {
+        memory_bytes: number(CRI_SANDBOX_MEMORY)?.filter(|b| *b > 0),
+        cpu: quota
+            .zip(period)
+            .map(|(quota, period)| CpuQuota { quota, period }),
+        source: "CRI's sandbox annotations".into(),
+    })
+}
+
+/// Step 2 of [`size_for`]: CRI's pod limits on top of the base, capped at the maxima.
+fn add_cri_limits(vm: &PodVmConfig, cri: &PodLimits, size: &mut VmSize) {
+    if let Some(bytes) = cri.memory_bytes {
         let want = vm.memory_mib.saturating_add(bytes.div_ceil(MIB));
         size.memory_mib = want.min(vm.max_memory_mib());
         size.notes.push(format!(
@@ -142,19 +248,18 @@ fn cri_limits(
             capped(want, size.memory_mib)
         ));
     }
-    let quota = number(CRI_SANDBOX_CPU_QUOTA)?.filter(|q| *q > 0);
-    let period = number(CRI_SANDBOX_CPU_PERIOD)?.filter(|p| *p > 0);
-    if let (Some(quota), Some(period)) = (quota, period) {
-        let extra = u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX);
+    if let Some(q) = cri.cpu {
+        let extra = u32::try_from(q.vcpus()).unwrap_or(u32::MAX);
         let want = vm.vcpus.saturating_add(extra);
         size.vcpus = want.min(vm.max_vcpus());
         size.notes.push(format!(
-            "pod CPU limit {quota}/{period}: {} vCPUs{}",
+            "pod CPU limit {}/{}: {} vCPUs{}",
+            q.quota,
+            q.period,
             size.vcpus,
             capped(u64::from(want), u64::from(size.vcpus))
         ));
     }
-    Ok(())
 }
 
 fn capped(want: u64, got: u64) -> String {
@@ -177,6 +282,7 @@ mod tests {
             memory_mib: 256,
             max_vcpus: Some(4),
             max_memory_mib: Some(2048),
+            enable_annotations: true,
             ..PodVmConfig::default()
         }
     }
@@ -187,7 +293,7 @@ mod tests {
 
     #[test]
     fn no_annotations_is_the_base() {
-        let s = size_for(&vm(), &json!({})).unwrap();
+        let s = size_for(&vm(), &json!({}), None).unwrap();
         assert_eq!((s.vcpus, s.memory_mib, s.notes.len()), (1, 256, 0));
     }
 
@@ -200,6 +306,7 @@ mod tests {
                 CRI_SANDBOX_CPU_QUOTA: "150000",
                 CRI_SANDBOX_CPU_PERIOD: "100000",
             })),
+            None,
         )
         .unwrap();
         assert_eq!((s.vcpus, s.memory_mib), (3, 256 + 129));
@@ -210,6 +317,7 @@ mod tests {
                 CRI_SANDBOX_CPU_QUOTA: "1000000",
                 CRI_SANDBOX_CPU_PERIOD: "100000",
             })),
+            None,
         )
         .unwrap();
         assert_eq!((s.vcpus, s.memory_mib), (4, 2048));
@@ -219,7 +327,12 @@ mod tests {
             s.notes
         );
         // A quota without a period (or 0: unlimited) changes nothing.
-        let s = size_for(&vm(), &spec(json!({ CRI_SANDBOX_CPU_QUOTA: "50000" }))).unwrap();
+        let s = size_for(
+            &vm(),
+            &spec(json!({ CRI_SANDBOX_CPU_QUOTA: "50000" })),
+            None,
+        )
+        .unwrap();
         assert_eq!(s.vcpus, 1);
     }
 
@@ -230,25 +343,135 @@ mod tests {
             &spec(json!({
                 VCPUS_ANNOTATION: "2",
                 MEMORY_ANNOTATION: "512",
-                CRI_SANDBOX_MEMORY: "1048576",
+                CRI_SANDBOX_MEMORY: "1073741824",
             })),
+            None,
         )
         .unwrap();
         assert_eq!((s.vcpus, s.memory_mib), (2, 512));
-        let e = size_for(&vm(), &spec(json!({ VCPUS_ANNOTATION: "5" }))).unwrap_err();
+        let e = size_for(&vm(), &spec(json!({ VCPUS_ANNOTATION: "5" })), None).unwrap_err();
         assert!(
             e.to_string().contains("moat.vm.vcpus=5: not in 1..=4"),
             "{e}"
         );
-        let e = size_for(&vm(), &spec(json!({ MEMORY_ANNOTATION: "16" }))).unwrap_err();
+        let e = size_for(&vm(), &spec(json!({ MEMORY_ANNOTATION: "16" })), None).unwrap_err();
         assert!(
             matches!(e, SizingError::OutOfRange { min, .. } if min == MIN_MEMORY_MIB),
             "{e}"
         );
-        let e = size_for(&vm(), &spec(json!({ MEMORY_ANNOTATION: "lots" }))).unwrap_err();
+        let e = size_for(&vm(), &spec(json!({ MEMORY_ANNOTATION: "lots" })), None).unwrap_err();
         assert!(e.to_string().contains("\"lots\""), "{e}");
-        let e = size_for(&vm(), &spec(json!({ CRI_SANDBOX_MEMORY: "-1" }))).unwrap_err();
+        let e = size_for(&vm(), &spec(json!({ CRI_SANDBOX_MEMORY: "-1" })), None).unwrap_err();
         assert!(matches!(e, SizingError::NotANumber { .. }), "{e}");
+    }
+
+    #[test]
+    fn annotations_are_off_by_default() {
+        let e = size_for(
+            &PodVmConfig::default(),
+            &spec(json!({ MEMORY_ANNOTATION: "512" })),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e, SizingError::Disabled(MEMORY_ANNOTATION));
+    }
+
+    fn cgroup_limits(memory_mib: Option<u64>, cpu: Option<(u64, u64)>) -> PodLimits {
+        PodLimits {
+            memory_bytes: memory_mib.map(|m| m * MIB),
+            cpu: cpu.map(|(quota, period)| CpuQuota { quota, period }),
+            source: "pod cgroup /kubepods/pod1".into(),
+        }
+    }
+
+    #[test]
+    fn annotations_stay_within_cri_pod_limits() {
+        let limited = |extra: Value| {
+            let mut a = json!({
+                CRI_SANDBOX_MEMORY: (512u64 << 20).to_string(),
+                CRI_SANDBOX_CPU_QUOTA: "150000",
+                CRI_SANDBOX_CPU_PERIOD: "100000",
+            });
+            a.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec(a)
+        };
+        // At the limit: allowed (1.5 CPUs allow 2 vCPUs).
+        let s = size_for(
+            &vm(),
+            &limited(json!({ MEMORY_ANNOTATION: "512", VCPUS_ANNOTATION: "2" })),
+            None,
+        )
+        .unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (2, 512));
+        let e = size_for(&vm(), &limited(json!({ MEMORY_ANNOTATION: "513" })), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "annotation moat.vm.memory_mib=513: exceeds the pod's limit of 512 MiB \
+             (CRI's sandbox annotations)"
+        );
+        let e = size_for(&vm(), &limited(json!({ VCPUS_ANNOTATION: "3" })), None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SizingError::OverPodLimit {
+                    value: 3,
+                    limit: 2,
+                    unit: "vCPUs",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // CRI's limits win over the pod cgroup's.
+        let roomy = cgroup_limits(Some(2048), Some((400_000, 100_000)));
+        let e = size_for(
+            &vm(),
+            &limited(json!({ MEMORY_ANNOTATION: "1024" })),
+            Some(&roomy),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limit of 512 MiB"), "{e}");
+    }
+
+    #[test]
+    fn annotations_stay_within_the_pod_cgroup_limits() {
+        // containerd 1.6: no CRI annotations, the kubelet's pod cgroup has the limits.
+        let pod = cgroup_limits(Some(300), Some((50_000, 100_000)));
+        let s = size_for(
+            &vm(),
+            &spec(json!({ MEMORY_ANNOTATION: "300", VCPUS_ANNOTATION: "1" })),
+            Some(&pod),
+        )
+        .unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (1, 300));
+        let e = size_for(
+            &vm(),
+            &spec(json!({ MEMORY_ANNOTATION: "1024" })),
+            Some(&pod),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("moat.vm.memory_mib=1024")
+                && msg.contains("300 MiB")
+                && msg.contains("pod cgroup /kubepods/pod1"),
+            "{msg}"
+        );
+        let e = size_for(&vm(), &spec(json!({ VCPUS_ANNOTATION: "2" })), Some(&pod)).unwrap_err();
+        assert!(e.to_string().contains("limit of 1 vCPUs"), "{e}");
+        // Only what is known bounds: a memory-only limit leaves vCPUs to the maxima.
+        let memory_only = cgroup_limits(Some(300), None);
+        let s = size_for(
+            &vm(),
+            &spec(json!({ VCPUS_ANNOTATION: "4" })),
+            Some(&memory_only),
+        );
+        assert_eq!(s.unwrap().vcpus, 4);
+        // The pod cgroup's limits do not size the VM by themselves (they include overhead).
+        let s = size_for(&vm(), &json!({}), Some(&pod)).unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (1, 256));
     }
 
     #[test]
@@ -257,10 +480,10 @@ mod tests {
             enable_annotations: false,
             ..vm()
         };
-        let e = size_for(&vm, &spec(json!({ VCPUS_ANNOTATION: "2" }))).unwrap_err();
+        let e = size_for(&vm, &spec(json!({ VCPUS_ANNOTATION: "2" })), None).unwrap_err();
         assert_eq!(e, SizingError::Disabled(VCPUS_ANNOTATION));
         // CRI's own limits still apply.
-        let s = size_for(&vm, &spec(json!({ CRI_SANDBOX_MEMORY: "1048576" }))).unwrap();
+        let s = size_for(&vm, &spec(json!({ CRI_SANDBOX_MEMORY: "1048576" })), None).unwrap();
         assert_eq!(s.memory_mib, 257);
     }
 }

@@ -14,6 +14,7 @@ use super::cleanup::remove_pod_dir;
 use super::layout::PodDir;
 use super::{Pod, PodError, VMM_STOP_GRACE};
 use crate::config::Config;
+use crate::host::cgroup::PodAccounting;
 use crate::host::confined::ConfinedDir;
 use crate::host::network::{self, PodNetwork};
 use crate::host::share::{PodShare, ShareError};
@@ -29,6 +30,8 @@ pub struct PodSpec<'a> {
     pub hostname: &'a str,
     /// The pod's network namespace, if the spec names one.
     pub netns: Option<&'a Path>,
+    /// The VMM's host cgroup and `oom_score_adj` ([`crate::host::cgroup`]).
+    pub accounting: &'a PodAccounting,
 }
 
 impl Pod {
@@ -49,7 +52,7 @@ impl Pod {
             }
         };
         let nic = network.as_mut().and_then(PodNetwork::take_nic);
-        let booted = Vm::start(cfg, &dir, nic, on_exit)
+        let booted = Vm::start(cfg, &dir, nic, spec.accounting, on_exit)
             .map_err(PodError::from)
             .and_then(|vm| {
                 let vm = Arc::new(vm);

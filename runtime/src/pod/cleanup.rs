@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::layout::{BundleMarker, PodDir, BUNDLE_MARKER};
-use crate::host::{mounts, network};
+use crate::host::{cgroup, mounts, network};
 use crate::vm;
 
 /// Unmounts container `cid`'s mounts (their copies in the share too) and removes its
@@ -47,8 +47,8 @@ fn unmount_and_remove(dir: &Path) {
 
 /// `delete` after a dead shim: unmounts the container's share directory; for the pod's own
 /// container also kills a VMM still running (normally already gone with the shim, by
-/// PDEATHSIG), restores the network namespace and removes the pod directory. Returns what it
-/// found.
+/// PDEATHSIG), restores the network namespace, removes the pod's host cgroup and the pod
+/// directory. Returns what it found.
 pub fn after_dead_shim(bundle: &Path, cid: &str) -> String {
     let Some(marker) = BundleMarker::read(bundle) else {
         return format!("{cid}: no moat pod recorded in {}", bundle.display());
@@ -64,6 +64,9 @@ pub fn after_dead_shim(bundle: &Path, cid: &str) -> String {
     }
     if let Some(net) = network::cleanup_recorded(&marker.pod.network_record()) {
         what.push_str(&format!("; {net}"));
+    }
+    if let Some(cg) = cgroup::cleanup_recorded(&cgroup::record_path(&marker.pod)) {
+        what.push_str(&format!("; {cg}"));
     }
     remove_pod_dir(&marker.pod);
     what

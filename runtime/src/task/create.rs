@@ -4,7 +4,7 @@
 //! leaves nothing behind (and a pod booted for it is torn down).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::protos::events::task::{TaskCreate, TaskIO};
@@ -17,12 +17,13 @@ use super::state::{Container, Tasks};
 use super::REMOVE_TIMEOUT;
 use crate::config::Config;
 use crate::error::TaskError;
+use crate::host::cgroup::{self, CgroupError, OomScoreAdj, PodAccounting};
 use crate::host::sizing;
 use crate::pod::boot::PodSpec;
 use crate::pod::cleanup::remove_container_dir;
 use crate::pod::io::{ProcessIo, StdioPaths};
 use crate::pod::layout::check_id;
-use crate::pod::spec::{self, GuestSpec};
+use crate::pod::spec::{self, GuestSpec, SpecError};
 use crate::pod::{ContainerSetup, Pod};
 
 /// A container to create, as containerd's `Create` asks for it.
@@ -51,6 +52,8 @@ struct Plan {
     guest: GuestSpec,
     /// The shim's configuration, with the VM sized for a pod's first container.
     cfg: Config,
+    /// Where a pod's first container's VMM is accounted on the host.
+    accounting: PodAccounting,
 }
 
 impl Plan {
@@ -108,12 +111,9 @@ impl Tasks {
             log::info!("{}: {n}", c.id);
         }
         let mut cfg = Config::resolve(c.config_path.as_deref())?;
+        let mut accounting = PodAccounting::default();
         if pod_id == c.id {
-            let size = sizing::size_for(&cfg.vm, &host_spec)?;
-            for n in &size.notes {
-                log::info!("pod {pod_id}: {n}");
-            }
-            (cfg.vm.vcpus, cfg.vm.memory_mib) = (size.vcpus, size.memory_mib);
+            accounting = size_pod(&mut cfg, &host_spec, &pod_id)?;
         }
         Ok(Plan {
             host_spec,
@@ -121,6 +121,7 @@ impl Tasks {
             pod_id,
             guest,
             cfg,
+            accounting,
         })
     }
 
@@ -156,6 +157,7 @@ impl Tasks {
             id: &plan.pod_id,
             hostname: plan.host_spec["hostname"].as_str().unwrap_or(""),
             netns: netns.as_deref(),
+            accounting: &plan.accounting,
         };
         let pod = Pod::boot(&plan.cfg, &pod_spec, on_exit).map_err(|source| TaskError::Boot {
             pod: plan.pod_id.clone(),
@@ -215,4 +217,33 @@ impl Tasks {
         self.events
             .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev));
     }
+}
+
+/// For a pod's first container (spec `spec`): where its VMM is accounted (the spec's
+/// `linux.cgroupsPath` unless `[runtime] sandbox_cgroup` is off, its `process.oomScoreAdj`),
+/// and the VM's size in `cfg`, its annotations bounded by the pod cgroup's limits. A bad
+/// `linux.cgroupsPath` is the spec's fault, ignored (with a warning) only when the VMM does
+/// not join it.
+fn size_pod(cfg: &mut Config, spec: &Value, pod_id: &str) -> Result<PodAccounting, TaskError> {
+    let invalid = |e: CgroupError| SpecError::Invalid(e.to_string());
+    let path = match cgroup::cgroup_of_spec(spec) {
+        Ok(p) => p,
+        Err(e) if !cfg.runtime.sandbox_cgroup => {
+            log::warn!("pod {pod_id}: {e} (ignored: sandbox_cgroup = false)");
+            None
+        }
+        Err(e) => return Err(invalid(e).into()),
+    };
+    let limits = path
+        .as_ref()
+        .and_then(|p| cgroup::parent_limits(Path::new(cgroup::CGROUP_ROOT), p));
+    let size = sizing::size_for(&cfg.vm, spec, limits.as_ref())?;
+    for n in &size.notes {
+        log::info!("pod {pod_id}: {n}");
+    }
+    (cfg.vm.vcpus, cfg.vm.memory_mib) = (size.vcpus, size.memory_mib);
+    Ok(PodAccounting {
+        cgroup: path.filter(|_| cfg.runtime.sandbox_cgroup),
+        oom_score_adj: OomScoreAdj::of_spec(spec).map_err(invalid)?,
+    })
 }

@@ -1,6 +1,8 @@
 //! The VMM's command: the pod's [`VmConfig`] built from the shim's configuration (the one
 //! typed contract with moat-vmm, validated by its own [`VmConfig::validate`]), written to
-//! `<pod>/vm.json` and passed as `moat-vmm --config <pod>/vm.json`.
+//! `<pod>/vm.json` and passed as `moat-vmm --config <pod>/vm.json`; and what the child does
+//! before exec ([`ChildSetup`]): join the pod's host cgroup ([`pod_cgroup`]), take the pod's
+//! `oom_score_adj`.
 
 use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
@@ -14,6 +16,7 @@ use moat_vmm_config::{
 
 use super::{VmError, VmNic, GUEST_CID, SHARE_TAG};
 use crate::config::Config;
+use crate::host::cgroup::{self, OomScoreAdj, PodAccounting, PodCgroup, ProcsFiles, CGROUP_ROOT};
 use crate::host::network::inheritable;
 use crate::pod::layout::PodDir;
 
@@ -57,6 +60,48 @@ fn net_device(nic: &VmNic) -> NetDeviceConfig {
     }
 }
 
+/// Makes the pod's host cgroup ready for the VMM and opens what the child writes to join
+/// it; `None` when the VMM stays in the shim's cgroup (no `linux.cgroupsPath`, or
+/// `[runtime] sandbox_cgroup = false`).
+pub fn pod_cgroup(
+    dir: &PodDir,
+    accounting: &PodAccounting,
+) -> Result<(Option<PodCgroup>, Option<ProcsFiles>), VmError> {
+    let Some(path) = &accounting.cgroup else {
+        log::info!("pod cgroup: none named (or sandbox_cgroup off): moat-vmm stays in the shim's");
+        return Ok((None, None));
+    };
+    let cgroup = PodCgroup::create(Path::new(CGROUP_ROOT), path, &cgroup::record_path(dir))?;
+    match cgroup.procs_files() {
+        Ok(procs) => {
+            log::info!("pod cgroup: moat-vmm joins {:?}", cgroup.record.joined);
+            Ok((Some(cgroup), Some(procs)))
+        }
+        Err(e) => {
+            cgroup.remove();
+            Err(e.into())
+        }
+    }
+}
+
+/// A failed spawn of a VMM that was to join `cgroup` says so (the child reports only an
+/// errno, and joining is one of the things it does before exec).
+pub fn in_cgroup(e: VmError, cgroup: Option<&PodCgroup>) -> VmError {
+    match (e, cgroup) {
+        (VmError::Spawn { vmm, source }, Some(cg)) => VmError::Spawn {
+            vmm,
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source} (its child joins cgroup {} before exec)",
+                    cg.record.cgroups_path
+                ),
+            ),
+        },
+        (e, _) => e,
+    }
+}
+
 /// Writes `vm` as JSON to `path` (the file `moat-vmm --config` reads).
 pub fn write_config(vm: &VmConfig, path: &Path) -> Result<(), VmError> {
     let write_err = |source| VmError::WriteConfig {
@@ -67,25 +112,45 @@ pub fn write_config(vm: &VmConfig, path: &Path) -> Result<(), VmError> {
     std::fs::write(path, json).map_err(write_err)
 }
 
-/// `vmm --config <config>`, with piped stdout (guest console) and stderr, and `tap_fd` kept
-/// open across exec. The child dies with the thread that spawns it (PDEATHSIG, see
-/// [`super::keeper`]) and leaves the shim's session, so a terminal's signals don't reach it.
-pub fn command(vmm: &Path, config: &Path, tap_fd: Option<RawFd>) -> Command {
+/// What the VMM child does between fork and exec besides leaving the shim's session and
+/// dying with its keeper thread.
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    /// The TAP queue fd to keep open across exec.
+    pub tap_fd: Option<RawFd>,
+    /// The pod cgroup's open `cgroup.procs` files to join, one per hierarchy
+    /// ([`cgroup::join_in_child`]); the shim keeps them open until the spawn returns.
+    pub cgroup_procs: Vec<RawFd>,
+    /// The pod's `oom_score_adj`, tried before exec ([`OomScoreAdj::apply_in_child`]).
+    pub oom_score_adj: Option<OomScoreAdj>,
+}
+
+/// `vmm --config <config>`, with piped stdout (guest console) and stderr. Before exec the
+/// child joins the pod's cgroup (so the VMM is accounted there from its first instruction;
+/// a refused join fails the spawn), takes the pod's `oom_score_adj`, dies with the thread that
+/// spawns it (PDEATHSIG, see [`super::keeper`]), leaves the shim's session (a terminal's
+/// signals don't reach it) and keeps the TAP fd open across exec.
+pub fn command(vmm: &Path, config: &Path, child: ChildSetup) -> Command {
     let mut cmd = Command::new(vmm);
     cmd.arg("--config")
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: prctl, setsid and fcntl are async-signal-safe; nothing else runs between
-    // fork and exec.
+    // SAFETY: prctl, write (cgroup join), open/write/close (oom_score_adj), setsid and fcntl
+    // are async-signal-safe, and `child` was built before the fork: nothing allocates or
+    // locks between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            cgroup::join_in_child(&child.cgroup_procs)?;
+            if let Some(adj) = &child.oom_score_adj {
+                adj.apply_in_child();
+            }
             libc::setsid();
-            if let Some(fd) = tap_fd {
+            if let Some(fd) = child.tap_fd {
                 inheritable(fd)?;
             }
             Ok(())
@@ -118,6 +183,54 @@ mod tests {
         assert!(vm.net_devices.is_empty() && vm.rng);
         let json = serde_json::to_string(&vm).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), vm);
+    }
+
+    #[test]
+    fn the_child_joins_the_cgroup_and_takes_the_oom_score_before_exec() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        // A stand-in VMM: writes its oom_score_adj into its `--config` argument.
+        let vmm = tmp.path().join("fake-vmm");
+        std::fs::write(&vmm, "#!/bin/sh\ncat /proc/self/oom_score_adj > \"$2\"\n").unwrap();
+        std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        // A file standing for a cgroup.procs: the child writes "0" (itself) to it.
+        let procs_path = tmp.path().join("cgroup.procs");
+        let procs = std::fs::File::create(&procs_path).unwrap();
+        let own: i64 = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Raising is always allowed.
+        let want = OomScoreAdj::new((own + 7).min(1000)).unwrap();
+        let out = tmp.path().join("oom");
+        let child = ChildSetup {
+            cgroup_procs: vec![std::os::fd::AsRawFd::as_raw_fd(&procs)],
+            oom_score_adj: Some(want),
+            ..ChildSetup::default()
+        };
+        let status = command(&vmm, &out, child).status().unwrap();
+        assert!(status.success(), "{status}");
+        assert_eq!(std::fs::read_to_string(&procs_path).unwrap(), "0");
+        let got = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(got.trim(), want.value().to_string());
+    }
+
+    #[test]
+    fn a_refused_cgroup_join_fails_the_spawn() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        // Open read-only: the child's write of "0" fails, and with it the spawn.
+        let procs = std::fs::File::create(tmp.path().join("cgroup.procs")).unwrap();
+        let read_only = std::fs::File::open(tmp.path().join("cgroup.procs")).unwrap();
+        drop(procs);
+        let child = ChildSetup {
+            cgroup_procs: vec![std::os::fd::AsRawFd::as_raw_fd(&read_only)],
+            ..ChildSetup::default()
+        };
+        let e = command(Path::new("/bin/true"), Path::new("/x"), child)
+            .status()
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
     }
 
     #[test]

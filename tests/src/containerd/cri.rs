@@ -6,7 +6,8 @@
 //! [`pod_config`] and [`container_config`] build requests the way the kubelet does for a plain
 //! pod (labels, annotations, cgroup parent, namespace options, seccomp `Unconfined`, the
 //! default masked and read-only paths), so the runtime under test sees what it would see under
-//! Kubernetes. [`leftovers`] lists what CRI itself may leave on the host after
+//! Kubernetes; [`KubeletCgroup`] makes the pod cgroup the kubelet would (a pod's
+//! `cgroup_parent`). [`leftovers`] lists what CRI itself may leave on the host after
 //! `RemovePodSandbox` (network namespaces, sandbox directories).
 
 use std::collections::HashMap;
@@ -602,6 +603,104 @@ pub fn bind_mount(host: &Path, container: &str, readonly: bool) -> api::Mount {
         selinux_relabel: false,
         propagation: api::MountPropagation::PropagationPrivate as i32,
     }
+}
+
+/// Where cgroup v2 is mounted (the test host mounts it there).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The controllers a kubelet pod cgroup has.
+const POD_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// A pod cgroup as the kubelet makes one (cgroupfs driver, cgroup v2): `/sys/fs/cgroup<path>`
+/// with memory, cpu and pids enabled on the way down and a `memory.max`; a pod's
+/// `cgroup_parent`. Dropping it removes the directories it made (its pods' must be gone).
+#[derive(Debug)]
+pub struct KubeletCgroup {
+    path: String,
+    dir: PathBuf,
+    made: Vec<PathBuf>,
+}
+
+impl KubeletCgroup {
+    /// Makes cgroup `path` (`/kubepods/burstable/pod<uid>`) with `memory.max` = `memory_max`
+    /// bytes; `Ok(None)` when `/sys/fs/cgroup` is not cgroup v2 (a v1 host running the tests on
+    /// hardware KVM).
+    pub fn create(path: &str, memory_max: u64) -> Result<Option<KubeletCgroup>, String> {
+        let root = Path::new(CGROUP_ROOT);
+        if !root.join("cgroup.controllers").is_file() {
+            return Ok(None);
+        }
+        let mut cg = KubeletCgroup {
+            path: path.into(),
+            dir: root.to_path_buf(),
+            made: Vec::new(),
+        };
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            enable_controllers(&cg.dir)?;
+            cg.dir.push(c);
+            match std::fs::create_dir(&cg.dir) {
+                Ok(()) => cg.made.push(cg.dir.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating {}: {e}", cg.dir.display())),
+            }
+        }
+        let max = cg.dir.join("memory.max");
+        std::fs::write(&max, memory_max.to_string())
+            .map_err(|e| format!("writing {}: {e}", max.display()))?;
+        Ok(Some(cg))
+    }
+
+    /// The cgroup's path (CRI's `cgroup_parent`).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.path
+    }
+
+    /// Its `memory.current`, bytes: what it and every cgroup under it use.
+    pub fn memory_current(&self) -> u64 {
+        let file = self.dir.join("memory.current");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{}: {text:?}", file.display()))
+    }
+
+    /// The cgroups directly under it (a pod's sandbox cgroup while the pod runs).
+    pub fn children(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        entries
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for KubeletCgroup {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            // The kernel may still count a pod's dying tasks for a moment.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Err(e) = std::fs::remove_dir(dir) {
+                if Instant::now() >= deadline {
+                    eprintln!("KubeletCgroup: removing {}: {e}", dir.display());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Enables [`POD_CONTROLLERS`] for the children of cgroup `dir`, one by one (memory must be).
+fn enable_controllers(dir: &Path) -> Result<(), String> {
+    let file = dir.join("cgroup.subtree_control");
+    for c in POD_CONTROLLERS {
+        if let Err(e) = std::fs::write(&file, format!("+{c}")) {
+            if c == "memory" {
+                return Err(format!("enabling memory in {}: {e}", file.display()));
+            }
+            eprintln!("KubeletCgroup: enabling {c} in {}: {e}", file.display());
+        }
+    }
+    Ok(())
 }
 
 /// What `containerd`'s CRI plugin left on the host for pods: network namespaces (files or

@@ -31,7 +31,8 @@ const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The shim configuration the stack uses: the shim's defaults with the built moat-vmm, the
 /// cached guest kernel, the agent image, 1 vCPU, [`VM_MEMORY_MIB`], state in
-/// [`DEFAULT_STATE_DIR`] and debug logs.
+/// [`DEFAULT_STATE_DIR`], debug logs and the `moat.vm.*` sizing annotations enabled (the
+/// sizing flows use them; off by default).
 pub fn config() -> Result<Config, String> {
     let kernel = crate::kernel_path("guest").map_err(|e| format!("guest kernel: {e}"))?;
     let image = GuestImage::agent_image().map_err(|e| format!("agent image: {e}"))?;
@@ -44,6 +45,7 @@ pub fn config() -> Result<Config, String> {
     cfg.vm.memory_mib = VM_MEMORY_MIB;
     cfg.runtime.state_dir = PathBuf::from(DEFAULT_STATE_DIR);
     cfg.runtime.log_level = "debug".into();
+    cfg.vm.enable_annotations = true;
     Ok(cfg)
 }
 
