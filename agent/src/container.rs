@@ -25,5 +25,6 @@ pub mod pod;
 pub mod registry;
 pub mod rootfs;
 pub mod seccomp;
+pub mod share_cache;
 pub mod spawn;
 pub mod sync;

@@ -529,6 +529,7 @@ impl Containers {
             self.reaper.forget(*pid);
         }
         lock(&self.by_id).remove(id);
+        super::share_cache::release_unused();
         tracing::info!("container {id}: removed");
         Ok(())
     }

@@ -164,31 +164,13 @@ impl ProcessIo {
     ) -> Result<ProcessIo, IoError> {
         let budget = agent.deadlines().stdio_open;
         let deadline = Instant::now() + budget;
-        let open = |channel| {
-            agent
-                .open_stdio(container, exec, channel, deadline)
-                .map_err(|e| match e {
-                    StdioOpenError::Deadline(_) => IoError::Deadline {
-                        container: container.into(),
-                        exec: exec.into(),
-                        channel,
-                        deadline: budget,
-                    },
-                    e => IoError::Stream {
-                        container: container.into(),
-                        exec: exec.into(),
-                        channel,
-                        why: e.to_string(),
-                    },
-                })
-        };
+        let open = |channel| open_stream(agent, container, exec, channel, deadline, budget);
         let channels = paths.channels();
-        let outputs = Arc::new(Outputs::default());
         let mut io = ProcessIo {
             stdin: None,
             stdin_fifo: None,
             stdin_closing: Arc::new(AtomicBool::new(false)),
-            outputs: outputs.clone(),
+            outputs: Arc::new(Outputs::default()),
             threads: Vec::new(),
         };
         for (channel, uri) in [
@@ -200,14 +182,7 @@ impl ProcessIo {
             }
             let stream = open(channel)?;
             let (path, is_file) = target(uri)?.expect("channel implies a path");
-            *lock(&outputs.left) += 1;
-            let outputs = outputs.clone();
-            io.threads.push(std::thread::spawn(move || {
-                copy_out(stream, &path, is_file);
-                let mut left = lock(&outputs.left);
-                *left -= 1;
-                outputs.cond.notify_all();
-            }));
+            io.copy_out(stream, path, is_file);
         }
         if channels.stdin {
             let stream = open(Channel::Stdin)?;
@@ -225,6 +200,18 @@ impl ProcessIo {
                 .push(std::thread::spawn(move || copy_in(&fifo, writer, &closing)));
         }
         Ok(io)
+    }
+
+    /// Copies `stream` into the output at `path` on a thread counted in [`Self::outputs`].
+    fn copy_out(&mut self, stream: UnixStream, path: PathBuf, is_file: bool) {
+        *lock(&self.outputs.left) += 1;
+        let outputs = self.outputs.clone();
+        self.threads.push(std::thread::spawn(move || {
+            copy_out(stream, &path, is_file);
+            let mut left = lock(&outputs.left);
+            *left -= 1;
+            outputs.cond.notify_all();
+        }));
     }
 
     /// containerd's `CloseIO`: what is already in the stdin FIFO still reaches the process,
@@ -269,6 +256,33 @@ impl Drop for ProcessIo {
 
 /// Copies an agent output stream into containerd's FIFO (or log file); keeps draining the
 /// stream if the reader went away, so the process never blocks on a dead pipe.
+/// Opens the agent stream of `channel` before `deadline` (`budget` after the first).
+fn open_stream(
+    agent: &Agent,
+    container: &str,
+    exec: &str,
+    channel: Channel,
+    deadline: Instant,
+    budget: Duration,
+) -> Result<UnixStream, IoError> {
+    agent
+        .open_stdio(container, exec, channel, deadline)
+        .map_err(|e| match e {
+            StdioOpenError::Deadline(_) => IoError::Deadline {
+                container: container.into(),
+                exec: exec.into(),
+                channel,
+                deadline: budget,
+            },
+            e => IoError::Stream {
+                container: container.into(),
+                exec: exec.into(),
+                channel,
+                why: e.to_string(),
+            },
+        })
+}
+
 fn copy_out(mut stream: UnixStream, path: &Path, is_file: bool) {
     let mut out: Option<File> = if is_file {
         OpenOptions::new()

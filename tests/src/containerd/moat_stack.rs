@@ -68,6 +68,8 @@ pub struct Stack {
     pub config: PathBuf,
     /// Every mount point on the host once the stack was up (see [`mounts_since`]).
     mount_baseline: Vec<PathBuf>,
+    /// Every cgroup directory on the host once the stack was up (see [`cgroups_since`]).
+    cgroup_baseline: Vec<PathBuf>,
     /// This stack's scratch directory (config, image tar), removed on drop (after
     /// containerd is gone: fields drop in order).
     dir: TempDir,
@@ -112,6 +114,7 @@ impl Stack {
             image: image.name,
             config,
             mount_baseline: mount_table(),
+            cgroup_baseline: cgroup_table(),
             dir,
         })
     }
@@ -184,7 +187,8 @@ impl Stack {
     }
 
     /// What moat left behind, after waiting for teardown: `None` when nothing. Mounts count
-    /// anywhere on the host: any under moat's state dir, and any not in [`Self::mount_baseline`].
+    /// anywhere on the host: any under moat's state dir, and any not in [`Self::mount_baseline`];
+    /// so do cgroups (a pod's VMM runs in one the shim makes): any not there at the start.
     pub fn leftovers(&self) -> Option<String> {
         let deadline = Instant::now() + LEFTOVER_WAIT;
         loop {
@@ -196,12 +200,14 @@ impl Stack {
                 }
             }
             let dirs = pod_dirs();
-            if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
+            let cgroups = cgroups_since(&self.cgroup_baseline);
+            if procs.is_empty() && mounts.is_empty() && dirs.is_empty() && cgroups.is_empty() {
                 return None;
             }
             if Instant::now() > deadline {
                 return Some(format!(
-                    "processes {procs:?}, mounts {mounts:?}, pod dirs {dirs:?}"
+                    "processes {procs:?}, mounts {mounts:?}, pod dirs {dirs:?}, \
+                     cgroups {cgroups:?}"
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -364,6 +370,35 @@ fn beyond(now: Vec<PathBuf>, baseline: &[PathBuf]) -> Vec<PathBuf> {
             _ => true,
         })
         .collect()
+}
+
+/// Every cgroup directory on the host (every hierarchy under `/sys/fs/cgroup`, v1 or v2),
+/// but systemd's own slices, where units come and go without moat.
+pub fn cgroup_table() -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let systemd = ["system.slice", "user.slice", "init.scope"]
+                .iter()
+                .any(|s| e.file_name() == *s);
+            if !systemd && e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+                if depth < 12 {
+                    walk(&e.path(), depth + 1, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 0, &mut out);
+    out
+}
+
+/// The cgroup directories now that are not in `baseline` (a [`cgroup_table`]).
+pub fn cgroups_since(baseline: &[PathBuf]) -> Vec<PathBuf> {
+    beyond(cgroup_table(), baseline)
 }
 
 /// Pod directories under the state dir (`<state>/<namespace>/<pod>`).
