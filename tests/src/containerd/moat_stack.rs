@@ -396,9 +396,20 @@ pub fn cgroup_table() -> Vec<PathBuf> {
     out
 }
 
-/// The cgroup directories now that are not in `baseline` (a [`cgroup_table`]).
+/// The cgroup directories now that are not in `baseline` (a [`cgroup_table`]), but a
+/// containerd namespace's own parent (`/<namespace>` of `ctr`'s `cgroupsPath`
+/// `/<namespace>/<id>`), which runc always leaves behind once it made it (the bench runs
+/// runc beside moat).
 pub fn cgroups_since(baseline: &[PathBuf]) -> Vec<PathBuf> {
+    let namespace_parent = |p: &PathBuf| {
+        ["k8s.io", "default", "moby"]
+            .iter()
+            .any(|ns| p.file_name().is_some_and(|n| n == *ns))
+    };
     beyond(cgroup_table(), baseline)
+        .into_iter()
+        .filter(|p| !namespace_parent(p))
+        .collect()
 }
 
 /// Pod directories under the state dir (`<state>/<namespace>/<pod>`).
