@@ -638,7 +638,10 @@ impl KubeletCgroup {
             enable_controllers(&cg.dir)?;
             cg.dir.push(c);
             match std::fs::create_dir(&cg.dir) {
-                Ok(()) => cg.made.push(cg.dir.clone()),
+                Ok(()) => {
+                    super::moat_stack::test_made_cgroup(&cg.dir);
+                    cg.made.push(cg.dir.clone());
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(format!("creating {}: {e}", cg.dir.display())),
             }

@@ -406,10 +406,21 @@ pub fn cgroups_since(baseline: &[PathBuf]) -> Vec<PathBuf> {
             .iter()
             .any(|ns| p.file_name().is_some_and(|n| n == *ns))
     };
+    let tests = TEST_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
     beyond(cgroup_table(), baseline)
         .into_iter()
-        .filter(|p| !namespace_parent(p))
+        .filter(|p| !namespace_parent(p) && !tests.contains(p))
         .collect()
+}
+
+/// Cgroups a test made itself (a kubelet's pod cgroup, [`super::cri::KubeletCgroup`]): not
+/// moat's, so not leftovers; the test removes them.
+static TEST_CGROUPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `dir` as a cgroup the test itself made (see [`cgroups_since`]).
+pub fn test_made_cgroup(dir: &Path) {
+    let mut tests = TEST_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    tests.push(dir.to_path_buf());
 }
 
 /// Pod directories under the state dir (`<state>/<namespace>/<pod>`).
