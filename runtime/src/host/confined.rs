@@ -76,7 +76,7 @@ impl ConfinedDir {
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             )
         };
-        let fd = owned(fd).map_err(|source| PathError::Io {
+        let fd = owned_fd(fd.into()).map_err(|source| PathError::Io {
             path: path.to_path_buf(),
             op: "open",
             source,
@@ -195,7 +195,7 @@ impl ConfinedDir {
                 size_of::<libc::open_how>(),
             )
         };
-        owned(i32::try_from(fd).unwrap_or(-1)).map_err(|source| match source {
+        owned_fd(fd).map_err(|source| match source {
             Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN => PathError::Escapes {
                 path: self.path.join(rel),
                 root: self.path.clone(),
@@ -265,9 +265,9 @@ fn cstring(path: &Path) -> Result<CString, PathError> {
     })
 }
 
-/// Takes ownership of a syscall's returned fd, or its errno.
-fn owned(fd: i32) -> Result<OwnedFd, Errno> {
-    Errno::result(fd)?;
+/// Takes ownership of a syscall's returned fd (`open`'s or `syscall`'s), or its errno.
+pub fn owned_fd(fd: libc::c_long) -> Result<OwnedFd, Errno> {
+    let fd = i32::try_from(Errno::result(fd)?).map_err(|_| Errno::EBADF)?;
     // SAFETY: a fresh fd just returned by the kernel, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

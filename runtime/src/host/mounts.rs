@@ -4,7 +4,7 @@
 //! recursive (read-only throughout when asked); and their removal (`UMOUNT_NOFOLLOW`).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use containerd_shim::protos::types::mount::Mount as ApiMount;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::confined::{proc_fd_path, ConfinedDir, PathError};
+use super::confined::{owned_fd, proc_fd_path, ConfinedDir, PathError};
 
 /// Errors of host mounts.
 #[derive(Debug, thiserror::Error)]
@@ -248,13 +248,6 @@ pub fn bind(
         dir.create_file(rel, 0o600)?
     };
     tree.attach(target.as_fd(), &dir.path().join(rel))
-}
-
-/// Takes ownership of a syscall's returned fd, or its errno.
-fn owned_fd(fd: libc::c_long) -> Result<OwnedFd, Errno> {
-    let fd = i32::try_from(Errno::result(fd)?).map_err(|_| Errno::EBADF)?;
-    // SAFETY: a fresh fd just returned by the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The mount points at or below `dir`, deepest first.

@@ -32,3 +32,34 @@ pub fn in_private_namespace(child: &str) {
 pub fn mount_points() -> Vec<std::path::PathBuf> {
     super::mounts::mounts_under(std::path::Path::new("/")).unwrap()
 }
+
+/// A thread that atomically exchanges `a` and `b` (`renameat2(RENAME_EXCHANGE)`) until
+/// stopped: the classic race against a path being set up (a directory swapped for a symlink).
+pub struct Flipper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Flipper {
+    /// Starts exchanging `a` and `b`.
+    pub fn start(a: std::path::PathBuf, b: std::path::PathBuf) -> Flipper {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut flips = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let flags = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
+                nix::fcntl::renameat2(None, &a, None, &b, flags).unwrap();
+                flips += 1;
+            }
+            flips
+        });
+        Flipper { stop, thread }
+    }
+
+    /// Stops it; returns how many exchanges it made.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}

@@ -1,8 +1,7 @@
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use super::*;
+use crate::host::testing::Flipper;
 
 /// A confining dir `root/tree` and an `outside` dir beside it.
 struct Fixture {
@@ -92,23 +91,11 @@ fn a_dir_swapped_for_a_symlink_during_setup_is_never_followed() {
     let f = fixture();
     let parent = f.tree.create_dir(Path::new("c"), 0o700).unwrap();
     let target = parent.path().join("rootfs");
-    let stop = Arc::new(AtomicBool::new(false));
     std::fs::create_dir(&target).unwrap();
     let swap = parent.path().join("swap");
     std::os::unix::fs::symlink(&f.outside, &swap).unwrap();
     // The classic attack: atomically exchange the real directory with a symlink out.
-    let flipper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut flips = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let flags = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
-                nix::fcntl::renameat2(None, &target, None, &swap, flags).unwrap();
-                flips += 1;
-            }
-            flips
-        })
-    };
+    let flipper = Flipper::start(target, swap);
     let outside_id = ident_of(&f.outside);
     let (mut opened, mut refused) = (0, 0);
     for i in 0..1000 {
@@ -126,8 +113,7 @@ fn a_dir_swapped_for_a_symlink_during_setup_is_never_followed() {
             assert_ne!(ident(fd.as_fd()), outside_id);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let flips = flipper.join().unwrap();
+    let flips = flipper.stop();
     println!("1000 rounds, {flips} swaps: {opened} opened inside, {refused} refused");
     assert!(
         refused > 0,

@@ -1,11 +1,9 @@
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use containerd_shim::protos::types::mount::Mount as ApiMount;
 
 use super::*;
-use crate::host::testing::{in_private_namespace, mount_points};
+use crate::host::testing::{in_private_namespace, mount_points, Flipper};
 use crate::pod::cleanup::remove_container_dir;
 use crate::pod::layout::PodDir;
 
@@ -180,19 +178,7 @@ fn swapped_mount_points_child() {
     let c = f.share.staging.create_dir(Path::new("c"), 0o700).unwrap();
     std::fs::create_dir(c.path().join("rootfs")).unwrap();
     std::os::unix::fs::symlink(&f.outside, c.path().join("swap")).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flipper = {
-        let (stop, a, b) = (stop.clone(), c.path().join("rootfs"), c.path().join("swap"));
-        std::thread::spawn(move || {
-            let mut flips = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let flags = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
-                nix::fcntl::renameat2(None, &a, None, &b, flags).unwrap();
-                flips += 1;
-            }
-            flips
-        })
-    };
+    let flipper = Flipper::start(c.path().join("rootfs"), c.path().join("swap"));
     let (mut mounted, mut refused) = (0, 0);
     for i in 0..1000 {
         let rel = Path::new("rootfs").join(format!("m{i}"));
@@ -205,8 +191,7 @@ fn swapped_mount_points_child() {
         }
         assert_nothing_mounted_outside(&f, &before);
     }
-    stop.store(true, Ordering::Relaxed);
-    let flips = flipper.join().unwrap();
+    let flips = flipper.stop();
     println!("1000 rounds, {flips} swaps: {mounted} mounted inside, {refused} refused");
     assert!(
         refused > 0,
