@@ -33,4 +33,23 @@ step "build"
 cargo build --workspace --all-targets --locked
 
 step "tests"
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${MOAT_TEST_THREADS:-1}"
+# Every retry after a nested-guest crash lands in this log (moat_tests::retries); the summary
+# below prints them and fails the run past the budget (the arithmetic: tests/README.md).
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+export MOAT_RETRY_LOG="$target_dir/moat-retries.log"
+rm -f "$MOAT_RETRY_LOG"
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${MOAT_TEST_THREADS:-1}" ||
+    status=$?
+
+budget="${MOAT_RETRY_BUDGET:-__BUDGET__}"
+retries=0
+if [ -f "$MOAT_RETRY_LOG" ]; then retries=$(wc -l <"$MOAT_RETRY_LOG"); fi
+step "guest-crash retries: $retries (budget $budget)"
+if [ -f "$MOAT_RETRY_LOG" ]; then sed 's/^/  retried: /' "$MOAT_RETRY_LOG" >&2; fi
+if [ "$retries" -gt "$budget" ]; then
+    echo "test-all: $retries guest-crash retries, over the budget of $budget" >&2
+    status=1
+fi
+exit "$status"

@@ -3,5 +3,6 @@
 //! number formatting every benchmark (and the soak) prints with. The boot benchmarks
 //! themselves are in `src/bin/bench.rs`, over [`crate::guest`].
 
+pub mod crash_ab;
 pub mod pod;
 pub mod report;

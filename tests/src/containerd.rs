@@ -172,6 +172,9 @@ impl Default for ContainerdOptions {
 #[derive(Debug)]
 pub struct Containerd {
     child: Option<Child>,
+    /// The containerd binary and the options it was started with (for [`Self::restart`]).
+    binary: PathBuf,
+    opts: ContainerdOptions,
     dir: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -214,6 +217,8 @@ impl Containerd {
         let socket = dir.join("containerd.sock");
         let mut me = Self {
             child: None,
+            binary: containerd,
+            opts: opts.clone(),
             log: dir.join("containerd.log"),
             dir,
             socket,
@@ -229,9 +234,21 @@ impl Containerd {
             ));
         }
         me.write_files(&opts)?;
-        me.spawn(&containerd, &opts)?;
+        me.spawn()?;
         me.wait_ready(opts.start_timeout)?;
         Ok(me)
+    }
+
+    /// Kills containerd alone with SIGKILL (as a crash or an upgrade does: its shims keep
+    /// running) and starts it again on the same directories, socket and log (appended);
+    /// waits until `ctr version` answers.
+    pub fn restart(&mut self) -> Result<(), ContainerdError> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn()?;
+        self.wait_ready(self.opts.start_timeout)
     }
 
     /// Writes `config.toml` and the CNI conflist.
@@ -331,27 +348,26 @@ oom_score = 0
         )
     }
 
-    /// Starts containerd with its output in the log.
-    fn spawn(
-        &mut self,
-        containerd: &Path,
-        opts: &ContainerdOptions,
-    ) -> Result<(), ContainerdError> {
-        let log = std::fs::File::create(&self.log)
+    /// Starts containerd with its output appended to the log.
+    fn spawn(&mut self) -> Result<(), ContainerdError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
             .and_then(|f| Ok((f.try_clone()?, f)))
-            .map_err(io_err(format!("creating {}", self.log.display())))?;
-        let mut cmd = Command::new(containerd);
+            .map_err(io_err(format!("opening {}", self.log.display())))?;
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", &self.path_env)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.0)
             .stderr(log.1);
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
-            .map_err(io_err(format!("starting {}", containerd.display())))?;
+            .map_err(io_err(format!("starting {}", self.binary.display())))?;
         self.child = Some(child);
         Ok(())
     }

@@ -10,7 +10,7 @@ mod boot;
 pub mod cpio;
 mod image;
 
-pub use boot::{boot_moat, boot_qemu, AgentVm, BootRun, BootSpec};
+pub use boot::{boot_moat, boot_qemu, boot_qemu_until, AgentVm, BootRun, BootSpec};
 pub use image::{
     default_image_for, test_initramfs, test_initramfs_with, GuestImage, INIT_MARKER,
     VSOCK_ECHO_GUEST_PATH, VSOCK_ECHO_PORT,

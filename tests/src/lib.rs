@@ -38,6 +38,7 @@ pub use testhost::on_kvm::{
     in_test_host, main_on_kvm, needs_test_host, on_kvm, on_kvm_retrying, on_kvm_with, test_path,
     GUEST_CRASH_STATUS, IN_TEST_HOST_ENV, TIMEOUT_ENV,
 };
+pub use testhost::retries;
 pub use testhost::{RunOutput, TestHost, TestHostBuilder, TestHostError};
 
 /// A string unique within this process (a counter plus the time), for
@@ -49,4 +50,17 @@ pub fn unique_suffix() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{}-{nanos:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` when `deadline` passes first
+/// (a deadline on a condition, for tests that would otherwise sleep and hope).
+pub fn wait_until(what: &str, deadline: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + deadline;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < end,
+            "{what}: not so after {deadline:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

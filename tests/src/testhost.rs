@@ -15,6 +15,7 @@
 pub mod initramfs;
 pub mod kvm;
 pub mod on_kvm;
+pub mod retries;
 pub mod tsc;
 
 use std::ffi::{OsStr, OsString};
@@ -29,6 +30,11 @@ use crate::process::{die_with_parent, KillOnDrop, WaitOutcome};
 
 /// The qemu binary the test host runs (looked up on `PATH`).
 pub const QEMU: &str = "qemu-system-x86_64";
+/// Overrides qemu's `-accel` value for L1 (default [`DEFAULT_ACCEL`]), e.g. `tcg,thread=single`
+/// to compare TCG's threading modes; it must name TCG.
+pub const ACCEL_ENV: &str = "MOAT_TESTHOST_ACCEL";
+/// qemu's `-accel` value for L1 unless [`ACCEL_ENV`] says otherwise.
+pub const DEFAULT_ACCEL: &str = "tcg";
 /// Environment variable naming the L1 kernel, overriding `build.sh`.
 pub const KERNEL_ENV: &str = "MOAT_TEST_HOST_KERNEL"; // read by crate::kernel_path
 /// Where the scratch share (script, outputs) appears inside L1's chroot.
@@ -289,6 +295,7 @@ impl TestHostBuilder {
             ));
         }
         Ok(TestHost {
+            accel: accel_from_env()?,
             qemu,
             kernel,
             initramfs,
@@ -306,6 +313,7 @@ impl TestHostBuilder {
 /// A configured test host; each [`TestHost::run`] boots a fresh L1.
 #[derive(Debug, Clone)]
 pub struct TestHost {
+    accel: String,
     qemu: PathBuf,
     kernel: PathBuf,
     initramfs: PathBuf,
@@ -480,23 +488,30 @@ impl TestHost {
             append.push_str(a);
         }
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(["-accel", "tcg", "-cpu", "EPYC", "-M", "microvm,acpi=off"])
-            .args(["-smp", &self.vcpus.to_string()])
-            .args(["-m", &format!("{}M", self.memory_mib)])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-no-reboot",
-                "-display",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&self.initramfs)
-            .args(["-append", &append])
-            .arg("-serial")
-            .arg(concat_os("file:", console.as_os_str()));
+        cmd.args([
+            "-accel",
+            &self.accel,
+            "-cpu",
+            "EPYC",
+            "-M",
+            "microvm,acpi=off",
+        ])
+        .args(["-smp", &self.vcpus.to_string()])
+        .args(["-m", &format!("{}M", self.memory_mib)])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(&self.initramfs)
+        .args(["-append", &append])
+        .arg("-serial")
+        .arg(concat_os("file:", console.as_os_str()));
         let mut fs9p = |tag: &str, path: &Path, extra: &str| {
             let mut fsdev = OsString::from(format!("local,id={tag},path="));
             fsdev.push(qemu_escape(path.as_os_str()));
@@ -512,6 +527,17 @@ impl TestHost {
             fs9p(&format!("rw{i}"), d, ",multidevs=remap");
         }
         cmd
+    }
+}
+
+/// qemu's `-accel` value for L1: `$MOAT_TESTHOST_ACCEL` ([`ACCEL_ENV`]) or [`DEFAULT_ACCEL`].
+fn accel_from_env() -> Result<String, TestHostError> {
+    match std::env::var(ACCEL_ENV) {
+        Err(_) => Ok(DEFAULT_ACCEL.into()),
+        Ok(a) if a == "tcg" || a.starts_with("tcg,") => Ok(a),
+        Ok(a) => Err(TestHostError::Config(format!(
+            "{ACCEL_ENV}={a:?}: the test host runs on qemu TCG (`tcg[,OPTIONS]`)"
+        ))),
     }
 }
 

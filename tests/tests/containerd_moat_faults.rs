@@ -1,5 +1,6 @@
 //! moat under faults, through a real containerd 1.6 driven with `ctr`: the pod's `moat-vmm` or
-//! its shim (`containerd-shim-moat-v2`) killed with SIGKILL while a container and an exec run.
+//! its shim (`containerd-shim-moat-v2`) killed with SIGKILL while a container and an exec run,
+//! and containerd itself killed and restarted under a running pod.
 //! Every flow must end with the task reported exited, `ctr` returning, deletes working and
 //! nothing of moat left (process, mount, pod directory with its vsock socket, shim socket).
 //! Runs in the test host (nested KVM) unless this machine has hardware KVM.
@@ -7,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use moat_runtime::RUNTIME_ID;
-use moat_tests::containerd::moat_stack::{sigkill, with_stack, Stack};
+use moat_tests::containerd::moat_stack::{sigkill, with_stack, with_stack_mut, Stack};
 use moat_tests::containerd::{CtrOutput, LiveCtr};
 
 /// How many fresh test hosts a flow may use when the guest crashes (see
@@ -195,5 +196,43 @@ fn shim_killed_under_ctr_run_rm() {
             let ls = s.ctr_ok(&["task", "ls"]).stdout_str();
             assert!(!ls.contains("fg"), "{ls}");
         })
+    });
+}
+
+/// containerd killed with SIGKILL and started again under a running pod (a crash, or an
+/// upgrade): the shim and the VM keep running, the new containerd reconnects to the shim,
+/// `ctr task ls` lists the task RUNNING, an exec works, and kill, `task delete` and `container
+/// delete` end the pod; nothing is left.
+#[test]
+fn containerd_restarted() {
+    moat_tests::on_kvm_retrying("containerd_restarted", ATTEMPTS, || {
+        with_stack_mut(
+            |_| {},
+            |s| {
+                s.run_detached(VICTIM, &["sleep", "100000"]);
+                s.wait_task_status(VICTIM, "RUNNING", STARTED);
+                let (shim, _) = s.shim_process(VICTIM).expect("the victim's shim");
+                let vmm = s.vmm_pid(VICTIM).expect("the victim's VMM");
+                s.restart_containerd();
+                let same = (s.shim_process(VICTIM).map(|p| p.0), s.vmm_pid(VICTIM));
+                assert_eq!(same, (Some(shim), Some(vmm)), "shim or VMM did not survive");
+                s.wait_task_status(VICTIM, "RUNNING", STARTED);
+                let args = [
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    "after",
+                    VICTIM,
+                    "echo",
+                    "still-here",
+                ];
+                let out = s.ctr_ok(&args).stdout_str();
+                assert_eq!(out.trim(), "still-here");
+                s.ctr_ok(&["task", "kill", VICTIM]);
+                s.wait_task_status(VICTIM, "STOPPED", EXIT_REPORTED);
+                s.ctr_ok(&["task", "delete", VICTIM]);
+                s.ctr_ok(&["container", "delete", VICTIM]);
+            },
+        )
     });
 }

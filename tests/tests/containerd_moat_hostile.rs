@@ -85,8 +85,7 @@ fn hostile_guest_cannot_reach_the_host() {
                         prefix: format!("victim-{round}-{redos}"),
                     };
                     let before = mount_table();
-                    start_attacker(s, &r, &image);
-                    match race_while_creating(s, &r, &canary, volume.path(), per_round) {
+                    match attack_round(s, &r, &image, &canary, volume.path(), per_round) {
                         Ok(()) => {
                             assert_host_untouched(s, &r, &canary, &before);
                             if round + 1 == ROUNDS {
@@ -99,12 +98,11 @@ fn hostile_guest_cannot_reach_the_host() {
                         }
                         Err(crash) => {
                             redos += 1;
-                            eprintln!(
-                                "!!! GUEST CRASH in round {round} ({crash}): redoing the round \
-                                 ({redos} of at most {REDOS} redos)"
-                            );
-                            println!("!!! GUEST CRASH in round {round}: redo {redos}");
                             assert!(redos <= REDOS, "too many guest crashes: {crash}");
+                            moat_tests::retries::record(
+                                "hostile_guest_cannot_reach_the_host",
+                                &format!("round {round} redone ({redos}/{REDOS}): {crash}"),
+                            );
                             remove_dead_pod(s, &r);
                         }
                     }
@@ -114,6 +112,27 @@ fn hostile_guest_cannot_reach_the_host() {
             canary.check().unwrap_or_else(|e| panic!("{e}"));
         })
     });
+}
+
+/// Starts the round's attacker and races the creates; `Err` when the nested guest crashed or
+/// hung at any point of it (a redo), a panic for anything else.
+fn attack_round(
+    s: &Stack,
+    r: &Round,
+    image: &str,
+    canary: &Canary,
+    volume: &Path,
+    creates: usize,
+) -> Result<(), String> {
+    let crashes = s.guest_crashes().len();
+    let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        start_attacker(s, r, image);
+        race_while_creating(s, r, canary, volume, creates)
+    }));
+    round.unwrap_or_else(|panic| match s.guest_crashes().into_iter().nth(crashes) {
+        Some(crash) => Err(crash),
+        None => std::panic::resume_unwind(panic),
+    })
 }
 
 /// One round: the attacker's pod, and the id prefix of the containers created in it.

@@ -2,7 +2,7 @@
 //! carries (`moat.vm.vcpus`, `moat.vm.memory_mib`, CRI's `io.kubernetes.cri.sandbox-memory`)
 //! size the VM the guest sees, bad ones are refused with the annotation named, and a
 //! container's memory limit reaches the guest cgroup (ctr 1.6 has no `task update`; Update is
-//! driven through CRI in `containerd_cri.rs`). Runs in the test host
+//! driven through CRI in `containerd_cri.rs`) and outgrowing it is reported as `TaskOOM`. Runs in the test host
 //! unless this machine has hardware KVM; leak check after each flow.
 
 use std::time::Duration;
@@ -92,8 +92,40 @@ fn memory_limit_reaches_the_guest_cgroup() {
             s.wait_task_status("upd", "STOPPED", Duration::from_secs(30));
             s.ctr_ok(&["task", "delete", "upd"]);
             s.ctr_ok(&["container", "delete", "upd"]);
+            oom_kill_is_reported(s);
         })
     });
+}
+
+/// A container that outgrows its 32 MiB limit is OOM-killed in the guest: `ctr run` returns
+/// 137 and the shim publishes `TaskOOM` (containerd forwards `/tasks/oom`).
+fn oom_kill_is_reported(s: &Stack) {
+    let limit = (32u64 << 20).to_string();
+    let args = [
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME_ID,
+        "--memory-limit",
+        &limit,
+        &s.image,
+        "oomer",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ];
+    let o = s
+        .containerd
+        .ctr_with(&args, None, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"));
+    assert_eq!(o.code(), Some(137), "not OOM-killed: {}", o.stderr_str());
+    moat_tests::wait_until(
+        "containerd forwards /tasks/oom",
+        Duration::from_secs(30),
+        || s.log_all().contains("topic=/tasks/oom"),
+    );
 }
 
 /// `memory.usage_limit` from `ctr task metrics` (the guest cgroup's memory.max).

@@ -451,15 +451,22 @@ mod tests {
 
     #[test]
     fn retry_gives_up_after_timeout_with_last_error() {
-        let start = Instant::now();
-        let err = retry::<()>("t", Duration::from_millis(100), |_| {
-            Err(AttemptError::Transient("nope".into()))
-        })
-        .unwrap_err();
-        let took = start.elapsed();
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let err = retry::<()>("t", Duration::from_millis(100), |_| {
+                Err(AttemptError::Transient("nope".into()))
+            });
+            let _ = tx.send((err, start.elapsed()));
+        });
+        // A deadline on the operation (it must give up), not a timing claim.
+        let (err, took) = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("retry never gave up");
+        let err = err.unwrap_err();
         assert!(
-            took >= Duration::from_millis(100) && took < Duration::from_secs(1),
-            "{took:?}"
+            took >= Duration::from_millis(100),
+            "gave up early: {took:?}"
         );
         match err {
             ClientError::ConnectTimeout { attempts, last, .. } => {

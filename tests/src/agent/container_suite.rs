@@ -361,6 +361,42 @@ pub fn process_attributes(s: &Suite) {
     assert_eq!(o.out(), want, "{}", o.err());
 }
 
+/// A container in its own user namespace: the spec's uid/gid maps reach `/proc/self/uid_map`
+/// and `gid_map`, its root is root only there, and an exec joins the same maps.
+pub fn user_namespace_with_id_maps(s: &Suite) {
+    // A real guest maps every uid; the fast rung's own user namespace maps root only.
+    let (host, size) = if s.real_guest {
+        (100_000, 65_536)
+    } else {
+        (0, 1)
+    };
+    let show = "cat /proc/self/uid_map /proc/self/gid_map; id -u";
+    let mut sp = s.spec(&["sleep", "1000"]);
+    let map = json!([{"containerID": 0, "hostID": host, "size": size}]);
+    sp["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    sp["linux"]["uidMappings"] = map.clone();
+    sp["linux"]["gidMappings"] = map;
+    let want = format!("0 {host} {size}\n0 {host} {size}\n0\n");
+    let words = |t: &str| -> String {
+        t.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n")
+            .collect()
+    };
+    let c = s.client;
+    let fail = |e: &dyn std::fmt::Display| -> ! { panic!("userns: {e}\n{}", (s.context)()) };
+    c.create_container("userns", &sp.to_string(), Channels::default(), false)
+        .unwrap_or_else(|e| fail(&e));
+    c.start_container("userns").unwrap_or_else(|e| fail(&e));
+    let p = oci::default_process(&["sh", "-c", show]);
+    let o = containers::exec(c, "userns", "maps", &p).unwrap_or_else(|e| fail(&e));
+    assert_eq!(words(&o.out()), want, "exec: {}", o.err());
+    c.remove_container("userns", None)
+        .unwrap_or_else(|e| fail(&e));
+}
+
 /// Every flow, in order (one agent, one VM).
 pub fn all(s: &Suite) {
     output_exit_codes_and_signals(s);
@@ -370,4 +406,5 @@ pub fn all(s: &Suite) {
     seccomp_capabilities_readonly_and_masked_paths(s);
     bad_specs_get_clear_errors_and_leave_nothing(s);
     process_attributes(s);
+    user_namespace_with_id_maps(s);
 }

@@ -310,15 +310,51 @@ impl Stack {
         LiveCtr::on_pty(self.containerd.ctr_command(args), args, rows, cols)
     }
 
+    /// Kills containerd alone (SIGKILL; shims and VMs keep running) and starts it again on
+    /// the same state (see [`Containerd::restart`]).
+    pub fn restart_containerd(&mut self) {
+        self.containerd
+            .restart()
+            .unwrap_or_else(|e| panic!("restarting containerd: {e}"));
+    }
+
+    /// Force-deletes every task and container of the namespace (after a failed flow).
+    pub fn remove_all(&self) {
+        let ids = |what: &str| -> Vec<String> {
+            let out = self.ctr(&[what, "ls", "-q"]);
+            out.stdout_str()
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .collect()
+        };
+        for id in ids("task").iter().filter(|id| !id.is_empty()) {
+            let _ = self.ctr(&["task", "delete", "--force", id]);
+        }
+        for id in ids("container").iter().filter(|id| !id.is_empty()) {
+            let _ = self.ctr(&["container", "delete", id]);
+        }
+    }
+
     /// The log line saying the guest crashed (a flaky nested-virtualization triple fault,
     /// worth a retry in a fresh test host), if any.
     pub fn guest_crashed(&self) -> Option<String> {
-        // The whole log: the crash may be far from its tail by the time a test fails.
+        self.guest_crashes().into_iter().next()
+    }
+
+    /// containerd's whole log (the shim logs there too).
+    pub fn log_all(&self) -> String {
         let log = std::fs::read(self.containerd.log_path()).unwrap_or_default();
-        String::from_utf8_lossy(&log)
+        String::from_utf8_lossy(&log).into_owned()
+    }
+
+    /// Every log line saying a guest crashed, oldest first.
+    pub fn guest_crashes(&self) -> Vec<String> {
+        // The whole log: the crash may be far from its tail by the time a test fails.
+        self.log_all()
             .lines()
-            .find(|l| l.contains("guest crashed") || l.contains("triple fault"))
+            .filter(|l| l.contains("guest crashed") || l.contains("triple fault"))
             .map(String::from)
+            .collect()
     }
 }
 
@@ -455,11 +491,24 @@ pub fn with_stack_tuned(
     tune: impl FnOnce(&mut ContainerdOptions),
     flow: impl FnOnce(&Stack),
 ) -> Result<(), String> {
-    let stack = Stack::start_with(tune).unwrap_or_else(|e| panic!("{e}"));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flow(&stack)));
+    with_stack_mut(tune, |s| flow(s))
+}
+
+/// [`with_stack_tuned`] for a flow that changes the stack itself (restarts containerd).
+pub fn with_stack_mut(
+    tune: impl FnOnce(&mut ContainerdOptions),
+    flow: impl FnOnce(&mut Stack),
+) -> Result<(), String> {
+    let mut stack = Stack::start_with(tune).unwrap_or_else(|e| panic!("{e}"));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flow(&mut stack)));
     if let Err(p) = r {
         eprintln!("--- containerd log ---\n{}", stack.log());
         if let Some(why) = stack.guest_crashed() {
+            // A crashed pod must still be cleaned up completely: the retry keeps the check.
+            stack.remove_all();
+            if let Some(left) = stack.leftovers() {
+                panic!("after the guest crash ({why}), moat left behind: {left}");
+            }
             return Err(why);
         }
         std::panic::resume_unwind(p);

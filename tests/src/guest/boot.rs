@@ -121,7 +121,7 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, GuestError>
     let metrics = scratch.path().join("metrics.json");
     let mut cmd = vmm_command(vmm_bin, spec);
     cmd.arg("--metrics-file").arg(&metrics);
-    let mut run = run_console(cmd, spec.timeout, false)?;
+    let mut run = run_console(cmd, spec.timeout, None)?;
     run.metrics = std::fs::read(&metrics)
         .ok()
         .and_then(|m| serde_json::from_slice(&m).ok())
@@ -130,8 +130,21 @@ pub fn boot_moat(vmm_bin: &Path, spec: &BootSpec) -> Result<BootRun, GuestError>
 }
 
 /// Boots `spec` under qemu's microvm machine with KVM (the benchmark baseline), using the
-/// same kernel command line moat uses by default.
+/// same kernel command line moat uses by default; stops it at the /init marker.
 pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, GuestError> {
+    boot_qemu_until(spec, INIT_MARKER, &[])
+}
+
+/// [`boot_qemu`] that stops qemu when `marker` appears on the console (qemu's microvm has no
+/// i8042, so the guest's reboot never ends it) or when it exits by itself (with `-no-reboot`,
+/// a guest reset or triple fault ends qemu). qemu's `cpu_reset` log (the vCPU state at each
+/// reset) goes to [`BootRun::stderr`]; `to_marker` times `marker`. `extra` are more qemu
+/// arguments (devices: `spec.extra_args` are moat-vmm's).
+pub fn boot_qemu_until(
+    spec: &BootSpec,
+    marker: &'static str,
+    extra: &[String],
+) -> Result<BootRun, GuestError> {
     let cmdline = format!(
         "console=ttyS0 reboot=k,c,panic_w panic=-1 pci=off tsc=reliable \
          no_timer_check noreplace-smp cryptomgr.notests rcupdate.rcu_expedited=1 \
@@ -153,9 +166,11 @@ pub fn boot_qemu(spec: &BootSpec) -> Result<BootRun, GuestError> {
             "-no-reboot",
             "-serial",
             "stdio",
-        ]);
-    // qemu's microvm has no i8042, so the guest's reboot never ends it: stop at the marker.
-    run_console(cmd, spec.timeout, true)
+            "-d",
+            "cpu_reset",
+        ])
+        .args(extra);
+    run_console(cmd, spec.timeout, Some(marker))
 }
 
 /// A moat-vmm process running the agent image with a hybrid vsock socket at `<dir>/vm.sock`,
@@ -214,11 +229,12 @@ impl Drop for AgentVm {
 }
 
 /// Runs `cmd` with the guest console on its stdout, timing the /init marker; with
-/// `stop_at_marker` the process is killed once the marker is seen (status stays `None`).
+/// `stop_at` the process is killed once that marker is seen (status stays `None`), and that
+/// marker is the one timed.
 fn run_console(
     mut cmd: Command,
     timeout: Duration,
-    stop_at_marker: bool,
+    stop_at: Option<&'static str>,
 ) -> Result<BootRun, GuestError> {
     let what = format!("{:?}", cmd.get_program());
     cmd.stdin(Stdio::null())
@@ -234,7 +250,8 @@ fn run_console(
     let stderr = child.stderr.take();
     let mut child = KillOnDrop::new(child);
     let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || read_serial(stdout, start, pid, tx));
+    let timed = stop_at.unwrap_or(INIT_MARKER);
+    let reader = std::thread::spawn(move || read_serial(stdout, timed, start, pid, tx));
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
         if let Some(mut e) = stderr {
@@ -243,7 +260,7 @@ fn run_console(
         s
     });
     let mut marker = None;
-    if stop_at_marker {
+    if stop_at.is_some() {
         marker = rx.recv_timeout(timeout).ok();
         child.kill();
     }
@@ -274,9 +291,11 @@ fn run_console(
 }
 
 /// Reads the console (`stdout` of process `pid`, spawned at `start`) to its end; sends the
-/// time and the process's RSS when the /init marker appears.
+/// time and the process's RSS when `timed` appears (the sender drops when the console ends,
+/// so a waiter for the marker wakes up when the process exits without it).
 fn read_serial(
     stdout: Option<ChildStdout>,
+    timed: &str,
     start: Instant,
     pid: u32,
     marker: mpsc::Sender<(Duration, Option<u64>)>,
@@ -285,7 +304,7 @@ fn read_serial(
     if let Some(out) = stdout {
         for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
             let line = String::from_utf8_lossy(&line).into_owned();
-            if line.contains(INIT_MARKER) {
+            if line.contains(timed) {
                 let _ = marker.send((start.elapsed(), vm_rss_kib(pid)));
             }
             serial.push_str(&line);

@@ -89,7 +89,25 @@ mod tests {
     }
 
     #[test]
-    fn detect_does_not_panic() {
-        eprintln!("this machine's KVM: {:?}", detect());
+    fn detect_matches_this_machine() {
+        let kind = detect();
+        eprintln!("this machine's KVM: {kind:?}");
+        let pvm = Path::new("/sys/module/kvm_pvm").exists();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        match kind {
+            KvmKind::Pvm => assert!(pvm),
+            KvmKind::Hardware => {
+                assert!(!pvm && Path::new("/dev/kvm").exists());
+                assert!(cpu_has_virt(&cpuinfo));
+            }
+            KvmKind::Missing => {
+                assert!(!pvm);
+                assert!(!(kvm_openable() && cpu_has_virt(&cpuinfo)));
+            }
+        }
+        // L1's /dev/kvm is nested SVM: what moat sees there must be hardware KVM.
+        if crate::in_test_host() {
+            assert_eq!(kind, KvmKind::Hardware);
+        }
     }
 }

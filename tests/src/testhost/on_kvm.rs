@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::kvm::{detect, test_host_forced, KvmKind, FORCE_TEST_HOST_ENV};
+use super::retries;
 use super::{shell_quote, RunOutput, TestHost, TestHostBuilder, TestHostError};
 
 /// Set to `1` inside the test host: [`on_kvm`] then runs bodies directly.
@@ -113,40 +114,41 @@ pub const GUEST_CRASH_STATUS: i32 = 75;
 /// [`on_kvm`] for tests whose guest may crash for reasons outside the test (the nested TCG
 /// test host's L2 triple faults; at times the whole L1 dies with them): `body` returns
 /// `Err(why)` when the guest crashed, and is run again — in a fresh test host — up to
-/// `attempts` times. Every crash is printed loudly; any other failure fails at once.
+/// `attempts` times. Every retry is counted ([`super::retries`]); any other failure fails at
+/// once. Only the nested test host retries: on hardware KVM a guest crash is a dead pod, so
+/// it fails the test.
 pub fn on_kvm_retrying(test_name: &str, attempts: usize, body: impl Fn() -> Result<(), String>) {
-    let crash = |attempt: usize, why: &str| {
-        eprintln!("\n!!! GUEST CRASH in {test_name} (attempt {attempt}/{attempts}): {why}\n");
-        if attempt == attempts {
-            panic!("{test_name}: the guest crashed in all {attempts} attempts; last: {why}");
-        }
-    };
-    for attempt in 1..=attempts {
-        if !needs_test_host() {
-            match body() {
-                Ok(()) => return,
-                Err(why) if in_test_host() => {
-                    eprintln!("\n!!! GUEST CRASH: {why}\n");
-                    std::process::exit(GUEST_CRASH_STATUS);
-                }
-                Err(why) => crash(attempt, &why),
+    if !needs_test_host() {
+        match body() {
+            Ok(()) => return,
+            Err(why) if in_test_host() => {
+                eprintln!("\n!!! GUEST CRASH: {why}\n");
+                std::process::exit(GUEST_CRASH_STATUS);
             }
-            continue;
+            Err(why) => panic!(
+                "{test_name}: the guest crashed on {:?} KVM: {why}",
+                detect()
+            ),
         }
-        match run_in_test_host(test_name, TestHost::builder()) {
+    }
+    for attempt in 1..=attempts {
+        let why = match run_in_test_host(test_name, TestHost::builder()) {
             Ok(out) if out.status == GUEST_CRASH_STATUS => {
                 print!("{}", out.stdout_str());
                 eprint!("{}", out.stderr_str());
-                crash(attempt, "the guest crashed (see above)");
+                retries::relay(&out.stdout_str());
+                "the guest crashed (see above)".to_owned()
             }
             Ok(out) => return check_test_host_output(test_name, &out),
-            Err(e @ TestHostError::NoStatus { .. }) => {
-                crash(attempt, &format!("the test host itself died: {e}"))
-            }
+            Err(e @ TestHostError::NoStatus { .. }) => format!("the test host itself died: {e}"),
             Err(e) => {
                 panic!("on_kvm({test_name}): running the test in the moat test host failed:\n{e}")
             }
+        };
+        if attempt == attempts {
+            panic!("{test_name}: the guest crashed in all {attempts} attempts; last: {why}");
         }
+        retries::record(test_name, &format!("attempt {attempt}/{attempts}: {why}"));
     }
 }
 
@@ -180,10 +182,12 @@ fn run_in_test_host(test_name: &str, host: TestHostBuilder) -> Result<RunOutput,
     host.run(&script)
 }
 
-/// Echoes a test-host run and panics unless it ran exactly one test that passed.
+/// Echoes a test-host run, counts the retries it reported, and panics unless it ran exactly
+/// one test that passed.
 fn check_test_host_output(test_name: &str, out: &RunOutput) {
     print!("{}", out.stdout_str());
     eprint!("{}", out.stderr_str());
+    retries::relay(&out.stdout_str());
     if out.status != 0 {
         panic!(
             "on_kvm({test_name}): the test failed inside the moat test host (exit status {}); \
@@ -228,6 +232,7 @@ pub fn main_on_kvm(args: &[String], budget: Duration, body: impl FnOnce() -> Exi
         Ok(out) => {
             print!("{}", out.stdout_str());
             eprint!("{}", out.stderr_str());
+            retries::relay(&out.stdout_str());
             ExitCode::from(u8::try_from(out.status).unwrap_or(1))
         }
         Err(e) => {

@@ -162,7 +162,8 @@ impl Vcpu {
             }
             Ok(VcpuExit::Shutdown) => {
                 return Some(ExitReason::GuestCrash(format!(
-                    "vCPU {id} triple fault (KVM_EXIT_SHUTDOWN)"
+                    "vCPU {id} triple fault (KVM_EXIT_SHUTDOWN); {}",
+                    self.state_at_crash()
                 )))
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
@@ -197,6 +198,36 @@ impl Vcpu {
             Err(e) => return Some(ExitReason::VmmError(format!("vCPU {id}: KVM_RUN: {e}"))),
         }
         None
+    }
+
+    /// The vCPU's state as KVM left it at a crash exit, for the log: RIP, RSP, RFLAGS, the
+    /// control registers, EFER, CS and the pending exception if any.
+    fn state_at_crash(&self) -> String {
+        let regs = match self.fd.get_regs() {
+            Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
+            Err(e) => format!("KVM_GET_REGS failed: {e}"),
+        };
+        let sregs =
+            match self.fd.get_sregs() {
+                Ok(s) => {
+                    format!(
+                "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} cs.base={:#x} \
+                 idt.base={:#x} idt.limit={:#x}",
+                s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.idt.base,
+                s.idt.limit
+            )
+                }
+                Err(e) => format!("KVM_GET_SREGS failed: {e}"),
+            };
+        let events = match self.fd.get_vcpu_events() {
+            Ok(ev) if ev.exception.injected != 0 || ev.exception.pending != 0 => format!(
+                " exception vector {} (error code {:#x})",
+                ev.exception.nr, ev.exception.error_code
+            ),
+            Ok(_) => String::new(),
+            Err(e) => format!(" KVM_GET_VCPU_EVENTS failed: {e}"),
+        };
+        format!("{regs} {sregs}{events}")
     }
 }
 

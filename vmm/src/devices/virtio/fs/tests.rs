@@ -90,6 +90,9 @@ fn dotdot_stays_inside_the_share() {
     let sub = lookup(&fs, ROOT, "sub").unwrap();
     let parent = lookup(&fs, sub.inode, "..").unwrap();
     assert_eq!(parent.attr.st_ino, root_ino);
+    let again = lookup(&fs, parent.inode, "..").unwrap();
+    assert_eq!(again.attr.st_ino, root_ino, "a second `..` left the share");
+    assert!(lookup(&fs, again.inode, "secret.txt").is_err());
     assert!(
         lookup(&fs, ROOT, "../secret.txt").is_err(),
         "slash in a name"
