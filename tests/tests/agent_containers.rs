@@ -75,3 +75,8 @@ fn bad_specs_get_clear_errors_and_leave_nothing() {
 fn process_attributes() {
     with_agent(suite::process_attributes);
 }
+
+#[test]
+fn user_namespace_with_id_maps() {
+    with_agent(suite::user_namespace_with_id_maps);
+}
