@@ -24,6 +24,7 @@ pub mod containerd;
 pub mod guest;
 pub mod hostile;
 pub mod process;
+pub mod soak;
 pub mod testhost;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -33,6 +33,9 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// Overrides qemu's `-accel` value for L1 (default [`DEFAULT_ACCEL`]), e.g. `tcg,thread=single`
 /// to compare TCG's threading modes; it must name TCG.
 pub const ACCEL_ENV: &str = "MOAT_TESTHOST_ACCEL";
+/// More L1 kernel command-line arguments, appended after the builder's (for experiments
+/// with L1's timer and tick configuration).
+pub const APPEND_ENV: &str = "MOAT_TESTHOST_APPEND";
 /// qemu's `-accel` value for L1 unless [`ACCEL_ENV`] says otherwise.
 pub const DEFAULT_ACCEL: &str = "tcg";
 /// Environment variable naming the L1 kernel, overriding `build.sh`.
@@ -483,7 +486,13 @@ impl TestHost {
         if let Some(khz) = tsc::host_tsc_khz() {
             let _ = write!(append, " tsc_early_khz={khz}");
         }
-        for a in &self.kernel_args {
+        let from_env = std::env::var(APPEND_ENV).unwrap_or_default();
+        for a in self
+            .kernel_args
+            .iter()
+            .map(String::as_str)
+            .chain(from_env.split_whitespace())
+        {
             append.push(' ');
             append.push_str(a);
         }

@@ -1,6 +1,7 @@
 //! moat under faults, through a real containerd 1.6 driven with `ctr`: the pod's `moat-vmm` or
 //! its shim (`containerd-shim-moat-v2`) killed with SIGKILL while a container and an exec run,
-//! and containerd itself killed and restarted under a running pod.
+//! the guest kernel panicked by a container escaped to guest root, and containerd itself
+//! killed and restarted under a running pod.
 //! Every flow must end with the task reported exited, `ctr` returning, deletes working and
 //! nothing of moat left (process, mount, pod directory with its vsock socket, shim socket).
 //! Runs in the test host (nested KVM) unless this machine has hardware KVM.
@@ -228,11 +229,61 @@ fn containerd_restarted() {
                 ];
                 let out = s.ctr_ok(&args).stdout_str();
                 assert_eq!(out.trim(), "still-here");
-                s.ctr_ok(&["task", "kill", VICTIM]);
+                // SIGKILL: `sleep` as its pid namespace's init ignores SIGTERM.
+                s.ctr_ok(&["task", "kill", "-s", "SIGKILL", VICTIM]);
                 s.wait_task_status(VICTIM, "STOPPED", EXIT_REPORTED);
                 s.ctr_ok(&["task", "delete", VICTIM]);
                 s.ctr_ok(&["container", "delete", VICTIM]);
             },
         )
+    });
+}
+
+/// What the panicking container runs as guest root: a fresh proc mount (the spec's /proc/sys
+/// is read-only), `vm.panic_on_oom = 2`, then more memory than the guest has.
+const PANIC_SCRIPT: &str =
+    "mkdir -p /p && mount -t proc proc /p && echo 2 > /p/sys/vm/panic_on_oom && \
+                            for i in $(seq 1 32); do dd if=/dev/zero of=/dev/null bs=64M count=1 & \
+                            done; wait";
+
+/// A container escaped to guest root (CAP_SYS_ADMIN, no seccomp filter) panics the guest
+/// kernel: `ctr run --rm` returns 255, the shim says the guest panicked, and nothing of the
+/// pod is left.
+#[test]
+fn guest_kernel_panics() {
+    moat_tests::on_kvm_retrying("guest_kernel_panics", ATTEMPTS, || {
+        with_stack(|s| {
+            let unconfined = s.dir().join("unconfined.json");
+            std::fs::write(&unconfined, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+            let profile = unconfined.to_str().unwrap();
+            let args = [
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME_ID,
+                "--cap-add",
+                "CAP_SYS_ADMIN",
+                "--seccomp",
+                "--seccomp-profile",
+                profile,
+                &s.image,
+                "panicker",
+                "sh",
+                "-c",
+                PANIC_SCRIPT,
+            ];
+            let o = s
+                .containerd
+                .ctr_with(&args, None, Duration::from_secs(120))
+                .unwrap_or_else(|e| panic!("ctr run: {e}"));
+            assert_eq!(o.code(), Some(VM_DIED), "ctr run: {}", o.stderr_str());
+            let log = s.log_all();
+            assert!(
+                log.contains("the guest panicked"),
+                "no panic reported:\n{log}"
+            );
+            let ls = s.ctr_ok(&["container", "ls", "-q"]).stdout_str();
+            assert!(!ls.contains("panicker"), "{ls}");
+        })
     });
 }

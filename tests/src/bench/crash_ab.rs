@@ -260,8 +260,16 @@ pub fn evidence(arm: Arm, run: &BootRun) -> String {
             .unwrap_or_default()
         }
     };
+    // A panic's whole oops (its trace names the fault); a crash or hang has only a tail.
     let console: Vec<&str> = run.serial.lines().collect();
-    let tail = console[console.len().saturating_sub(8)..].join("\n");
+    let from = match console
+        .iter()
+        .position(|l| l.contains("cut here") || l.contains("BUG:"))
+    {
+        Some(i) => i,
+        None => console.len().saturating_sub(8),
+    };
+    let tail = console[from..].join("\n");
     format!("{vmm}\n--- console tail ---\n{tail}")
 }
 
