@@ -129,10 +129,12 @@ fn attack_round(
         start_attacker(s, r, image);
         race_while_creating(s, r, canary, volume, creates)
     }));
-    round.unwrap_or_else(|panic| match s.guest_crashes().into_iter().nth(crashes) {
-        Some(crash) => Err(crash),
-        None => std::panic::resume_unwind(panic),
-    })
+    // This round's own crash line (earlier rounds' stay in the log).
+    let crash = || s.guest_crashes().into_iter().nth(crashes);
+    match round {
+        Ok(done) => done.map_err(|why| crash().unwrap_or(why)),
+        Err(panic) => Err(crash().unwrap_or_else(|| std::panic::resume_unwind(panic))),
+    }
 }
 
 /// One round: the attacker's pod, and the id prefix of the containers created in it.
@@ -162,7 +164,8 @@ fn creates() -> usize {
 fn guest_failure(s: &Stack, r: &Round, failures: &[String]) -> Option<String> {
     let first = failures.first()?;
     if s.vmm_pid(&r.pod).is_none() {
-        return Some(s.guest_crashed().unwrap_or_else(|| first.clone()));
+        // The round's crash line, if any, replaces this (see `attack_round`).
+        return Some(format!("the VM died: {first}"));
     }
     let hung = ["got no reply within", "did not answer within"];
     hung.iter()

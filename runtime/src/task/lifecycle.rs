@@ -324,13 +324,16 @@ impl Tasks {
         if !exec.is_empty() {
             return self.delete_exec(id, exec);
         }
-        let is_sandbox = self.with_container(id, |c| match c.is_running() {
+        // A container can outlive its pod (its sandbox deleted first, say after the VM
+        // crashed): it is dead with the VM and must still be deletable, or this shim, which
+        // exits only once it holds no container, would outlive every task containerd knows.
+        let pod = self.lock().pod.clone();
+        let is_sandbox = self.with_container(id, |c| match c.is_running() && pod.is_some() {
             true => Err(TaskError::Running(id.into())),
             false => Ok(c.is_sandbox),
         })?;
-        let pod = self.pod()?;
-        if pod.vm.exited().is_none() {
-            if let Err(e) = pod.vm.client.remove_container(id, Some(REMOVE_TIMEOUT)) {
+        if let Some(live) = pod.as_ref().filter(|p| p.vm.exited().is_none()) {
+            if let Err(e) = live.vm.client.remove_container(id, Some(REMOVE_TIMEOUT)) {
                 log::warn!("{id}: RemoveContainer: {}", Untrusted(&e));
             }
         }
@@ -346,7 +349,9 @@ impl Tasks {
         if let Some(io) = c.init.io.as_mut() {
             io.shutdown();
         }
-        pod.remove_container(id, std::path::Path::new(&c.bundle));
+        if let Some(pod) = &pod {
+            pod.remove_container(id, std::path::Path::new(&c.bundle));
+        }
         if c.init.exit.is_none() {
             c.init.set_exit(Exit::now(128 + 9));
         }

@@ -208,4 +208,33 @@ mod tests {
         // The guest's pid stays, for the agent only.
         assert_eq!(tasks.lock().containers["c"].init.pid, 77);
     }
+
+    #[test]
+    fn a_container_that_outlived_its_pod_is_deleted_and_the_shim_may_exit() {
+        let events = Events::new(None, "ns");
+        let exit = Arc::new(ExitSignal::default());
+        let tasks = Tasks::new("ns", events, Arc::clone(&exit));
+        let container = Container {
+            bundle: "/b".into(),
+            is_sandbox: false,
+            // Never reported exited: the VM went away under it.
+            init: Process::new(StdioPaths::default()),
+            execs: HashMap::new(),
+        };
+        tasks.lock().containers.insert("victim".into(), container);
+        let info = tasks.delete("victim", "").unwrap();
+        assert_eq!(info.status, 128 + 9);
+        assert!(tasks.lock().containers.is_empty());
+        let (tx, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            exit.wait();
+            let _ = tx.send(());
+        });
+        tasks.shutdown();
+        let signalled = exited.recv_timeout(std::time::Duration::from_secs(30));
+        assert!(
+            signalled.is_ok(),
+            "the shim must exit once it holds no container"
+        );
+    }
 }

@@ -17,10 +17,11 @@ pub const RETRY_LOG_ENV: &str = "MOAT_RETRY_LOG";
 /// How a retry line starts on a test-host run's stdout.
 pub const MARK: &str = "moat-retry: ";
 
-/// Records one retry of `test` (the first line of `why` says what crashed).
+/// Records one retry of `test`: all of `why` (an L1 console tail, say) goes to stderr, its
+/// first line to the count.
 pub fn record(test: &str, why: &str) {
     let line = format!("{test}: {}", why.lines().next().unwrap_or(""));
-    eprintln!("\n!!! GUEST CRASH, retried (counted): {line}\n");
+    eprintln!("\n!!! GUEST CRASH, retried (counted): {test}: {why}\n");
     if in_test_host() {
         println!("{MARK}{line}");
     } else {

@@ -201,8 +201,18 @@ impl Vcpu {
     }
 
     /// The vCPU's state as KVM left it at a crash exit, for the log: RIP, RSP, RFLAGS, the
-    /// control registers, EFER, CS and the pending exception if any.
+    /// control registers, EFER, CS and the pending exception if any. On AMD, KVM re-initialises
+    /// the VMCB on a shutdown intercept, so what it returns is the reset state; the line says so
+    /// rather than pass it off as the guest's.
     fn state_at_crash(&self) -> String {
+        let reset = matches!(
+            (self.fd.get_regs(), self.fd.get_sregs()),
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000
+        );
+        if reset {
+            return "KVM reset the vCPU at the shutdown (AMD): its state at the fault is lost"
+                .to_owned();
+        }
         let regs = match self.fd.get_regs() {
             Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
             Err(e) => format!("KVM_GET_REGS failed: {e}"),
