@@ -50,6 +50,13 @@ impl KillOnDrop {
         self.child.id()
     }
 
+    /// The child's exit status if it has exited (then it is reaped), without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        let st = self.child.try_wait()?;
+        self.reaped |= st.is_some();
+        Ok(st)
+    }
+
     /// Waits until the child exits or `timeout` passes; on timeout kills it.
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<WaitOutcome> {
         let deadline = Instant::now() + timeout;

@@ -17,6 +17,7 @@ pub mod kvm;
 pub mod on_kvm;
 pub mod retries;
 pub mod tsc;
+pub mod watchdog;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -26,7 +27,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::find_on_path;
-use crate::process::{die_with_parent, KillOnDrop, WaitOutcome};
+use crate::process::{die_with_parent, KillOnDrop};
+use watchdog::Waited;
 
 /// The qemu binary the test host runs (looked up on `PATH`).
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -93,6 +95,17 @@ pub enum TestHostError {
     Timeout {
         /// The limit that passed.
         timeout: Duration,
+        /// The last lines of the L1 console.
+        console_tail: String,
+    },
+    /// L1 froze: qemu used no CPU for `after` (see [`watchdog`]); qemu was killed.
+    #[error(
+        "the test host froze (qemu used no CPU for {after:?}; killed); \
+         last lines of the L1 console:\n{console_tail}"
+    )]
+    Frozen {
+        /// How long qemu used no CPU.
+        after: Duration,
         /// The last lines of the L1 console.
         console_tail: String,
     },
@@ -357,21 +370,27 @@ impl TestHost {
 
         let start = Instant::now();
         let mut qemu = self.spawn_qemu(&share, &console_path, &qemu_log)?;
-        let outcome = qemu
-            .wait_timeout(self.timeout)
+        let outcome = watchdog::wait(&mut qemu, self.timeout)
             .map_err(|e| TestHostError::io("waiting for qemu", e))?;
         let elapsed = start.elapsed();
         drop(qemu);
 
         let console = read_lossy(&console_path).replace('\r', "");
+        let console_tail = || tail_lines(&console, CONSOLE_TAIL_LINES);
         let qemu_status = match outcome {
-            WaitOutcome::TimedOut => {
+            Waited::TimedOut => {
                 return Err(TestHostError::Timeout {
                     timeout: self.timeout,
-                    console_tail: tail_lines(&console, CONSOLE_TAIL_LINES),
+                    console_tail: console_tail(),
                 })
             }
-            WaitOutcome::Exited(st) => st,
+            Waited::Frozen => {
+                return Err(TestHostError::Frozen {
+                    after: watchdog::FROZEN_AFTER,
+                    console_tail: console_tail(),
+                })
+            }
+            Waited::Exited(st) => st,
         };
         let status = std::fs::read_to_string(share.join("status"))
             .ok()

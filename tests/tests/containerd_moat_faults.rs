@@ -253,25 +253,10 @@ const PANIC_SCRIPT: &str =
 fn guest_kernel_panics() {
     moat_tests::on_kvm_retrying("guest_kernel_panics", ATTEMPTS, || {
         with_stack(|s| {
-            let unconfined = s.dir().join("unconfined.json");
-            std::fs::write(&unconfined, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
-            let profile = unconfined.to_str().unwrap();
-            let args = [
-                "run",
-                "--rm",
-                "--runtime",
-                RUNTIME_ID,
-                "--cap-add",
-                "CAP_SYS_ADMIN",
-                "--seccomp",
-                "--seccomp-profile",
-                profile,
-                &s.image,
-                "panicker",
-                "sh",
-                "-c",
-                PANIC_SCRIPT,
-            ];
+            let root = s.guest_root_flags();
+            let mut args = vec!["run", "--rm", "--runtime", RUNTIME_ID];
+            args.extend(root.iter().map(String::as_str));
+            args.extend([s.image.as_str(), "panicker", "sh", "-c", PANIC_SCRIPT]);
             let o = s
                 .containerd
                 .ctr_with(&args, None, Duration::from_secs(120))

@@ -195,25 +195,10 @@ fn import_attack_image(s: &Stack) -> String {
 /// Starts the attacker (CAP_SYS_ADMIN, a seccomp profile that allows everything: guest root)
 /// as its pod's first container, and mounts the share in it.
 fn start_attacker(s: &Stack, r: &Round, image: &str) {
-    let unconfined = s.dir().join("unconfined.json");
-    std::fs::write(&unconfined, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
-    let profile = unconfined.to_str().unwrap();
-    let args = [
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        RUNTIME_ID,
-        "--cap-add",
-        "CAP_SYS_ADMIN",
-        "--seccomp",
-        "--seccomp-profile",
-        profile,
-        image,
-        r.pod.as_str(),
-        "sleep",
-        "100000",
-    ];
+    let root = s.guest_root_flags();
+    let mut args = vec!["run", "-d", "--null-io", "--runtime", RUNTIME_ID];
+    args.extend(root.iter().map(String::as_str));
+    args.extend([image, r.pod.as_str(), "sleep", "100000"]);
     s.ctr_ok(&args);
     s.wait_task_status(r.pod.as_str(), "RUNNING", Duration::from_secs(120));
     let mounted = attack(s, r, "mount", "mount-share", &[SHARE_IN_GUEST]);

@@ -318,6 +318,24 @@ impl Stack {
             .unwrap_or_else(|e| panic!("restarting containerd: {e}"));
     }
 
+    /// `ctr run` flags that make a container guest root: CAP_SYS_ADMIN and a seccomp profile
+    /// (written to the stack's dir) that allows every syscall.
+    pub fn guest_root_flags(&self) -> Vec<String> {
+        let unconfined = self.dir().join("unconfined.json");
+        std::fs::write(&unconfined, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", unconfined.display()));
+        let profile = unconfined.to_string_lossy().into_owned();
+        [
+            "--cap-add",
+            "CAP_SYS_ADMIN",
+            "--seccomp",
+            "--seccomp-profile",
+            &profile,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// Force-deletes every task and container of the namespace (after a failed flow).
     pub fn remove_all(&self) {
         let ids = |what: &str| -> Vec<String> {

@@ -140,7 +140,9 @@ pub fn on_kvm_retrying(test_name: &str, attempts: usize, body: impl Fn() -> Resu
                 "the guest crashed (see above)".to_owned()
             }
             Ok(out) => return check_test_host_output(test_name, &out),
-            Err(e @ TestHostError::NoStatus { .. }) => format!("the test host itself died: {e}"),
+            Err(e @ (TestHostError::NoStatus { .. } | TestHostError::Frozen { .. })) => {
+                format!("the test host itself died: {e}")
+            }
             Err(e) => {
                 panic!("on_kvm({test_name}): running the test in the moat test host failed:\n{e}")
             }
