@@ -205,20 +205,19 @@ impl Vcpu {
     /// the VMCB on a shutdown intercept, so what it returns is the reset state; the line says so
     /// rather than pass it off as the guest's.
     fn state_at_crash(&self) -> String {
-        let reset = matches!(
-            (self.fd.get_regs(), self.fd.get_sregs()),
-            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000
-        );
-        if reset {
-            return "KVM reset the vCPU at the shutdown (AMD): its state at the fault is lost"
-                .to_owned();
+        let (regs, sregs) = (self.fd.get_regs(), self.fd.get_sregs());
+        if let (Ok(r), Ok(s)) = (&regs, &sregs) {
+            if r.rip == 0xfff0 && s.cs.selector == 0xf000 {
+                return "KVM reset the vCPU at the shutdown (AMD): its state at the fault is lost"
+                    .to_owned();
+            }
         }
-        let regs = match self.fd.get_regs() {
+        let regs = match regs {
             Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
             Err(e) => format!("KVM_GET_REGS failed: {e}"),
         };
         let sregs =
-            match self.fd.get_sregs() {
+            match sregs {
                 Ok(s) => {
                     format!(
                 "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} cs.base={:#x} \
