@@ -87,27 +87,32 @@ pub enum TestHostError {
     /// The builder was given something unusable.
     #[error("invalid test host configuration: {0}")]
     Config(String),
-    /// The run did not finish in time; qemu was killed.
+    /// The run did not finish in time while L1 was alive (its heartbeat went on); qemu was
+    /// killed.
     #[error(
-        "the test host did not finish within {timeout:?} (qemu killed); \
-         last lines of the L1 console:\n{console_tail}"
+        "the test host did not finish within {timeout:?} while L1 was alive (qemu killed); \
+         last lines of the L1 console:\n{console_tail}\n{script_tail}"
     )]
     Timeout {
         /// The limit that passed.
         timeout: Duration,
         /// The last lines of the L1 console.
         console_tail: String,
+        /// The last lines the script wrote to stdout and stderr.
+        script_tail: String,
     },
-    /// L1 froze: qemu used no CPU for `after` (see [`watchdog`]); qemu was killed.
+    /// L1 froze (see [`watchdog`]); qemu was killed.
     #[error(
-        "the test host froze (qemu used no CPU for {after:?}; killed); \
-         last lines of the L1 console:\n{console_tail}"
+        "the test host froze ({why}; killed); last lines of the L1 console:\n{console_tail}\n\
+         {script_tail}"
     )]
     Frozen {
-        /// How long qemu used no CPU.
-        after: Duration,
+        /// Which way it froze.
+        why: watchdog::Freeze,
         /// The last lines of the L1 console.
         console_tail: String,
+        /// The last lines the script wrote to stdout and stderr.
+        script_tail: String,
     },
     /// qemu exited before the script's exit status was written (L1 failed to
     /// boot, panicked, or `/init` failed).
@@ -370,7 +375,7 @@ impl TestHost {
 
         let start = Instant::now();
         let mut qemu = self.spawn_qemu(&share, &console_path, &qemu_log)?;
-        let outcome = watchdog::wait(&mut qemu, self.timeout)
+        let outcome = watchdog::wait(&mut qemu, self.timeout, &share)
             .map_err(|e| TestHostError::io("waiting for qemu", e))?;
         let elapsed = start.elapsed();
         drop(qemu);
@@ -382,12 +387,14 @@ impl TestHost {
                 return Err(TestHostError::Timeout {
                     timeout: self.timeout,
                     console_tail: console_tail(),
+                    script_tail: script_tail(&share),
                 })
             }
-            Waited::Frozen => {
+            Waited::Frozen(why) => {
                 return Err(TestHostError::Frozen {
-                    after: watchdog::FROZEN_AFTER,
+                    why,
                     console_tail: console_tail(),
+                    script_tail: script_tail(&share),
                 })
             }
             Waited::Exited(st) => st,
@@ -623,6 +630,20 @@ fn read_lossy(p: &Path) -> String {
     std::fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
+}
+
+/// The last lines of the script's stdout and stderr so far (for a run that never ended).
+fn script_tail(share: &Path) -> String {
+    let mut out = String::new();
+    for name in ["stdout", "stderr"] {
+        let text = read_lossy(&share.join(name));
+        let _ = write!(
+            out,
+            "--- the script's {name} (last {CONSOLE_TAIL_LINES} lines) ---\n{}\n",
+            tail_lines(&text, CONSOLE_TAIL_LINES)
+        );
+    }
+    out
 }
 
 fn tail_lines(s: &str, n: usize) -> String {

@@ -168,20 +168,30 @@ fn test_host_reports_l1_failure() {
 #[test]
 fn test_host_timeout_kills_qemu() {
     let started = std::time::Instant::now();
+    // L1's heartbeat (what tells a frozen L1 from a hung script) changes while the script
+    // sleeps, and what the script printed before it hung is in the error.
+    let script = "hb=/run/moat-testhost/heartbeat; a=$(cat $hb); sleep 6; \
+                  [ \"$a\" != \"$(cat $hb)\" ] && echo heartbeat-moves; sleep 600";
     let err = TestHost::builder()
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_else(|e| panic!("{e}"))
-        .run("sleep 600")
+        .run(script)
         .expect_err("sleep 600 must time out");
-    assert!(started.elapsed() < Duration::from_secs(40));
-    let TestHostError::Timeout { console_tail, .. } = &err else {
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let TestHostError::Timeout {
+        console_tail,
+        script_tail,
+        ..
+    } = &err
+    else {
         panic!("expected Timeout, got {err}");
     };
     assert!(
         console_tail.contains("moat-testhost: running script"),
         "{console_tail}"
     );
+    assert!(script_tail.contains("heartbeat-moves"), "{script_tail}");
     // No qemu child of ours is left: our test process has no children.
     let me = std::process::id().to_string();
     let children = std::fs::read_dir("/proc")

@@ -8,7 +8,8 @@
 #    proc/sys/cgroup2/devtmpfs/devpts/tmpfs inside it, each read-write host
 #    directory at its own path, and the scratch share at /run/moat-testhost;
 # 3. runs /run/moat-testhost/wrapper.sh chrooted into /host with stdout and
-#    stderr in /moat and writes its exit status to /moat/status;
+#    stderr in /moat and writes its exit status to /moat/status, writing L1's
+#    uptime to /moat/heartbeat every 5 s meanwhile;
 # 4. reboots, which ends qemu (it runs with -no-reboot).
 export PATH=/bin
 
@@ -65,10 +66,15 @@ ip link set lo up
 hostname moat-testhost
 
 cat /proc/uptime > /moat/started
+# The heartbeat the host's watchdog (tests/src/testhost/watchdog.rs) reads: it stops only
+# when L1 schedules nothing at all.
+(while :; do cat /proc/uptime > /moat/heartbeat; sleep 5; done) &
+heartbeat=$!
 say "running script"
 env -i chroot /host /bin/sh /run/moat-testhost/wrapper.sh \
     < /dev/null > /moat/stdout 2> /moat/stderr
 echo $? > /moat/status.tmp
+kill $heartbeat
 mv /moat/status.tmp /moat/status
 say "script exited with status $(cat /moat/status)"
 sync
