@@ -38,6 +38,9 @@ pub const ACCEL_ENV: &str = "MOAT_TESTHOST_ACCEL";
 /// More L1 kernel command-line arguments, appended after the builder's (for experiments
 /// with L1's timer and tick configuration).
 pub const APPEND_ENV: &str = "MOAT_TESTHOST_APPEND";
+/// More read-write host directories for every test-host run, `:`-separated (e.g. where an
+/// experiment's wrapper writes its traces).
+pub const RW_DIRS_ENV: &str = "MOAT_TESTHOST_RW_DIRS";
 /// qemu's `-accel` value for L1 unless [`ACCEL_ENV`] says otherwise.
 pub const DEFAULT_ACCEL: &str = "tcg";
 /// Environment variable naming the L1 kernel, overriding `build.sh`.
@@ -289,7 +292,8 @@ impl TestHostBuilder {
         let initramfs = initramfs::l1_initramfs(&cache)
             .or_else(|_| initramfs::l1_initramfs(&std::env::temp_dir()))?;
         let mut rw_dirs = Vec::new();
-        for d in self.rw_dirs {
+        let from_env = std::env::var_os(RW_DIRS_ENV).unwrap_or_default();
+        for d in self.rw_dirs.into_iter().chain(std::env::split_paths(&from_env)) {
             let canon = d
                 .canonicalize()
                 .map_err(|e| TestHostError::Config(format!("rw dir {}: {e}", d.display())))?;

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod bus;
 pub mod devices;
 pub mod exit;
+pub mod jail;
 pub mod loader;
 pub mod memory;
 pub mod metrics;

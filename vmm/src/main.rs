@@ -8,8 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use moat_vmm::config::{
-    BlockDeviceConfig, NetDeviceConfig, SerialOutput, SharedDirConfig, VmConfig, VsockDeviceConfig,
+    BlockDeviceConfig, JailConfig, NetDeviceConfig, SeccompMode, SerialOutput, SharedDirConfig,
+    ValidConfig, VmConfig, VsockDeviceConfig,
 };
+use moat_vmm::jail::{creds, root, supervisor};
 use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
 use moat_vmm::metrics::Metrics;
 use moat_vmm::vmm::Vmm;
@@ -70,6 +72,16 @@ struct Cli {
     /// Do not give the guest a virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// Run jailed in DIR (an empty directory): own namespaces, DIR as the root (see
+    /// SPECIFICATION.md, "Jail").
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
+    /// Run without seccomp filters (debugging only: the VMM warns).
+    #[arg(long, conflicts_with = "seccomp_log")]
+    no_seccomp: bool,
+    /// Let syscalls outside the filters through and have the kernel log them (audit).
+    #[arg(long)]
+    seccomp_log: bool,
     /// Write boot metrics as JSON to this file when the VM stops.
     #[arg(long)]
     metrics_file: Option<PathBuf>,
@@ -155,6 +167,14 @@ impl Cli {
         cfg.net_devices.extend(self.net);
         cfg.rng &= !self.no_rng;
         cfg.vsock = self.vsock.or(cfg.vsock);
+        if let Some(dir) = self.jail {
+            cfg.jail = Some(JailConfig { dir });
+        }
+        if self.no_seccomp {
+            cfg.seccomp = SeccompMode::Off;
+        } else if self.seccomp_log {
+            cfg.seccomp = SeccompMode::Log;
+        }
         Ok(cfg)
     }
 }
@@ -201,11 +221,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(
-    config: &moat_vmm::config::ValidConfig,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<ExitReason> {
+fn run(config: &ValidConfig, metrics: Arc<Metrics>) -> anyhow::Result<ExitReason> {
+    let jailed = match &config.jail {
+        Some(jail) => {
+            supervisor::fork_into_pid_namespace()?;
+            Some(root::enter(config, jail)?)
+        }
+        None => None,
+    };
+    let config = jailed.as_ref().unwrap_or(config);
     let vmm = Vmm::new(config, metrics.clone()).context("building the microVM")?;
+    if jailed.is_some() {
+        root::seal()?;
+    }
+    creds::restrict(config)?;
     let reason = vmm.run().context("running the microVM")?;
     let mut snapshot = metrics.snapshot();
     snapshot.exit_reason = Some(reason.to_string());

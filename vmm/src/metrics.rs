@@ -18,6 +18,8 @@ pub struct Metrics {
     guest_init: OnceLock<Duration>,
     rss_excl_guest_kib: OnceLock<u64>,
     guest_ranges: Mutex<Vec<(u64, u64)>>,
+    /// `/proc/self/smaps`, opened before the jail drops `/proc`.
+    smaps: Mutex<Option<std::fs::File>>,
     phases: Mutex<Vec<(&'static str, u64)>>,
     net: Mutex<Vec<(String, String, Arc<NetCounters>)>>,
 }
@@ -133,6 +135,7 @@ impl Metrics {
             guest_init: OnceLock::new(),
             rss_excl_guest_kib: OnceLock::new(),
             guest_ranges: Mutex::new(Vec::new()),
+            smaps: Mutex::new(None),
             phases: Mutex::new(Vec::new()),
             net: Mutex::new(Vec::new()),
         }
@@ -143,9 +146,11 @@ impl Metrics {
         lock(&self.net).push((backend, mac, counters));
     }
 
-    /// Tells which host address ranges hold guest RAM (left out of the RSS figure).
+    /// Tells which host address ranges hold guest RAM (left out of the RSS figure), and
+    /// opens `/proc/self/smaps` now: the jailed VMM has no `/proc` by the time it samples.
     pub fn set_guest_ranges(&self, ranges: Vec<(u64, u64)>) {
         *lock(&self.guest_ranges) = ranges;
+        *lock(&self.smaps) = std::fs::File::open("/proc/self/smaps").ok();
     }
 
     /// Records that setup phase `name` ended now.
@@ -165,7 +170,7 @@ impl Metrics {
         if self.guest_init.set(self.start.elapsed()).is_err() {
             return false;
         }
-        if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
+        if let Some(smaps) = lock(&self.smaps).as_ref().and_then(read_from_start) {
             let _ = self
                 .rss_excl_guest_kib
                 .set(rss_excluding(&smaps, &lock(&self.guest_ranges)));
@@ -191,6 +196,21 @@ impl Metrics {
                 .collect(),
         }
     }
+}
+
+/// The whole of `file` from offset 0 (pread: a seq_file like smaps regenerates).
+fn read_from_start(file: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match file.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Sums the `Rss:` of every mapping in `smaps` that does not overlap a guest range.

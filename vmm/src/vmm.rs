@@ -31,11 +31,15 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::IrqTrigger;
+use crate::config::SeccompMode;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::jail::seccomp::{self, ThreadKind};
+use crate::jail::JailError;
 use crate::loader::{load_guest, LoadError};
 use crate::memory::{create_guest_memory, host_ranges, MemoryError};
 use crate::metrics::Metrics;
 use crate::util::lock;
+use crate::vstate::vcpu::StartGate;
 use crate::vstate::vcpu::{
     install_kick_handler, stop_vcpus, BootEntry, ExitContext, Vcpu, VcpuError,
 };
@@ -90,6 +94,9 @@ pub enum VmmError {
     /// A virtio-net TAP backend could not be opened or configured.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The VMM could not confine itself (seccomp filters).
+    #[error(transparent)]
+    Jail(#[from] JailError),
     /// More virtio devices than free interrupt lines.
     #[error("too many virtio devices: no interrupt line left")]
     OutOfIrqs,
@@ -305,6 +312,7 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     event_manager: EventManager<Subscriber>,
     metrics: Arc<Metrics>,
+    seccomp: SeccompMode,
     _guest_memory: GuestMemoryMmap,
 }
 
@@ -356,6 +364,7 @@ impl Vmm {
             serial,
             event_manager,
             metrics,
+            seccomp: config.seccomp,
             _guest_memory: mem,
         })
     }
@@ -367,16 +376,7 @@ impl Vmm {
             .exit
             .install_stop_signals()
             .map_err(io_err("install stop signal handlers"))?;
-        let mut handles: Vec<JoinHandle<()>> = Vec::new();
-        for vcpu in std::mem::take(&mut self.vcpus) {
-            match vcpu.spawn(self.ctx.clone()) {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    stop_vcpus(handles, &self.ctx.stop, VCPU_STOP_TIMEOUT);
-                    return Err(e.into());
-                }
-            }
-        }
+        let handles = self.start_filtered()?;
         let result = loop {
             if let Some(reason) = self.ctx.exit.reason() {
                 break Ok(reason);
@@ -391,6 +391,42 @@ impl Vmm {
         }
         lock(&self.serial).flush();
         result
+    }
+
+    /// Starts the vCPU threads and installs every thread's seccomp filter before any of them
+    /// enters the guest: each vCPU installs its own, then waits at the [`StartGate`] that the
+    /// main thread opens once its own filter is in.
+    fn start_filtered(&mut self) -> Result<Vec<JoinHandle<()>>, VmmError> {
+        if self.seccomp == SeccompMode::Off {
+            tracing::warn!("seccomp filters are off (debug configuration): the VMM is not confined");
+        } else {
+            seccomp::install_sigsys_handler().map_err(JailError::from)?;
+        }
+        let gate = Arc::new(StartGate::default());
+        let mut handles: Vec<JoinHandle<()>> = Vec::new();
+        let mut failed = None;
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            match vcpu.spawn(self.ctx.clone(), self.seccomp, gate.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    failed = Some(VmmError::from(e));
+                    break;
+                }
+            }
+        }
+        if failed.is_none() {
+            failed = seccomp::install(ThreadKind::Vmm, self.seccomp)
+                .err()
+                .map(|e| JailError::from(e).into());
+        }
+        gate.open(failed.is_none());
+        match failed {
+            None => Ok(handles),
+            Some(e) => {
+                stop_vcpus(handles, &self.ctx.stop, VCPU_STOP_TIMEOUT);
+                Err(e)
+            }
+        }
     }
 
     /// The boot metrics of this VM.

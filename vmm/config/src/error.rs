@@ -100,6 +100,14 @@ pub enum ConfigError {
     /// The kernel command line is too long or contains a NUL byte.
     #[error("cmdline: {0}")]
     Cmdline(String),
+    /// The jail cannot be used as configured.
+    #[error("jail.{field}: {why}")]
+    Jail {
+        /// The jail field (or the device) at fault.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// A virtio-fs share is unusable (bad or duplicate tag, not a directory).
     #[error("shared_dirs: {tag:?}: {why}")]
     SharedDir {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::check_block_devices;
 use crate::fs::check_shared_dirs;
+use crate::jail::check_jail;
 use crate::limits::{
     DEFAULT_SERIAL_LIMIT_BYTES, MAX_INITRD_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
     MMIO_GAP_START,
@@ -16,8 +17,8 @@ use crate::limits::{
 use crate::net::check_net_devices;
 use crate::vsock::check_vsock;
 use crate::{
-    build_cmdline, check_range, BlockDeviceConfig, ConfigError, NetDeviceConfig, SharedDirConfig,
-    VsockDeviceConfig,
+    build_cmdline, check_range, BlockDeviceConfig, ConfigError, JailConfig, NetDeviceConfig,
+    SeccompMode, SharedDirConfig, VsockDeviceConfig,
 };
 
 /// Where the guest's serial console goes.
@@ -87,6 +88,10 @@ pub struct VmConfig {
     /// virtio-net devices (at most [`crate::limits::MAX_NET_DEVICES`]; `eth0`, `eth1`, ...
     /// in the guest).
     pub net_devices: Vec<NetDeviceConfig>,
+    /// Run jailed (own namespaces and root); the shim always sets it.
+    pub jail: Option<JailConfig>,
+    /// The per-thread seccomp filters' mode (on by default).
+    pub seccomp: SeccompMode,
 }
 
 impl Default for VmConfig {
@@ -105,6 +110,8 @@ impl Default for VmConfig {
             vsock: None,
             shared_dirs: Vec::new(),
             net_devices: Vec::new(),
+            jail: None,
+            seccomp: SeccompMode::Enforce,
         }
     }
 }
@@ -137,6 +144,11 @@ pub struct ValidConfig {
     /// virtio-net devices (checked: one backend each, valid unique interface names, fds
     /// that are TAP queues with a vnet header, unicast MACs, MTUs in range).
     pub net_devices: Vec<NetDeviceConfig>,
+    /// The jail (checked: an empty absolute directory; the vsock socket in a directory of
+    /// its own; no tap by name).
+    pub jail: Option<JailConfig>,
+    /// The seccomp filters' mode.
+    pub seccomp: SeccompMode,
 }
 
 impl VmConfig {
@@ -173,6 +185,9 @@ impl VmConfig {
         }
         let shared_dirs = check_shared_dirs(&self.shared_dirs)?;
         check_net_devices(&self.net_devices)?;
+        if let Some(jail) = &self.jail {
+            check_jail(jail, self.vsock.as_ref(), &self.net_devices)?;
+        }
         Ok(ValidConfig {
             kernel,
             initrd,
@@ -186,6 +201,8 @@ impl VmConfig {
             vsock: self.vsock.clone(),
             shared_dirs,
             net_devices: self.net_devices.clone(),
+            jail: self.jail.clone(),
+            seccomp: self.seccomp,
         })
     }
 }

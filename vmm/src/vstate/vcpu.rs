@@ -2,7 +2,7 @@
 //! guest I/O to the buses and turns terminal exits into an `ExitReason`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,37 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch;
 use crate::bus::Bus;
+use crate::config::SeccompMode;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::jail::seccomp::{self, ThreadKind};
 use crate::metrics::Metrics;
+
+/// Holds the vCPU threads until the main thread says whether they may enter the guest (once
+/// every thread's seccomp filter is in) or must end.
+#[derive(Debug, Default)]
+pub struct StartGate {
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting threads go on (`go`) or end (`!go`).
+    pub fn open(&self, go: bool) {
+        *crate::util::lock(&self.state) = Some(go);
+        self.opened.notify_all();
+    }
+
+    /// Waits until [`StartGate::open`]; whether to go on.
+    pub fn wait(&self) -> bool {
+        let mut state = crate::util::lock(&self.state);
+        loop {
+            if let Some(go) = *state {
+                return go;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +152,27 @@ impl Vcpu {
         Ok(Vcpu { id, fd })
     }
 
-    /// Starts the run loop on its own thread.
-    pub fn spawn(self, ctx: ExitContext) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the run loop on its own thread: the thread installs its seccomp filter, waits
+    /// until `gate` opens (every other thread has its filter), then enters the guest.
+    pub fn spawn(
+        self,
+        ctx: ExitContext,
+        seccomp: SeccompMode,
+        gate: Arc<StartGate>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run_loop(ctx))
+            .spawn(move || {
+                let filtered = seccomp::install(ThreadKind::Vcpu, seccomp);
+                if !gate.wait() {
+                    return;
+                }
+                match filtered {
+                    Ok(()) => self.run_loop(ctx),
+                    Err(e) => ctx.exit.request(ExitReason::VmmError(format!("vCPU {id}: {e}"))),
+                }
+            })
             .map_err(|source| VcpuError::Spawn { id, source })
     }
 
