@@ -65,6 +65,18 @@ pub struct Config {
     pub vm: PodVmConfig,
     /// The shim itself.
     pub runtime: RuntimeConfig,
+    /// Debugging switches that weaken isolation; never for production.
+    pub debug: DebugConfig,
+}
+
+/// `[debug]`: switches for debugging moat itself, each logged as a warning when on.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Run moat-vmm without its seccomp filters.
+    pub no_seccomp: bool,
+    /// Run moat-vmm without its jail (host namespaces and root; credentials still cut).
+    pub no_jail: bool,
 }
 
 /// `[vm]`: the microVM of a pod.

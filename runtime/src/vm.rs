@@ -120,6 +120,13 @@ impl Vm {
         accounting: &PodAccounting,
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
     ) -> Result<Vm, VmError> {
+        spawn::jail_dirs(dir)?;
+        if cfg.debug.no_seccomp {
+            log::warn!("[debug] no_seccomp: moat-vmm runs without its seccomp filters");
+        }
+        if cfg.debug.no_jail {
+            log::warn!("[debug] no_jail: moat-vmm runs in the host's namespaces and root");
+        }
         let vm_config = spawn::vm_config(cfg, dir, nic.as_ref());
         vm_config.validate()?;
         spawn::write_config(&vm_config, &dir.vm_config())?;

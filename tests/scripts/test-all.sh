@@ -31,6 +31,8 @@ fi
 
 step "build"
 cargo build --workspace --all-targets --locked
+# The test-only attack-hooks moat-vmm (containerd_moat_jail.rs), in its own target dir.
+tests/scripts/build-attack-vmm.sh
 
 step "tests"
 # Every retry after a nested-guest crash lands in this log (moat_tests::retries); the summary

@@ -23,6 +23,7 @@ pub mod bench;
 pub mod containerd;
 pub mod guest;
 pub mod hostile;
+pub mod jail;
 pub mod process;
 pub mod soak;
 pub mod testhost;

@@ -293,7 +293,8 @@ impl TestHostBuilder {
             .or_else(|_| initramfs::l1_initramfs(&std::env::temp_dir()))?;
         let mut rw_dirs = Vec::new();
         let from_env = std::env::var_os(RW_DIRS_ENV).unwrap_or_default();
-        for d in self.rw_dirs.into_iter().chain(std::env::split_paths(&from_env)) {
+        let env_dirs = std::env::split_paths(&from_env).filter(|d| !d.as_os_str().is_empty());
+        for d in self.rw_dirs.into_iter().chain(env_dirs) {
             let canon = d
                 .canonicalize()
                 .map_err(|e| TestHostError::Config(format!("rw dir {}: {e}", d.display())))?;

@@ -19,7 +19,9 @@ use moat_runtime::RUNTIME_ID;
 use moat_tests::containerd::cri::{
     self, api, api::ContainerState, api::PodSandboxState, CriClient, KubeletCgroup, PodIdentity,
 };
-use moat_tests::containerd::moat_stack::{self, moat_processes, with_stack_tuned, Stack};
+use moat_tests::containerd::moat_stack::{
+    self, moat_processes, vm_processes, with_stack_tuned, Stack,
+};
 use moat_tests::containerd::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
 use moat_tests::containerd::ContainerdOptions;
 
@@ -274,8 +276,10 @@ impl<'a> Pod<'a> {
     fn vmm_pid(&self) -> u32 {
         let vmms = Self::vmms();
         let ours = vmms.iter().find(|p| p.contains(&self.id));
-        let pid = ours.and_then(|p| p.split(':').next()?.parse().ok());
-        pid.unwrap_or_else(|| panic!("no moat-vmm of pod {}: {vmms:?}", self.id))
+        let pid: Option<u32> = ours.and_then(|p| p.split(':').next()?.parse().ok());
+        let pid = pid.unwrap_or_else(|| panic!("no moat-vmm of pod {}: {vmms:?}", self.id));
+        // The jailed VMM (the supervisor's child) runs the VM.
+        moat_tests::jail::jailed_child(pid).unwrap_or(pid)
     }
 
     /// Pod accounting: every thread of the pod's moat-vmm runs in the pod's sandbox cgroup
@@ -385,10 +389,7 @@ impl<'a> Pod<'a> {
 
     /// The moat-vmm processes on this host.
     fn vmms() -> Vec<String> {
-        let procs = moat_processes().into_iter();
-        procs
-            .filter(|p| !p.contains("containerd-shim") && p.contains("moat-vmm"))
-            .collect()
+        vm_processes()
     }
 
     /// Both containers run in the pod's one VM: the same kernel, not the host's.

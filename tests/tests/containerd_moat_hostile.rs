@@ -291,9 +291,11 @@ fn race_while_creating(
     Ok(())
 }
 
-/// How many fds the pod's moat-vmm holds.
+/// How many fds the pod's (jailed) moat-vmm holds.
 fn vmm_fds(s: &Stack, r: &Round) -> usize {
-    let pid = s.vmm_pid(r.pod.as_str()).expect("the pod's moat-vmm");
+    let pid = s
+        .jailed_vmm_pid(r.pod.as_str())
+        .expect("the pod's moat-vmm");
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))

@@ -82,8 +82,9 @@ fn one_vm(image: &GuestImage, flows: fn(&Suite)) -> Result<(), String> {
         AgentClient::connect_hybrid_vsock(&vm.uds, AGENT_VSOCK_PORT, Duration::from_secs(120))
             .unwrap_or_else(|e| {
                 panic!(
-                    "agent not reachable: {e}\n--- console ---\n{}",
-                    vm.console_text()
+                    "agent not reachable: {e}\n--- console ---\n{}\n--- moat-vmm stderr ---\n{}",
+                    vm.console_text(),
+                    std::fs::read_to_string(dir.join("vmm.stderr")).unwrap_or_default()
                 )
             });
     let console = || format!("--- guest console (tail) ---\n{}", tail(&vm.console_text()));

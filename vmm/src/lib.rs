@@ -8,6 +8,8 @@
 //! threads and the event loop until an [`exit::ExitReason`] is recorded.
 
 pub mod arch;
+#[cfg(feature = "attack-hooks")]
+pub mod attack;
 pub mod bus;
 pub mod devices;
 pub mod exit;

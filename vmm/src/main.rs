@@ -11,8 +11,8 @@ use moat_vmm::config::{
     BlockDeviceConfig, JailConfig, NetDeviceConfig, SeccompMode, SerialOutput, SharedDirConfig,
     ValidConfig, VmConfig, VsockDeviceConfig,
 };
-use moat_vmm::jail::{creds, root, supervisor};
 use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
+use moat_vmm::jail::{creds, root, supervisor};
 use moat_vmm::metrics::Metrics;
 use moat_vmm::vmm::Vmm;
 
@@ -180,6 +180,11 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // One malloc arena for every thread: glibc reads /proc/sys/vm/overcommit_memory the first
+    // time it shrinks a thread arena, which a vCPU thread's seccomp filter (no file calls)
+    // must never see; fewer arenas also keep the VMM's RSS small.
+    // SAFETY: mallopt with integer arguments, before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let metrics = Arc::new(Metrics::new());
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)

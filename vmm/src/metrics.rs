@@ -165,6 +165,16 @@ impl Metrics {
         let _ = self.first_kvm_run.set(self.start.elapsed());
     }
 
+    /// When the guest reached /init (since the VMM started), once it has.
+    pub fn guest_init_elapsed(&self) -> Option<Duration> {
+        self.guest_init.get().copied()
+    }
+
+    /// Time since the VMM started.
+    pub fn since_start(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     /// Records the guest's /init and samples RSS; true the first time only.
     pub fn mark_guest_init(&self) -> bool {
         if self.guest_init.set(self.start.elapsed()).is_err() {
@@ -269,6 +279,8 @@ Rss:                  12 kB
     #[test]
     fn first_marks_win() {
         let m = Metrics::new();
+        // Opens /proc/self/smaps (as Vmm::new does, before any jail drops /proc).
+        m.set_guest_ranges(Vec::new());
         m.mark_first_kvm_run();
         let first = m.snapshot().first_kvm_run_us;
         std::thread::sleep(Duration::from_millis(2));

@@ -19,6 +19,7 @@ use crate::arch::layout::{
 };
 use crate::bus::{Bus, BusError};
 use crate::config::tap::NotATap;
+use crate::config::SeccompMode;
 use crate::config::{insert_kernel_args, NetDeviceConfig, SerialConfig, ValidConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_PORT, I8042_PORTS};
@@ -31,7 +32,6 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::IrqTrigger;
-use crate::config::SeccompMode;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::jail::seccomp::{self, ThreadKind};
 use crate::jail::JailError;
@@ -313,6 +313,8 @@ pub struct Vmm {
     event_manager: EventManager<Subscriber>,
     metrics: Arc<Metrics>,
     seccomp: SeccompMode,
+    #[cfg(feature = "attack-hooks")]
+    cmdline: String,
     _guest_memory: GuestMemoryMmap,
 }
 
@@ -365,6 +367,8 @@ impl Vmm {
             event_manager,
             metrics,
             seccomp: config.seccomp,
+            #[cfg(feature = "attack-hooks")]
+            cmdline: config.cmdline.clone(),
             _guest_memory: mem,
         })
     }
@@ -377,9 +381,15 @@ impl Vmm {
             .install_stop_signals()
             .map_err(io_err("install stop signal handlers"))?;
         let handles = self.start_filtered()?;
+        #[cfg(feature = "attack-hooks")]
+        let mut attack = crate::attack::Attack::from_cmdline(&self.cmdline);
         let result = loop {
             if let Some(reason) = self.ctx.exit.reason() {
                 break Ok(reason);
+            }
+            #[cfg(feature = "attack-hooks")]
+            if let Some(a) = attack.as_mut() {
+                a.poll(&self.metrics);
             }
             if let Err(e) = self.event_manager.run_with_timeout(500) {
                 break Err(VmmError::EventLoop(e));
@@ -398,7 +408,9 @@ impl Vmm {
     /// main thread opens once its own filter is in.
     fn start_filtered(&mut self) -> Result<Vec<JoinHandle<()>>, VmmError> {
         if self.seccomp == SeccompMode::Off {
-            tracing::warn!("seccomp filters are off (debug configuration): the VMM is not confined");
+            tracing::warn!(
+                "seccomp filters are off (debug configuration): the VMM is not confined"
+            );
         } else {
             seccomp::install_sigsys_handler().map_err(JailError::from)?;
         }

@@ -419,10 +419,19 @@ impl Drop for KillOnDrop {
 fn jailed_pid(supervisor: u32) -> u32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let path = format!("/proc/{supervisor}/task/{supervisor}/children");
-        let children = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            return pid.parse().unwrap();
+        // By parent pid (`.../children` needs CONFIG_PROC_CHILDREN).
+        let child = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat[stat.rfind(')')? + 2..]
+                .split(' ')
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == supervisor).then_some(pid)
+        });
+        if let Some(pid) = child {
+            return pid;
         }
         assert!(std::time::Instant::now() < deadline, "no jailed child");
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -433,7 +442,11 @@ fn jailed_pid(supervisor: u32) -> u32 {
 fn status_field(pid: u32, tid: &str, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with(&format!("{field}:")));
-    line.unwrap_or_else(|| panic!("no {field} in {status}")).split_whitespace().nth(1).unwrap().to_owned()
+    line.unwrap_or_else(|| panic!("no {field} in {status}"))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -442,25 +455,31 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
     let dir = scratch();
     let kernel = dir.path().join("vmlinux");
     std::fs::write(&kernel, pvh_elf(&Asm::default().print(b"up\n").spin().0)).unwrap();
-    let (jail, vsock_dir, share) = (dir.path().join("jail"), dir.path().join("vsock"), dir.path().join("share"));
+    let (jail, vsock_dir, share) = (
+        dir.path().join("jail"),
+        dir.path().join("vsock"),
+        dir.path().join("share"),
+    );
     for d in [&jail, &vsock_dir, &share] {
         std::fs::create_dir(d).unwrap();
     }
     let sock = vsock_dir.join("vm.sock");
     let serial = dir.path().join("serial.out");
     let metrics = dir.path().join("metrics.json");
-    let mut child = KillOnDrop(Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-        .arg("--kernel")
-        .arg(&kernel)
-        .args(["--memory-mib", "64", "--vcpus", "2"])
-        .arg(format!("--jail={}", jail.display()))
-        .arg(format!("--vsock=3,{}", sock.display()))
-        .arg(format!("--share=fs={}", share.display()))
-        .arg(format!("--serial=file:{}", serial.display()))
-        .arg("--metrics-file")
-        .arg(&metrics)
-        .spawn()
-        .unwrap());
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--memory-mib", "64", "--vcpus", "2"])
+            .arg(format!("--jail={}", jail.display()))
+            .arg(format!("--vsock=3,{}", sock.display()))
+            .arg(format!("--share=fs={}", share.display()))
+            .arg(format!("--serial=file:{}", serial.display()))
+            .arg("--metrics-file")
+            .arg(&metrics)
+            .spawn()
+            .unwrap(),
+    );
     let child = &mut child.0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::fs::read(&serial).unwrap_or_default() != b"up\n" {
@@ -470,8 +489,8 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
     let vmm = jailed_pid(child.id());
     // Every thread: seccomp filter mode, no_new_privs, only the share capabilities.
     let share_caps = "00000000000000df"; // CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID SETGID SETUID
-    // KVM's own worker (`kvm-nx-lpage-recovery`, kernel code that runs no VMM code) is a
-    // task of the process too on 6.x kernels; every other task is a VMM thread.
+                                         // KVM's own worker (`kvm-nx-lpage-recovery`, kernel code that runs no VMM code) is a
+                                         // task of the process too on 6.x kernels; every other task is a VMM thread.
     let comm = |t: &str| std::fs::read_to_string(format!("/proc/{vmm}/task/{t}/comm")).unwrap();
     let tids: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/task"))
         .unwrap()
@@ -484,7 +503,11 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
         assert_eq!(status_field(vmm, tid, "Seccomp"), "2", "thread {tid}");
         assert_eq!(status_field(vmm, tid, "NoNewPrivs"), "1", "thread {tid}");
         for set in ["CapEff", "CapPrm", "CapBnd"] {
-            assert_eq!(status_field(vmm, tid, set), share_caps, "{set} of thread {tid}");
+            assert_eq!(
+                status_field(vmm, tid, set),
+                share_caps,
+                "{set} of thread {tid}"
+            );
         }
         assert_eq!(status_field(vmm, tid, "CapInh"), "0000000000000000");
     }
@@ -499,17 +522,45 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     root.sort();
-    assert_eq!(root, ["console", "dev", "kernel", "metrics.json", "proc", "shares", "vsock"]);
+    assert_eq!(
+        root,
+        [
+            "console",
+            "dev",
+            "kernel",
+            "metrics.json",
+            "proc",
+            "shares",
+            "vsock"
+        ]
+    );
     let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
-    let mut points: Vec<&str> = mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .collect();
     points.sort();
     assert_eq!(
         points,
-        ["/", "/console", "/dev/kvm", "/dev/urandom", "/kernel", "/metrics.json", "/shares/fs", "/vsock"],
+        [
+            "/",
+            "/console",
+            "/dev/kvm",
+            "/dev/urandom",
+            "/kernel",
+            "/metrics.json",
+            "/shares/fs",
+            "/vsock"
+        ],
         "{mountinfo}"
     );
     let net = std::fs::read_to_string(format!("/proc/{vmm}/net/dev")).unwrap();
-    let ifaces: Vec<&str> = net.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    let ifaces: Vec<&str> = net
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
     assert_eq!(ifaces, ["lo"], "{net}");
     assert!(sock.exists(), "vsock socket not created in its directory");
 
@@ -523,5 +574,8 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
     // Nothing on the host: the jail directory is empty and no mount of it is left.
     assert_eq!(std::fs::read_dir(&jail).unwrap().count(), 0);
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!host_mounts.contains(jail.to_str().unwrap()), "{host_mounts}");
+    assert!(
+        !host_mounts.contains(jail.to_str().unwrap()),
+        "{host_mounts}"
+    );
 }

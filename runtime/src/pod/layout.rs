@@ -1,5 +1,6 @@
 //! Where a pod's host-side state lives: `<state_dir>/<namespace>/<pod id>/` (mode 0700) holds
-//! the VMM's config, vsock socket and pid file, `staging/` (the tmpfs where the shim mounts
+//! the VMM's config and pid file, `vsock/` (its vsock socket), `jail/` (the VMM's root,
+//! empty on the host), `staging/` (the tmpfs where the shim mounts
 //! each container's root filesystem and shared mounts under `staging/<container id>/`) and
 //! `share/`, its read-only bind exported to the guest over virtio-fs (see
 //! [`crate::host::share`]). A bundle records its pod in `moat-pod.json` so `delete` can clean
@@ -30,9 +31,21 @@ impl PodDir {
         }
     }
 
-    /// The VMM's hybrid vsock socket.
+    /// The VMM's hybrid vsock socket, alone in [`PodDir::vsock_dir`].
     pub fn vsock(&self) -> PathBuf {
-        self.root.join("vsock.sock")
+        self.vsock_dir().join("vm.sock")
+    }
+
+    /// The directory of the vsock socket: bound into the VMM's jail (so it holds nothing
+    /// else).
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.root.join("vsock")
+    }
+
+    /// The VMM's jail: an empty directory the VMM mounts its root on, in its own mount
+    /// namespace (the host only ever sees it empty).
+    pub fn jail(&self) -> PathBuf {
+        self.root.join("jail")
     }
 
     /// The VMM's configuration (`moat-vmm --config`).

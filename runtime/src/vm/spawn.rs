@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use moat_vmm_config::{
-    MacAddr, NetDeviceConfig, SerialConfig, SerialOutput, SharedDirConfig, VmConfig,
-    VsockDeviceConfig,
+    JailConfig, MacAddr, NetDeviceConfig, SeccompMode, SerialConfig, SerialOutput, SharedDirConfig,
+    VmConfig, VsockDeviceConfig,
 };
 
 use super::{VmError, VmNic, GUEST_CID, SHARE_TAG};
@@ -45,8 +45,25 @@ pub fn vm_config(cfg: &Config, dir: &PodDir, nic: Option<&VmNic>) -> VmConfig {
             path: dir.share(),
         }],
         net_devices: nic.map(net_device).into_iter().collect(),
+        jail: (!cfg.debug.no_jail).then(|| JailConfig { dir: dir.jail() }),
+        seccomp: if cfg.debug.no_seccomp {
+            SeccompMode::Off
+        } else {
+            SeccompMode::Enforce
+        },
         ..VmConfig::default()
     }
+}
+
+/// Creates the directories the VMM's jail needs: the (empty) jail and the vsock socket's.
+pub fn jail_dirs(dir: &PodDir) -> Result<(), VmError> {
+    for d in [dir.jail(), dir.vsock_dir()] {
+        std::fs::create_dir_all(&d).map_err(|source| VmError::WriteConfig {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The virtio-net device on the NIC's inherited TAP queue.
@@ -180,6 +197,12 @@ mod tests {
             (GUEST_CID, dir.vsock())
         );
         assert_eq!(vm.shared_dirs[0].path, dir.share());
+        assert_eq!(vm.jail.as_ref().unwrap().dir, dir.jail());
+        assert_eq!(vm.seccomp, SeccompMode::Enforce);
+        cfg.debug.no_seccomp = true;
+        cfg.debug.no_jail = true;
+        let debug = vm_config(&cfg, &dir, None);
+        assert_eq!((debug.seccomp, debug.jail), (SeccompMode::Off, None));
         assert!(vm.net_devices.is_empty() && vm.rng);
         let json = serde_json::to_string(&vm).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), vm);

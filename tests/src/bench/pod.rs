@@ -37,36 +37,69 @@ pub struct RuntimeNumbers {
 /// Runs `runs` alternating `ctr run --rm` of each runtime (after one warm-up each), then
 /// measures one idle pod of each, and prints the report.
 pub fn run(stack: &Stack, runs: u32) -> Result<(RuntimeNumbers, RuntimeNumbers), String> {
-    let (mut moat_t, mut runc_t) = (Vec::new(), Vec::new());
+    let variants = [(RUNTIME_ID, "moat"), (RUNC, "runc")];
+    let [moat_t, runc_t] = alternate(stack, runs, variants, |_| Ok(()))?;
+    let mut moat = RuntimeNumbers {
+        run_rm_us: moat_t,
+        ..Default::default()
+    };
+    let mut runc = RuntimeNumbers {
+        run_rm_us: runc_t,
+        ..Default::default()
+    };
+    (moat.idle_pss_kib, moat.guest_ram_pss_kib) = idle_pod(stack, RUNTIME_ID)?;
+    (runc.idle_pss_kib, _) = idle_pod(stack, RUNC)?;
+    print_report(runs, &moat, &runc);
+    let variants = [(RUNTIME_ID, "jail-on"), (RUNTIME_ID, "jail-off")];
+    let [on, off] = alternate(stack, runs, variants, |v| unconfined(stack, v == 1))?;
+    unconfined(stack, false)?;
+    println!(
+        "  ctr run --rm IMAGE true, moat-vmm jailed+filtered vs neither ([debug] no_jail, \
+         no_seccomp):  on {}  off {}  ratio on/off {}",
+        ms(on, 0),
+        ms(off, 0),
+        ratio(on, off)
+    );
+    Ok((moat, runc))
+}
+
+/// Median wall time of `ctr run --rm IMAGE true` for each `(runtime, label)` variant, run
+/// alternately (after one warm-up each) so drift hits all alike; `prepare(i)` readies variant
+/// `i` before each of its runs.
+fn alternate<const N: usize>(
+    stack: &Stack,
+    runs: u32,
+    variants: [(&str, &str); N],
+    prepare: impl Fn(usize) -> Result<(), String>,
+) -> Result<[Option<u64>; N], String> {
+    let mut times: [Vec<u64>; N] = std::array::from_fn(|_| Vec::new());
     for i in 0..=runs {
-        for (runtime, times) in [(RUNTIME_ID, &mut moat_t), (RUNC, &mut runc_t)] {
-            let id = format!("bench-{}-{i}", short(runtime));
+        for (v, (runtime, label)) in variants.iter().enumerate() {
+            prepare(v)?;
+            let id = format!("bench-{label}-{i}");
             let out = stack.run_rm_with(runtime, &id, &["true"], None)?;
             if out.code() != Some(0) {
                 return Err(format!(
-                    "{runtime}: ctr run --rm exited {:?}: {}\n{}",
+                    "{label}: ctr run --rm exited {:?}: {}\n{}",
                     out.code(),
                     out.stderr_str(),
                     stack.log()
                 ));
             }
             if i > 0 {
-                times.push(out.elapsed.as_micros() as u64);
+                times[v].push(out.elapsed.as_micros() as u64);
             }
         }
     }
-    let mut moat = RuntimeNumbers {
-        run_rm_us: median(moat_t),
-        ..Default::default()
-    };
-    let mut runc = RuntimeNumbers {
-        run_rm_us: median(runc_t),
-        ..Default::default()
-    };
-    (moat.idle_pss_kib, moat.guest_ram_pss_kib) = idle_pod(stack, RUNTIME_ID)?;
-    (runc.idle_pss_kib, _) = idle_pod(stack, RUNC)?;
-    print_report(runs, &moat, &runc);
-    Ok((moat, runc))
+    Ok(times.map(median))
+}
+
+/// Writes the stack's shim configuration with moat-vmm's jail and filters off (`off`) or on.
+fn unconfined(stack: &Stack, off: bool) -> Result<(), String> {
+    let mut cfg = moat_runtime::Config::load(&stack.config).map_err(|e| e.to_string())?;
+    cfg.debug.no_jail = off;
+    cfg.debug.no_seccomp = off;
+    std::fs::write(&stack.config, cfg.to_toml()).map_err(|e| e.to_string())
 }
 
 fn print_report(runs: u32, moat: &RuntimeNumbers, runc: &RuntimeNumbers) {

@@ -9,8 +9,12 @@
 //! (`moat_tests::bench::pod`): `ctr run --rm busybox true` wall time and the host memory (PSS)
 //! of one idle pod, as moat/runc ratios.
 //!
+//! `moat-bench jail [BOOTS]`: the same agent-image boot with moat-vmm's jail and seccomp
+//! filters on, and with neither (`--no-seccomp`, no `--jail`), interleaved: spawn → first
+//! KVM_RUN, spawn → /init and the VMM's RSS without guest RAM, as on/off ratios.
+//!
 //! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each),
-//! `moat-bench pod [RUNS]` (default 10).
+//! `moat-bench pod [RUNS]` (default 10), `moat-bench jail [BOOTS]` (default 10).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,11 +27,13 @@ use moat_tests::guest::{
     boot_moat, boot_qemu, default_image_for, AgentVm, BootRun, BootSpec, GuestImage,
 };
 
-const USAGE: &str = "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0]";
+const USAGE: &str =
+    "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0] | moat-bench jail [BOOTS>0]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let pod = args.first().is_some_and(|a| a == "pod");
+    let mode = args.first().map(String::as_str);
+    let pod = matches!(mode, Some("pod" | "jail"));
     let count: u32 = match args.get(usize::from(pod)).map(|a| a.parse()) {
         None => 10,
         Some(Ok(n)) if n > 0 && args.len() <= 1 + usize::from(pod) => n,
@@ -36,9 +42,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if pod {
+    if mode == Some("pod") {
         let budget = Duration::from_secs(300 + u64::from(count) * 40);
         return moat_tests::main_on_kvm(&args, budget, || bench_pod(count));
+    }
+    if mode == Some("jail") {
+        let budget = Duration::from_secs(120 + u64::from(count) * 30);
+        return match GuestImage::agent_image() {
+            Ok(image) => moat_tests::main_on_kvm(&args, budget, || bench_jail(image, count)),
+            Err(e) => {
+                eprintln!("moat-bench: {e} (build it with agent/build-image.sh)");
+                ExitCode::FAILURE
+            }
+        };
     }
     let boots = count;
     let budget = Duration::from_secs(120 + u64::from(boots) * 30);
@@ -215,5 +231,64 @@ fn bench_agent(image: GuestImage, boots: u32, bare_init_us: u64) -> ExitCode {
         ms(ready),
         ratio(ready, Some(bare_init_us))
     );
+    ExitCode::SUCCESS
+}
+
+/// One row of the jail report: what, how to read it from a boot, how to show it.
+type JailRow = (&'static str, fn(&BootRun) -> Option<u64>, fn(Option<u64>) -> String);
+
+/// `moat-bench jail`: jailed + filtered against neither, interleaved after a warm-up each.
+fn bench_jail(image: GuestImage, boots: u32) -> ExitCode {
+    let vmm = moat_tests::cargo_bin("moat-vmm");
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for i in 0..=boots {
+        let jail = match tempfile::Builder::new().prefix("moat-jail-").tempdir() {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("moat-bench: scratch dir: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut jailed = BootSpec::new(image.clone());
+        jailed.extra_args = vec![format!("--jail={}", jail.path().display())];
+        let mut bare = BootSpec::new(image.clone());
+        bare.extra_args = vec!["--no-seccomp".into()];
+        for (name, spec, runs) in [("jailed", &jailed, &mut on), ("bare", &bare, &mut off)] {
+            match boot_moat(&vmm, spec) {
+                Ok(r) if r.metrics["guest_init_us"].is_u64() => {
+                    if i > 0 {
+                        runs.push(r);
+                    }
+                }
+                Ok(r) => {
+                    eprintln!("moat-bench: {name} boot failed\n{}", r.describe());
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("moat-bench: {name}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!("moat-bench jail: {boots} boots each, medians (agent image, 1 vCPU, 256 MiB)");
+    let rows: [JailRow; 3] = [
+        ("spawn -> first KVM_RUN", BootRun::spawn_to_first_run_us, ms),
+        ("spawn -> /init (boot timer)", BootRun::spawn_to_init_us, ms),
+        (
+            "RSS without guest RAM",
+            |r| r.metrics["rss_excl_guest_kib"].as_u64(),
+            kib,
+        ),
+    ];
+    for (what, f, show) in rows {
+        let (a, b) = (collect(&on, f), collect(&off, f));
+        println!(
+            "  {what:<28} jail+seccomp {}  neither {}  ratio on/off {}",
+            show(a),
+            show(b),
+            ratio(a, b)
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -261,20 +261,34 @@ impl Stack {
         )
     }
 
-    /// The pid of pod `pod`'s live moat-vmm (its command line names the pod's `vm.json`).
+    /// The pid of the jailed moat-vmm of pod `pod` (the one running the VM, in its own PID
+    /// namespace), or of [`Stack::vmm_pid`] when it has no jailed child.
+    pub fn jailed_vmm_pid(&self, pod: &str) -> Option<u32> {
+        let pid = self.vmm_pid(pod)?;
+        Some(crate::jail::jailed_child(pid).unwrap_or(pid))
+    }
+
+    /// The pid of pod `pod`'s live moat-vmm process the shim spawned (its command line names
+    /// the pod's `vm.json`): the jail's supervisor, whose death takes the jailed VMM along.
     pub fn vmm_pid(&self, pod: &str) -> Option<u32> {
         let config = self.pod_dir(pod).vm_config();
         let config = config.as_os_str().as_bytes();
-        sys::list()
+        let procs: Vec<(u32, u32)> = sys::list()
             .into_iter()
-            .filter(|(pid, _, _)| sys::alive(*pid))
-            .find(|(_, _, argv)| {
-                argv[0].ends_with(b"moat-vmm")
+            .filter(|(pid, _, argv)| {
+                sys::alive(*pid)
+                    && argv[0].ends_with(b"moat-vmm")
                     && argv
                         .iter()
                         .any(|a| a.windows(config.len()).any(|w| w == config))
             })
-            .map(|(pid, _, _)| pid)
+            .map(|(pid, ppid, _)| (pid, ppid))
+            .collect();
+        // The jailed VMM has the same command line; its parent is the supervisor.
+        procs
+            .iter()
+            .find(|(_, ppid)| !procs.iter().any(|(pid, _)| pid == ppid))
+            .map(|(pid, _)| *pid)
     }
 
     /// The live shim process serving shim group `group` (a lone container's id, or its
@@ -392,6 +406,29 @@ pub fn moat_processes() -> Vec<String> {
             cmd.contains("moat-vmm")
                 || cmd.contains("containerd-shim-moat")
                 || cmd.contains("containerd-shim-kata")
+        })
+        .collect()
+}
+
+/// One line (`pid: argv`) per live moat-vmm VM: its outermost process, the jail's
+/// supervisor (the jailed VMM, its child, is the same VM).
+pub fn vm_processes() -> Vec<String> {
+    let procs = sys::list();
+    let is_vmm = |argv: &[Vec<u8>]| argv.first().is_some_and(|a| a.ends_with(b"moat-vmm"));
+    let vmm_pids: Vec<u32> = procs
+        .iter()
+        .filter(|(pid, _, argv)| is_vmm(argv) && sys::alive(*pid))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    procs
+        .iter()
+        .filter(|(pid, ppid, _)| vmm_pids.contains(pid) && !vmm_pids.contains(ppid))
+        .map(|(pid, _, argv)| {
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into())
+                .collect();
+            format!("{pid}: {}", argv.join(" "))
         })
         .collect()
 }

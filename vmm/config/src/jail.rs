@@ -41,10 +41,13 @@ pub(crate) fn check_jail(
     let bad = |field: &'static str, why: String| ConfigError::Jail { field, why };
     let dir = &jail.dir;
     if !dir.is_absolute() {
-        return Err(bad("dir", format!("{} is not an absolute path", dir.display())));
+        return Err(bad(
+            "dir",
+            format!("{} is not an absolute path", dir.display()),
+        ));
     }
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(|e| bad("dir", format!("{}: {e}", dir.display())))?;
+    let mut entries =
+        std::fs::read_dir(dir).map_err(|e| bad("dir", format!("{}: {e}", dir.display())))?;
     if entries.next().is_some() {
         return Err(bad("dir", format!("{} is not empty", dir.display())));
     }

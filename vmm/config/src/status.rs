@@ -38,7 +38,9 @@ pub fn describe(status: i32) -> String {
         s if s > EXIT_SIGNAL_BASE => format!("killed by signal {}", s - EXIT_SIGNAL_BASE),
         EXIT_GUEST_PANIC => format!("exit status {EXIT_GUEST_PANIC}: the guest panicked"),
         EXIT_GUEST_CRASH => format!("exit status {EXIT_GUEST_CRASH}: the guest crashed"),
-        EXIT_SECCOMP => format!("exit status {EXIT_SECCOMP}: moat-vmm stopped by its seccomp filter"),
+        EXIT_SECCOMP => {
+            format!("exit status {EXIT_SECCOMP}: moat-vmm stopped by its seccomp filter")
+        }
         EXIT_BAD_CONFIG => format!("exit status {EXIT_BAD_CONFIG}: bad configuration"),
         EXIT_VMM_ERROR => format!("exit status {EXIT_VMM_ERROR}: the VMM failed"),
         s => format!("exit status {s}"),

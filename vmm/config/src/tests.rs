@@ -242,6 +242,62 @@ fn json_block_devices_and_rng() {
 }
 
 #[test]
+fn the_jail_is_checked() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let jail = dir.join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    std::fs::create_dir(dir.join("vsock")).unwrap();
+    let base = VmConfig {
+        kernel: Some(fake_kernel(dir)),
+        jail: Some(JailConfig { dir: jail.clone() }),
+        vsock: Some(VsockDeviceConfig {
+            guest_cid: 3,
+            uds_path: dir.join("vsock/vm.sock"),
+        }),
+        ..Default::default()
+    };
+    let err = |cfg: &VmConfig| match cfg.validate() {
+        Err(ConfigError::Jail { field, why }) => format!("{field}: {why}"),
+        other => panic!("expected a jail error, got {other:?}"),
+    };
+    let with = |f: &dyn Fn(&mut VmConfig)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
+    assert!(with(&|_| {}).validate().is_ok());
+    let rel = with(&|c| c.jail = Some(JailConfig { dir: "jail".into() }));
+    assert!(err(&rel).starts_with("dir: jail is not an absolute path"));
+    let missing = with(&|c| {
+        c.jail = Some(JailConfig {
+            dir: dir.join("nope"),
+        })
+    });
+    assert!(err(&missing).starts_with("dir: "));
+    std::fs::write(jail.join("x"), "").unwrap();
+    assert!(err(&with(&|_| {})).contains("is not empty"));
+    std::fs::remove_file(jail.join("x")).unwrap();
+    let in_root = with(&|c| c.vsock.as_mut().unwrap().uds_path = "/vm.sock".into());
+    assert!(err(&in_root).starts_with("vsock: the socket /vm.sock needs a directory"));
+    let tap = with(&|c| {
+        c.net_devices = vec![NetDeviceConfig {
+            tap: Some("tap0".into()),
+            ..Default::default()
+        }]
+    });
+    assert!(err(&tap).starts_with("net_devices: net_devices[0] names a tap"));
+    assert_eq!(
+        ConfigError::Jail {
+            field: "dir",
+            why: "x".into()
+        }
+        .to_string(),
+        "jail.dir: x"
+    );
+}
+
+#[test]
 fn vsock_is_checked() {
     let tmp = tmpdir();
     let dir = tmp.path();
@@ -488,6 +544,10 @@ fn a_full_config_round_trips_through_json() {
                 ..Default::default()
             },
         ],
+        jail: Some(JailConfig {
+            dir: "/run/pod/jail".into(),
+        }),
+        seccomp: SeccompMode::Log,
     };
     let path = tmp.path().join("vm.json");
     serde_json::to_writer_pretty(File::create(&path).unwrap(), &cfg).unwrap();

@@ -74,9 +74,11 @@ pub fn restrict(config: &ValidConfig) -> Result<(), JailError> {
 /// Drops every capability not in `keep` from the bounding, inheritable and ambient sets,
 /// and sets effective = permitted = `keep`.
 pub fn drop_caps(keep: &CapsHashSet) -> Result<(), JailError> {
-    let err = |what: &'static str| move |e: caps::errors::CapsError| JailError::Caps {
-        what,
-        why: e.to_string(),
+    let err = |what: &'static str| {
+        move |e: caps::errors::CapsError| JailError::Caps {
+            what,
+            why: e.to_string(),
+        }
     };
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
@@ -96,9 +98,13 @@ fn set_rlimits(config: &ValidConfig) -> Result<(), JailError> {
     set_rlimit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
     // Threads: the vCPUs and the main thread exist by now (for uid 0 the kernel does not
     // enforce it; the seccomp filters forbid clone).
-    set_rlimit(libc::RLIMIT_NPROC, u64::from(config.vcpus) + 1, "RLIMIT_NPROC")?;
-    let guest_writes_files = !config.shared_dirs.is_empty()
-        || config.block_devices.iter().any(|b| !b.read_only);
+    set_rlimit(
+        libc::RLIMIT_NPROC,
+        u64::from(config.vcpus) + 1,
+        "RLIMIT_NPROC",
+    )?;
+    let guest_writes_files =
+        !config.shared_dirs.is_empty() || config.block_devices.iter().any(|b| !b.read_only);
     if !guest_writes_files {
         // The console (capped) and the metrics file are all the VMM writes.
         let fsize = config.serial.limit_bytes.saturating_add(1 << 20);
@@ -131,4 +137,76 @@ fn set_rlimit(
         return Err(JailError::os(name));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BlockDeviceConfig, SharedDirConfig, VmConfig, VsockDeviceConfig};
+
+    /// A valid configuration (a fake vmlinux header) changed by `f`.
+    fn valid(dir: &std::path::Path, f: impl FnOnce(&mut VmConfig)) -> ValidConfig {
+        let kernel = dir.join("vmlinux");
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        elf[18] = 62;
+        std::fs::write(&kernel, elf).unwrap();
+        let mut c = VmConfig {
+            kernel: Some(kernel),
+            ..Default::default()
+        };
+        f(&mut c);
+        c.validate().unwrap()
+    }
+
+    #[test]
+    fn only_a_vm_with_a_share_keeps_capabilities() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bare = valid(tmp.path(), |_| {});
+        assert!(kept_caps(&bare).is_empty());
+        let shared = valid(tmp.path(), |c| {
+            c.shared_dirs = vec![SharedDirConfig {
+                tag: "fs".into(),
+                path: tmp.path().into(),
+            }]
+        });
+        let kept = kept_caps(&shared);
+        assert_eq!(kept.len(), SHARE_CAPS.len());
+        for never in [
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_NET_ADMIN,
+            Capability::CAP_SYS_PTRACE,
+            Capability::CAP_SYS_MODULE,
+            Capability::CAP_MKNOD,
+        ] {
+            assert!(!kept.contains(&never), "{never:?}");
+        }
+    }
+
+    #[test]
+    fn the_open_file_limit_follows_the_devices() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(nofile_limit(&valid(tmp.path(), |_| {})), BASE_OPEN_FILES);
+        let full = valid(tmp.path(), |c| {
+            c.vsock = Some(VsockDeviceConfig {
+                guest_cid: 3,
+                uds_path: tmp.path().join("v.sock"),
+            });
+            c.shared_dirs = ["a", "b"]
+                .map(|tag| SharedDirConfig {
+                    tag: tag.into(),
+                    path: tmp.path().into(),
+                })
+                .into();
+            c.block_devices = vec![BlockDeviceConfig {
+                path: tmp.path().join("vmlinux"),
+                read_only: true,
+            }];
+        });
+        assert_eq!(
+            nofile_limit(&full),
+            BASE_OPEN_FILES + VSOCK_OPEN_FILES + 2 * SHARE_OPEN_FILES
+        );
+        assert_eq!(nofile_limit(&full), 1024 + 1024 + 2 * 262_144);
+    }
 }

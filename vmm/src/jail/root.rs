@@ -61,24 +61,36 @@ fn populate(config: &ValidConfig, root: &Path) -> Result<ValidConfig, JailError>
         s.path = b.dir(&s.path, &format!("shares/{}", s.tag), true)?;
     }
     if let Some(v) = &mut c.vsock {
-        let name = v.uds_path.file_name().map(PathBuf::from).unwrap_or_default();
+        let name = v
+            .uds_path
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_default();
         let dir = v.uds_path.parent().unwrap_or(Path::new("/"));
         v.uds_path = b.dir(dir, "vsock", false)?.join(name);
     }
     if let SerialOutput::File(path) = &config.serial.output {
-        std::fs::File::create(path).map_err(|e| JailError::io(format!("create {}", path.display()), e))?;
+        std::fs::File::create(path)
+            .map_err(|e| JailError::io(format!("create {}", path.display()), e))?;
         c.serial.output = SerialOutput::File(b.file(path, "console", false)?);
     }
     if let Some(path) = &config.metrics_file {
-        std::fs::File::create(path).map_err(|e| JailError::io(format!("create {}", path.display()), e))?;
+        std::fs::File::create(path)
+            .map_err(|e| JailError::io(format!("create {}", path.display()), e))?;
         c.metrics_file = Some(b.file(path, "metrics.json", false)?);
     }
     b.file(Path::new("/dev/kvm"), "dev/kvm", false)?;
     b.file(Path::new("/dev/urandom"), "dev/urandom", true)?;
     let proc = root.join("proc");
     mkdir(&proc)?;
-    mount(Some("proc"), &proc, Some("proc"), nosuid_nodev_noexec(), Some(PROC_OPTS))
-        .map_err(|e| JailError::nix("mount the jail's /proc", e))?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        nosuid_nodev_noexec(),
+        Some(PROC_OPTS),
+    )
+    .map_err(|e| JailError::nix("mount the jail's /proc", e))?;
     Ok(c)
 }
 
@@ -98,7 +110,8 @@ impl Binder<'_> {
         if let Some(parent) = dst.parent() {
             mkdir(parent)?;
         }
-        std::fs::File::create(&dst).map_err(|e| JailError::io(format!("create {}", dst.display()), e))?;
+        std::fs::File::create(&dst)
+            .map_err(|e| JailError::io(format!("create {}", dst.display()), e))?;
         self.bind(src, &dst, MsFlags::MS_BIND, ro)?;
         Ok(Path::new("/").join(name))
     }
@@ -122,7 +135,8 @@ impl Binder<'_> {
         mount::<Path, Path, str, str>(Some(src), dst, None, flags, None)
             .map_err(|e| JailError::nix(what(), e))?;
         if ro {
-            let ro_flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev_noexec();
+            let ro_flags =
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev_noexec();
             mount::<str, Path, str, str>(None, dst, None, ro_flags, None)
                 .map_err(|e| JailError::nix(format!("{} read-only", what()), e))?;
         }

@@ -3,7 +3,7 @@
 //! installed by the thread itself before the first guest instruction runs.
 //!
 //! A syscall outside a thread's list: in [`SeccompMode::Enforce`] the kernel traps it
-//! (`SECCOMP_RET_TRAP`, the syscall is *not* run) and [`sigsys_handler`] writes
+//! (`SECCOMP_RET_TRAP`, the syscall is *not* run) and `sigsys_handler` writes
 //! `moat-vmm: stopped by its seccomp filter: syscall N (name) on thread T` to stderr and ends
 //! the whole process with [`EXIT_SECCOMP`]. No list allows `rt_sigaction`, so the handler
 //! cannot be replaced, and a SIGSYS that is blocked or ignored is delivered with its default
@@ -22,7 +22,7 @@ use seccompiler::{
 
 use crate::config::status::EXIT_SECCOMP;
 use crate::config::SeccompMode;
-pub use allow::{Allow, Arg};
+pub use allow::{syscall_name, Allow, Arg};
 
 /// The kinds of VMM threads, each with its own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +100,9 @@ pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>
         let slot = by_nr.entry(a.nr).or_insert_with(|| Some(Vec::new()));
         match (conds.is_empty(), slot.as_mut()) {
             (true, _) => *slot = None,
-            (false, Some(rules)) => rules.push(SeccompRule::new(conds).map_err(|e| build(e.to_string()))?),
+            (false, Some(rules)) => {
+                rules.push(SeccompRule::new(conds).map_err(|e| build(e.to_string()))?)
+            }
             (false, None) => {}
         }
     }
@@ -110,9 +112,9 @@ pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>
         .collect();
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|e| build(e.to_string()))?;
-    let prog: BpfProgram = filter.try_into().map_err(
-        |e: seccompiler::BackendError| build(e.to_string()),
-    )?;
+    let prog: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| build(e.to_string()))?;
     Ok(Some(prog))
 }
 
@@ -135,7 +137,7 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
     })
 }
 
-/// Installs [`sigsys_handler`] for the process (before any filter; no filter allows
+/// Installs `sigsys_handler` for the process (before any filter; no filter allows
 /// changing it afterwards).
 pub fn install_sigsys_handler() -> Result<(), SeccompError> {
     // SAFETY: an all-zero sigaction is a valid initial value; the fields set below are the
@@ -163,13 +165,19 @@ const SI_SYSCALL_OFFSET: usize = 24;
 
 /// The SIGSYS handler: says which syscall on which thread kind broke the filter, then ends
 /// the process with [`EXIT_SECCOMP`]. Async-signal-safe: no allocation, no locks.
-extern "C" fn sigsys_handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn sigsys_handler(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
     let nr = if code == SYS_SECCOMP {
         // SAFETY: for SYS_SECCOMP the union holds the sigsys fields; si_syscall is an i32 at
         // this offset inside the (at least 128-byte) siginfo_t.
-        unsafe { std::ptr::read_unaligned((info as *const u8).add(SI_SYSCALL_OFFSET) as *const i32) }
+        unsafe {
+            std::ptr::read_unaligned((info as *const u8).add(SI_SYSCALL_OFFSET) as *const i32)
+        }
     } else {
         -1
     };
@@ -187,7 +195,7 @@ extern "C" fn sigsys_handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx
 /// Writes the violation line into `buf` without allocating; returns its length.
 fn format_violation(buf: &mut [u8], nr: i32, kind: &str) -> usize {
     let mut w = StackWriter { buf, len: 0 };
-    let name = allow::syscall_name(i64::from(nr)).unwrap_or("?");
+    let name = syscall_name(i64::from(nr)).unwrap_or("?");
     let _ = std::fmt::Write::write_fmt(
         &mut w,
         format_args!(
@@ -217,7 +225,9 @@ impl Arg {
     /// The seccompiler condition this check stands for.
     fn condition(&self) -> Result<SeccompCondition, seccompiler::BackendError> {
         let (len, op, value) = match *self {
-            Arg::Eq(_, v) if v <= u64::from(u32::MAX) => (SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v),
+            Arg::Eq(_, v) if v <= u64::from(u32::MAX) => {
+                (SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+            }
             Arg::Eq(_, v) => (SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v),
             Arg::NoBits(_, mask) => (SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), 0),
             Arg::Ne(_, v) => (SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, v),

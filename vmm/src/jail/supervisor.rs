@@ -27,7 +27,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// Forks into a new PID namespace (see the module doc). Returns in the child; the parent
 /// never returns. Call it while the process has one thread.
 pub fn fork_into_pid_namespace() -> Result<(), JailError> {
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| JailError::nix("unshare the PID namespace", e))?;
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| JailError::nix("unshare the PID namespace", e))?;
     let mut forwarded = SigSet::empty();
     FORWARDED.iter().for_each(|s| forwarded.add(*s));
     forwarded
@@ -63,7 +64,10 @@ fn die_with_parent(alive: &OwnedFd) -> Result<(), JailError> {
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
         return Err(JailError::os("PR_SET_PDEATHSIG"));
     }
-    let mut fds = [nix::poll::PollFd::new(alive.as_raw_fd(), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        alive.as_raw_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     if nix::poll::poll(&mut fds, 0).unwrap_or(0) > 0 {
         std::process::exit(EXIT_VMM_ERROR);
     }

@@ -170,7 +170,9 @@ impl Vcpu {
                 }
                 match filtered {
                     Ok(()) => self.run_loop(ctx),
-                    Err(e) => ctx.exit.request(ExitReason::VmmError(format!("vCPU {id}: {e}"))),
+                    Err(e) => ctx
+                        .exit
+                        .request(ExitReason::VmmError(format!("vCPU {id}: {e}"))),
                 }
             })
             .map_err(|source| VcpuError::Spawn { id, source })

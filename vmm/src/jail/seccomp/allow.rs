@@ -59,35 +59,69 @@ pub const KVM_GET_REGS: u64 = kvm_ioc(IOC_READ, 0x81, size_of::<kvm_regs>());
 /// `KVM_GET_SREGS`: `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
 pub const KVM_GET_SREGS: u64 = kvm_ioc(IOC_READ, 0x83, size_of::<kvm_sregs>());
 /// `KVM_GET_VCPU_EVENTS`: `_IOR(KVMIO, 0x9f, struct kvm_vcpu_events)`.
-pub const KVM_GET_VCPU_EVENTS: u64 =
-    kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>());
+pub const KVM_GET_VCPU_EVENTS: u64 = kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>());
 
 /// mmap/mprotect `prot` bit that no thread may ask for once the VM runs.
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 
 /// What every VMM thread does: memory, locks, time, logging, exit.
 pub const COMMON: &[Allow] = &[
-    any(libc::SYS_read, "eventfds, the tap, sockets, files (fds the VMM opened)"),
-    any(libc::SYS_write, "eventfds (interrupts, kicks), the console, logs on stderr"),
-    any(libc::SYS_futex, "Mutex/Condvar of device state shared between threads"),
-    when(libc::SYS_mmap, &[Arg::NoBits(2, PROT_EXEC)], "the allocator (never executable)"),
-    when(libc::SYS_mprotect, &[Arg::NoBits(2, PROT_EXEC)], "the allocator (never executable)"),
-    any(libc::SYS_munmap, "the allocator; thread exit frees its stacks"),
+    any(
+        libc::SYS_read,
+        "eventfds, the tap, sockets, files (fds the VMM opened)",
+    ),
+    any(
+        libc::SYS_write,
+        "eventfds (interrupts, kicks), the console, logs on stderr",
+    ),
+    any(
+        libc::SYS_futex,
+        "Mutex/Condvar of device state shared between threads",
+    ),
+    when(
+        libc::SYS_mmap,
+        &[Arg::NoBits(2, PROT_EXEC)],
+        "the allocator (never executable)",
+    ),
+    when(
+        libc::SYS_mprotect,
+        &[Arg::NoBits(2, PROT_EXEC)],
+        "the allocator (never executable)",
+    ),
+    any(
+        libc::SYS_munmap,
+        "the allocator; thread exit frees its stacks",
+    ),
     any(libc::SYS_mremap, "the allocator growing a large buffer"),
     any(libc::SYS_madvise, "the allocator returning memory"),
     any(libc::SYS_brk, "the allocator"),
-    any(libc::SYS_clock_gettime, "timestamps when the vDSO falls back"),
+    any(
+        libc::SYS_clock_gettime,
+        "timestamps when the vDSO falls back",
+    ),
     any(libc::SYS_clock_nanosleep, "short sleeps while stopping"),
     any(libc::SYS_nanosleep, "short sleeps while stopping"),
     any(libc::SYS_sched_yield, "spin-wait backoff"),
-    any(libc::SYS_rt_sigreturn, "return from the vCPU kick and stop-signal handlers"),
-    any(libc::SYS_rt_sigprocmask, "thread exit (glibc blocks signals)"),
-    any(libc::SYS_sigaltstack, "thread exit removes the signal stack"),
+    any(
+        libc::SYS_rt_sigreturn,
+        "return from the vCPU kick and stop-signal handlers",
+    ),
+    any(
+        libc::SYS_rt_sigprocmask,
+        "thread exit (glibc blocks signals)",
+    ),
+    any(
+        libc::SYS_sigaltstack,
+        "thread exit removes the signal stack",
+    ),
     any(libc::SYS_gettid, "logging, thread exit"),
     any(libc::SYS_getpid, "pthread_kill (vCPU kick)"),
     any(libc::SYS_tgkill, "kick a vCPU out of KVM_RUN at stop"),
     any(libc::SYS_exit, "a thread ends"),
-    any(libc::SYS_exit_group, "the VMM ends (also the SIGSYS handler)"),
+    any(
+        libc::SYS_exit_group,
+        "the VMM ends (also the SIGSYS handler)",
+    ),
     any(libc::SYS_close, "closing fds the VMM opened"),
     when(
         libc::SYS_fcntl,
@@ -98,7 +132,10 @@ pub const COMMON: &[Allow] = &[
     any(libc::SYS_statx, "std's metadata and buffered reads"),
     any(libc::SYS_newfstatat, "metadata"),
     any(libc::SYS_lseek, "files the VMM opened"),
-    any(libc::SYS_pread64, "metrics (own smaps through an fd opened before the jail)"),
+    any(
+        libc::SYS_pread64,
+        "metrics (own smaps through an fd opened before the jail)",
+    ),
     any(libc::SYS_getrandom, "HashMap seeds; virtio-rng"),
 ];
 
@@ -106,8 +143,16 @@ pub const COMMON: &[Allow] = &[
 /// to devices, crash state).
 pub const VCPU: &[Allow] = &[
     when(libc::SYS_ioctl, &[Arg::Eq(1, KVM_RUN)], "enter the guest"),
-    when(libc::SYS_ioctl, &[Arg::Eq(1, KVM_GET_REGS)], "registers at a triple fault (log)"),
-    when(libc::SYS_ioctl, &[Arg::Eq(1, KVM_GET_SREGS)], "segments/CRs at a triple fault (log)"),
+    when(
+        libc::SYS_ioctl,
+        &[Arg::Eq(1, KVM_GET_REGS)],
+        "registers at a triple fault (log)",
+    ),
+    when(
+        libc::SYS_ioctl,
+        &[Arg::Eq(1, KVM_GET_SREGS)],
+        "segments/CRs at a triple fault (log)",
+    ),
     when(
         libc::SYS_ioctl,
         &[Arg::Eq(1, KVM_GET_VCPU_EVENTS)],
@@ -120,21 +165,37 @@ pub const VCPU: &[Allow] = &[
 pub const VMM: &[Allow] = &[
     any(libc::SYS_epoll_wait, "the event loop"),
     any(libc::SYS_epoll_pwait, "the event loop"),
-    any(libc::SYS_epoll_ctl, "devices (de)registering fds (vsock streams, the tap)"),
+    any(
+        libc::SYS_epoll_ctl,
+        "devices (de)registering fds (vsock streams, the tap)",
+    ),
     any(libc::SYS_timerfd_settime, "vsock handshake timeouts"),
     any(libc::SYS_readv, "virtio-net TX/RX, vsock"),
     any(libc::SYS_writev, "virtio-net TX, vsock"),
     any(libc::SYS_pwrite64, "virtio-blk writes"),
-    any(libc::SYS_preadv, "virtio-blk/virtio-fs reads into guest buffers"),
-    any(libc::SYS_pwritev, "virtio-blk/virtio-fs writes from guest buffers"),
+    any(
+        libc::SYS_preadv,
+        "virtio-blk/virtio-fs reads into guest buffers",
+    ),
+    any(
+        libc::SYS_pwritev,
+        "virtio-blk/virtio-fs writes from guest buffers",
+    ),
     any(libc::SYS_preadv2, "virtio-fs reads"),
     any(libc::SYS_pwritev2, "virtio-fs writes"),
     any(libc::SYS_fsync, "virtio-blk FLUSH, virtio-fs FSYNC"),
     any(libc::SYS_fdatasync, "virtio-blk FLUSH, virtio-fs FSYNC"),
     // vsock: the hybrid unix-socket backend.
-    when(libc::SYS_socket, &[Arg::Eq(0, libc::AF_UNIX as u64)], "vsock: connect to <uds>_<port>"),
+    when(
+        libc::SYS_socket,
+        &[Arg::Eq(0, libc::AF_UNIX as u64)],
+        "vsock: connect to <uds>_<port>",
+    ),
     any(libc::SYS_connect, "vsock: connect to <uds>_<port>"),
-    any(libc::SYS_accept4, "vsock: accept CONNECT streams on the listener"),
+    any(
+        libc::SYS_accept4,
+        "vsock: accept CONNECT streams on the listener",
+    ),
     any(libc::SYS_recvfrom, "vsock streams"),
     any(libc::SYS_sendto, "vsock streams"),
     any(libc::SYS_recvmsg, "vsock streams"),
@@ -142,15 +203,32 @@ pub const VMM: &[Allow] = &[
     any(libc::SYS_shutdown, "vsock: RST/SHUTDOWN from the guest"),
     any(libc::SYS_poll, "std's socket helpers"),
     any(libc::SYS_getsockopt, "vsock: connect errors"),
-    when(libc::SYS_ioctl, &[Arg::Eq(1, libc::FIONBIO)], "std set_nonblocking on streams"),
-    when(libc::SYS_ioctl, &[Arg::Eq(1, libc::FIOCLEX)], "std close-on-exec on new fds"),
+    when(
+        libc::SYS_ioctl,
+        &[Arg::Eq(1, libc::FIONBIO)],
+        "std set_nonblocking on streams",
+    ),
+    when(
+        libc::SYS_ioctl,
+        &[Arg::Eq(1, libc::FIOCLEX)],
+        "std close-on-exec on new fds",
+    ),
     any(libc::SYS_fcntl, "fd flags (vsock streams, virtio-fs)"),
     any(libc::SYS_dup, "virtio-fs handles"),
     // virtio-fs (fuse-backend-rs PassthroughFs), confined to the share by fd-relative calls.
-    any(libc::SYS_openat, "virtio-fs lookups/opens relative to inode fds; the metrics file"),
+    any(
+        libc::SYS_openat,
+        "virtio-fs lookups/opens relative to inode fds; the metrics file",
+    ),
     any(libc::SYS_mkdirat, "virtio-fs MKDIR"),
-    any(libc::SYS_mknodat, "virtio-fs MKNOD (FIFOs, sockets; devices refused before)"),
-    any(libc::SYS_unlinkat, "virtio-fs UNLINK/RMDIR; the vsock socket at teardown"),
+    any(
+        libc::SYS_mknodat,
+        "virtio-fs MKNOD (FIFOs, sockets; devices refused before)",
+    ),
+    any(
+        libc::SYS_unlinkat,
+        "virtio-fs UNLINK/RMDIR; the vsock socket at teardown",
+    ),
     any(libc::SYS_unlink, "the vsock socket at teardown"),
     any(libc::SYS_renameat2, "virtio-fs RENAME"),
     any(libc::SYS_linkat, "virtio-fs LINK"),
@@ -165,11 +243,26 @@ pub const VMM: &[Allow] = &[
     any(libc::SYS_fallocate, "virtio-fs FALLOCATE"),
     any(libc::SYS_getdents64, "virtio-fs READDIR"),
     any(libc::SYS_fstatfs, "virtio-fs STATFS"),
-    any(libc::SYS_umask, "virtio-fs CREATE/MKDIR apply the guest's umask"),
-    any(libc::SYS_setresuid, "virtio-fs acts as the requesting guest uid (per thread)"),
-    any(libc::SYS_setresgid, "virtio-fs acts as the requesting guest gid (per thread)"),
-    any(libc::SYS_capget, "virtio-fs drops CAP_FSETID around writes (libcap-ng)"),
-    any(libc::SYS_capset, "virtio-fs drops CAP_FSETID around writes (libcap-ng)"),
+    any(
+        libc::SYS_umask,
+        "virtio-fs CREATE/MKDIR apply the guest's umask",
+    ),
+    any(
+        libc::SYS_setresuid,
+        "virtio-fs acts as the requesting guest uid (per thread)",
+    ),
+    any(
+        libc::SYS_setresgid,
+        "virtio-fs acts as the requesting guest gid (per thread)",
+    ),
+    any(
+        libc::SYS_capget,
+        "virtio-fs drops CAP_FSETID around writes (libcap-ng)",
+    ),
+    any(
+        libc::SYS_capset,
+        "virtio-fs drops CAP_FSETID around writes (libcap-ng)",
+    ),
     any(libc::SYS_getuid, "virtio-fs"),
     any(libc::SYS_getgid, "virtio-fs"),
     any(libc::SYS_geteuid, "virtio-fs"),
