@@ -107,10 +107,7 @@ fn vmm_spawned_by_the_shim_is_jailed() {
             // The pod works as before: exec, then stop.
             let o = s.ctr_ok(&["task", "exec", "--exec-id", "e1", "jailed", "echo", "in"]);
             assert_eq!(o.stdout_str(), "in\n");
-            s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "jailed"]);
-            s.wait_task_status("jailed", "STOPPED", Duration::from_secs(30));
-            s.ctr_ok(&["task", "delete", "jailed"]);
-            s.ctr_ok(&["container", "delete", "jailed"]);
+            s.kill_and_delete("jailed");
         })
     });
 }
@@ -169,10 +166,7 @@ fn a_compromised_vmm_is_refused_or_stopped() {
             }
             let o = s.ctr_ok(&["task", "exec", "--exec-id", "e1", "shadow", "echo", "alive"]);
             assert_eq!(o.stdout_str(), "alive\n");
-            s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "shadow"]);
-            s.wait_task_status("shadow", "STOPPED", Duration::from_secs(30));
-            s.ctr_ok(&["task", "delete", "shadow"]);
-            s.ctr_ok(&["container", "delete", "shadow"]);
+            s.kill_and_delete("shadow");
         })
     });
 }

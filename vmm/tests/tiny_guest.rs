@@ -371,12 +371,27 @@ fn kernel_without_pvh_note_is_refused() {
     assert!(stderr.contains("no PVH entry note"), "{stderr}");
 }
 
-#[test]
-fn sigterm_stops_the_vm_cleanly_and_removes_its_socket() {
+/// A scratch dir with a guest that prints "up" and spins, and the guest's kernel path.
+fn spinning_guest() -> (TempDir, std::path::PathBuf) {
     assert_kvm();
     let dir = scratch();
     let kernel = dir.path().join("vmlinux");
     std::fs::write(&kernel, pvh_elf(&Asm::default().print(b"up\n").spin().0)).unwrap();
+    (dir, kernel)
+}
+
+/// Waits (10 s at most) until the guest has printed "up" into `serial`.
+fn wait_for_up(serial: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read(serial).unwrap_or_default() != b"up\n" {
+        assert!(std::time::Instant::now() < deadline, "guest never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_stops_the_vm_cleanly_and_removes_its_socket() {
+    let (dir, kernel) = spinning_guest();
     let sock = dir.path().join("vm.sock");
     let metrics = dir.path().join("metrics.json");
     let serial = dir.path().join("serial.out");
@@ -390,11 +405,7 @@ fn sigterm_stops_the_vm_cleanly_and_removes_its_socket() {
         .arg(&metrics)
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read(&serial).unwrap_or_default() != b"up\n" {
-        assert!(std::time::Instant::now() < deadline, "guest never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_up(&serial);
     assert!(sock.exists(), "vsock socket was not created");
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -451,10 +462,7 @@ fn status_field(pid: u32, tid: &str, field: &str) -> String {
 
 #[test]
 fn jailed_vmm_is_confined_and_leaves_nothing() {
-    assert_kvm();
-    let dir = scratch();
-    let kernel = dir.path().join("vmlinux");
-    std::fs::write(&kernel, pvh_elf(&Asm::default().print(b"up\n").spin().0)).unwrap();
+    let (dir, kernel) = spinning_guest();
     let (jail, vsock_dir, share) = (
         dir.path().join("jail"),
         dir.path().join("vsock"),
@@ -481,11 +489,7 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
             .unwrap(),
     );
     let child = &mut child.0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read(&serial).unwrap_or_default() != b"up\n" {
-        assert!(std::time::Instant::now() < deadline, "guest never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_up(&serial);
     let vmm = jailed_pid(child.id());
     // Every thread: seccomp filter mode, no_new_privs, only the share capabilities.
     let share_caps = "00000000000000df"; // CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID SETGID SETUID

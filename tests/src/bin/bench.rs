@@ -9,7 +9,7 @@
 //! (`moat_tests::bench::pod`): `ctr run --rm busybox true` wall time and the host memory (PSS)
 //! of one idle pod, as moat/runc ratios.
 //!
-//! `moat-bench jail [BOOTS]`: the same agent-image boot with moat-vmm's jail and seccomp
+//! `moat-bench jail [BOOTS]`: the same boot (the bench's busybox image) with moat-vmm's jail and seccomp
 //! filters on, and with neither (`--no-seccomp`, no `--jail`), interleaved: spawn → first
 //! KVM_RUN, spawn → /init and the VMM's RSS without guest RAM, as on/off ratios.
 //!
@@ -46,22 +46,15 @@ fn main() -> ExitCode {
         let budget = Duration::from_secs(300 + u64::from(count) * 40);
         return moat_tests::main_on_kvm(&args, budget, || bench_pod(count));
     }
-    if mode == Some("jail") {
-        let budget = Duration::from_secs(120 + u64::from(count) * 30);
-        return match GuestImage::agent_image() {
-            Ok(image) => moat_tests::main_on_kvm(&args, budget, || bench_jail(image, count)),
-            Err(e) => {
-                eprintln!("moat-bench: {e} (build it with agent/build-image.sh)");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let boots = count;
     let budget = Duration::from_secs(120 + u64::from(boots) * 30);
     let image = match default_image_for("moat-bench") {
         Ok(i) => i,
         Err(code) => return code,
     };
+    if mode == Some("jail") {
+        return moat_tests::main_on_kvm(&args, budget, || bench_jail(image, count));
+    }
     let agent = match GuestImage::agent_image() {
         Ok(i) => i,
         Err(e) => {
@@ -235,7 +228,11 @@ fn bench_agent(image: GuestImage, boots: u32, bare_init_us: u64) -> ExitCode {
 }
 
 /// One row of the jail report: what, how to read it from a boot, how to show it.
-type JailRow = (&'static str, fn(&BootRun) -> Option<u64>, fn(Option<u64>) -> String);
+type JailRow = (
+    &'static str,
+    fn(&BootRun) -> Option<u64>,
+    fn(Option<u64>) -> String,
+);
 
 /// `moat-bench jail`: jailed + filtered against neither, interleaved after a warm-up each.
 fn bench_jail(image: GuestImage, boots: u32) -> ExitCode {
@@ -271,7 +268,7 @@ fn bench_jail(image: GuestImage, boots: u32) -> ExitCode {
             }
         }
     }
-    println!("moat-bench jail: {boots} boots each, medians (agent image, 1 vCPU, 256 MiB)");
+    println!("moat-bench jail: {boots} boots each, medians (busybox image, 1 vCPU, 256 MiB)");
     let rows: [JailRow; 3] = [
         ("spawn -> first KVM_RUN", BootRun::spawn_to_first_run_us, ms),
         ("spawn -> /init (boot timer)", BootRun::spawn_to_init_us, ms),

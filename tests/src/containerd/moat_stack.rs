@@ -261,6 +261,15 @@ impl Stack {
         )
     }
 
+    /// SIGKILLs container `id`'s task (a `sleep` as PID 1 ignores SIGTERM), waits until it
+    /// stopped, and deletes task and container.
+    pub fn kill_and_delete(&self, id: &str) {
+        self.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+        self.wait_task_status(id, "STOPPED", Duration::from_secs(30));
+        self.ctr_ok(&["task", "delete", id]);
+        self.ctr_ok(&["container", "delete", id]);
+    }
+
     /// The pid of the jailed moat-vmm of pod `pod` (the one running the VM, in its own PID
     /// namespace), or of [`Stack::vmm_pid`] when it has no jailed child.
     pub fn jailed_vmm_pid(&self, pod: &str) -> Option<u32> {
@@ -395,19 +404,22 @@ pub fn moat_processes() -> Vec<String> {
     sys::list()
         .into_iter()
         .filter(|(pid, _, _)| sys::alive(*pid))
-        .map(|(pid, _, argv)| {
-            let argv: Vec<String> = argv
-                .iter()
-                .map(|a| String::from_utf8_lossy(a).into())
-                .collect();
-            format!("{pid}: {}", argv.join(" "))
-        })
+        .map(|(pid, _, argv)| process_line(pid, &argv))
         .filter(|cmd| {
             cmd.contains("moat-vmm")
                 || cmd.contains("containerd-shim-moat")
                 || cmd.contains("containerd-shim-kata")
         })
         .collect()
+}
+
+/// `pid: argv joined by spaces`.
+fn process_line(pid: u32, argv: &[Vec<u8>]) -> String {
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into())
+        .collect();
+    format!("{pid}: {}", argv.join(" "))
 }
 
 /// One line (`pid: argv`) per live moat-vmm VM: its outermost process, the jail's
@@ -423,13 +435,7 @@ pub fn vm_processes() -> Vec<String> {
     procs
         .iter()
         .filter(|(pid, ppid, _)| vmm_pids.contains(pid) && !vmm_pids.contains(ppid))
-        .map(|(pid, _, argv)| {
-            let argv: Vec<String> = argv
-                .iter()
-                .map(|a| String::from_utf8_lossy(a).into())
-                .collect();
-            format!("{pid}: {}", argv.join(" "))
-        })
+        .map(|(pid, _, argv)| process_line(*pid, argv))
         .collect()
 }
 
