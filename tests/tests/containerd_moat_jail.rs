@@ -104,6 +104,7 @@ fn vmm_spawned_by_the_shim_is_jailed() {
             for set in ["CapEff", "CapPrm", "CapBnd"] {
                 assert_eq!(sup.field(set)[0].1, NO_CAPS, "supervisor {set}");
             }
+            assert_eq!(sup.field("NoNewPrivs")[0].1, "1", "supervisor no_new_privs");
             // The pod works as before: exec, then stop.
             let o = s.ctr_ok(&["task", "exec", "--exec-id", "e1", "jailed", "echo", "in"]);
             assert_eq!(o.stdout_str(), "in\n");

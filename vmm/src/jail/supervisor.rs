@@ -1,7 +1,7 @@
 //! The PID namespace: a process cannot enter a new PID namespace itself, only its children
 //! can. So the jailed VMM is a child: [`fork_into_pid_namespace`] unshares the namespace and
 //! forks; the child (PID 1 there, seeing no other process) goes on to be the VMM, and the
-//! parent stays behind as a small supervisor with no capabilities that
+//! parent stays behind as a small supervisor with no capabilities (and `no_new_privs`) that
 //! - forwards SIGTERM, SIGINT and SIGHUP to the VMM;
 //! - exits with the VMM's exit status (a VMM killed by signal N: `128 + N`; by SIGSYS, i.e.
 //!   its seccomp filter with the handler bypassed: [`EXIT_SECCOMP`]);
@@ -74,10 +74,18 @@ fn die_with_parent(alive: &OwnedFd) -> Result<(), JailError> {
     Ok(())
 }
 
-/// The parent's life: drop every capability, forward signals, wait, return the VMM's status.
+/// The parent's life: drop every capability (and never gain one: `no_new_privs`), forward
+/// signals, wait, return the VMM's status.
 fn supervise(child: Pid, forwarded: &SigSet, _alive: OwnedFd) -> i32 {
     if let Err(e) = super::creds::drop_caps(&Default::default()) {
         eprintln!("moat-vmm supervisor: {e}");
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        eprintln!(
+            "moat-vmm supervisor: no_new_privs: {}",
+            std::io::Error::last_os_error()
+        );
     }
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {

@@ -255,14 +255,6 @@ pub const VMM: &[Allow] = &[
         libc::SYS_setresgid,
         "virtio-fs acts as the requesting guest gid (per thread)",
     ),
-    any(
-        libc::SYS_capget,
-        "virtio-fs drops CAP_FSETID around writes (libcap-ng)",
-    ),
-    any(
-        libc::SYS_capset,
-        "virtio-fs drops CAP_FSETID around writes (libcap-ng)",
-    ),
     any(libc::SYS_getuid, "virtio-fs"),
     any(libc::SYS_getgid, "virtio-fs"),
     any(libc::SYS_geteuid, "virtio-fs"),
