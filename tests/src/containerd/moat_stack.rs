@@ -359,7 +359,8 @@ impl Stack {
         .to_vec()
     }
 
-    /// Force-deletes every task and container of the namespace (after a failed flow).
+    /// Force-deletes every task and container of the namespace, and every CRI pod (after a
+    /// failed flow).
     pub fn remove_all(&self) {
         let ids = |what: &str| -> Vec<String> {
             let out = self.ctr(&[what, "ls", "-q"]);
@@ -373,6 +374,13 @@ impl Stack {
         }
         for id in ids("container").iter().filter(|id| !id.is_empty()) {
             let _ = self.ctr(&["container", "delete", id]);
+        }
+        // CRI pods (their sandbox shm mounts and netns go only with RemovePodSandbox).
+        if let Ok(cri) = super::cri::CriClient::for_containerd(&self.containerd) {
+            for pod in cri.list_pod_sandboxes().unwrap_or_default() {
+                let _ = cri.stop_pod_sandbox(&pod.id);
+                let _ = cri.remove_pod_sandbox(&pod.id);
+            }
         }
     }
 
