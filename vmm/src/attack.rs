@@ -44,7 +44,6 @@ impl Attack {
             return;
         }
         self.done = true;
-        tracing::warn!("attack-hooks: attempting {}", self.what);
         eprintln!("moat-vmm: attack-hooks: attempting {}", self.what);
         let outcome = match self.what.as_str() {
             // SAFETY (all three): plain syscalls with valid C strings or integers; this is

@@ -30,8 +30,10 @@ pub const SHARE_CAPS: &[Capability] = &[
 pub const BASE_OPEN_FILES: u64 = 1024;
 /// Open files for vsock: the listener, accepted streams and guest-initiated connections.
 pub const VSOCK_OPEN_FILES: u64 = 1024;
-/// Open files one share's virtio-fs server may hold (one `O_PATH` fd per inode the guest
-/// keeps, plus open handles): a guest past it gets `EMFILE`, not the host's file table.
+/// Open files one share's virtio-fs server may hold: the passthrough keeps one `O_PATH` fd
+/// per inode the guest kernel keeps (until the guest FORGETs it), plus open handles, so the
+/// soft default (1024) is far too low for a pod with many containers; a guest past this gets
+/// `EMFILE`, not the host's file table.
 pub const SHARE_OPEN_FILES: u64 = 1 << 18;
 
 /// The capabilities the VMM keeps for `config`.

@@ -70,14 +70,10 @@ fn populate(config: &ValidConfig, root: &Path) -> Result<ValidConfig, JailError>
         v.uds_path = b.dir(dir, "vsock", false)?.join(name);
     }
     if let SerialOutput::File(path) = &config.serial.output {
-        std::fs::File::create(path)
-            .map_err(|e| JailError::io(format!("create {}", path.display()), e))?;
-        c.serial.output = SerialOutput::File(b.file(path, "console", false)?);
+        c.serial.output = SerialOutput::File(b.output(path, "console")?);
     }
     if let Some(path) = &config.metrics_file {
-        std::fs::File::create(path)
-            .map_err(|e| JailError::io(format!("create {}", path.display()), e))?;
-        c.metrics_file = Some(b.file(path, "metrics.json", false)?);
+        c.metrics_file = Some(b.output(path, "metrics.json")?);
     }
     b.file(Path::new("/dev/kvm"), "dev/kvm", false)?;
     b.file(Path::new("/dev/urandom"), "dev/urandom", true)?;
@@ -114,6 +110,14 @@ impl Binder<'_> {
             .map_err(|e| JailError::io(format!("create {}", dst.display()), e))?;
         self.bind(src, &dst, MsFlags::MS_BIND, ro)?;
         Ok(Path::new("/").join(name))
+    }
+
+    /// Creates (or truncates) output file `host` on the host and binds it at `name`,
+    /// writable; returns its path inside.
+    fn output(&self, host: &Path, name: &str) -> Result<PathBuf, JailError> {
+        std::fs::File::create(host)
+            .map_err(|e| JailError::io(format!("create {}", host.display()), e))?;
+        self.file(host, name, false)
     }
 
     /// Binds directory `src` (with its submounts when `recursive`: a share) at `name`; returns

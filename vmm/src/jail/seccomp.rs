@@ -230,7 +230,6 @@ impl Arg {
             }
             Arg::Eq(_, v) => (SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v),
             Arg::NoBits(_, mask) => (SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), 0),
-            Arg::Ne(_, v) => (SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, v),
         };
         SeccompCondition::new(self.index(), len, op, value)
     }

@@ -35,13 +35,12 @@ impl StartGate {
 
     /// Waits until [`StartGate::open`]; whether to go on.
     pub fn wait(&self) -> bool {
-        let mut state = crate::util::lock(&self.state);
-        loop {
-            if let Some(go) = *state {
-                return go;
-            }
-            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        let state = crate::util::lock(&self.state);
+        let state = self
+            .opened
+            .wait_while(state, |s| s.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        state.unwrap_or(false)
     }
 }
 

@@ -133,29 +133,6 @@ pub fn new_confined(share: &Path) -> Result<Fs, FsError> {
     new_passthrough(share).map(ConfinedFs::new)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as virtiofsd does, and returns it. The
-/// passthrough holds one `O_PATH` fd per inode the guest kernel keeps (until the guest
-/// FORGETs it), so the hard limit the VMM was started with is what bounds those fds; the soft
-/// default (1024) is too low for a pod that runs many containers.
-pub fn raise_nofile_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the valid struct passed.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads the valid struct passed.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(lim.rlim_max)
-}
-
 /// The virtio-fs device serving one shared host directory under a tag.
 pub struct VirtioFs {
     config: [u8; TAG_LEN + 4],
@@ -177,11 +154,9 @@ impl VirtioFs {
                 path: share.display().to_string(),
                 source,
             })?;
+        // The open fds this server may hold are bounded by RLIMIT_NOFILE, which
+        // `jail::creds` sizes per share.
         let fs = new_confined(&share)?;
-        match raise_nofile_limit() {
-            Ok(n) => tracing::debug!("virtio-fs {tag}: open file limit {n}"),
-            Err(e) => tracing::warn!("virtio-fs {tag}: raising the open file limit: {e}"),
-        }
         let mut config = [0u8; TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());

@@ -25,15 +25,13 @@ pub enum Arg {
     Eq(u8, u64),
     /// The argument has none of the mask's bits set.
     NoBits(u8, u64),
-    /// The argument (32 bits) differs from the value.
-    Ne(u8, u64),
 }
 
 impl Arg {
     /// The argument index checked.
     pub fn index(&self) -> u8 {
         match *self {
-            Arg::Eq(i, _) | Arg::NoBits(i, _) | Arg::Ne(i, _) => i,
+            Arg::Eq(i, _) | Arg::NoBits(i, _) => i,
         }
     }
 }
