@@ -218,10 +218,7 @@ fn restart_under_pods(s: &mut Stack, round: usize, pods: usize) -> Result<(), St
         if out.stdout_str().trim() != "up" {
             return Err(format!("{id}: exec after the restart printed {out:?}"));
         }
-        s.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        s.wait_task_status(id, "STOPPED", SETTLE);
-        s.ctr_ok(&["task", "delete", id]);
-        s.ctr_ok(&["container", "delete", id]);
+        s.kill_and_delete(id, SETTLE);
     }
     Ok(())
 }

@@ -112,10 +112,7 @@ fn ctr_task_lifecycle() {
             s.ctr_ok(&["task", "resume", "box"]);
             let o = s.ctr_ok(&["task", "ls"]);
             assert!(o.stdout_str().contains("RUNNING"), "{}", o.stdout_str());
-            s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "box"]);
-            s.wait_task_status("box", "STOPPED", Duration::from_secs(30));
-            s.ctr_ok(&["task", "delete", "box"]);
-            s.ctr_ok(&["container", "delete", "box"]);
+            s.kill_and_delete("box", Duration::from_secs(30));
         })
     });
 }

@@ -230,10 +230,7 @@ fn containerd_restarted() {
                 let out = s.ctr_ok(&args).stdout_str();
                 assert_eq!(out.trim(), "still-here");
                 // SIGKILL: `sleep` as its pid namespace's init ignores SIGTERM.
-                s.ctr_ok(&["task", "kill", "-s", "SIGKILL", VICTIM]);
-                s.wait_task_status(VICTIM, "STOPPED", EXIT_REPORTED);
-                s.ctr_ok(&["task", "delete", VICTIM]);
-                s.ctr_ok(&["container", "delete", VICTIM]);
+                s.kill_and_delete(VICTIM, EXIT_REPORTED);
             },
         )
     });

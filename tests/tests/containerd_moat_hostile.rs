@@ -471,8 +471,5 @@ fn setuid_in_own_rootfs(s: &Stack, r: &Round) {
 
 /// Kills and deletes the attacker, which ends its pod.
 fn delete_attacker(s: &Stack, r: &Round) {
-    s.ctr_ok(&["task", "kill", "-s", "SIGKILL", r.pod.as_str()]);
-    s.wait_task_status(r.pod.as_str(), "STOPPED", Duration::from_secs(60));
-    s.ctr_ok(&["task", "delete", r.pod.as_str()]);
-    s.ctr_ok(&["container", "delete", r.pod.as_str()]);
+    s.kill_and_delete(r.pod.as_str(), Duration::from_secs(60));
 }

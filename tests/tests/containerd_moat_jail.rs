@@ -108,7 +108,7 @@ fn vmm_spawned_by_the_shim_is_jailed() {
             // The pod works as before: exec, then stop.
             let o = s.ctr_ok(&["task", "exec", "--exec-id", "e1", "jailed", "echo", "in"]);
             assert_eq!(o.stdout_str(), "in\n");
-            s.kill_and_delete("jailed");
+            s.kill_and_delete("jailed", Duration::from_secs(30));
         })
     });
 }
@@ -167,7 +167,7 @@ fn a_compromised_vmm_is_refused_or_stopped() {
             }
             let o = s.ctr_ok(&["task", "exec", "--exec-id", "e1", "shadow", "echo", "alive"]);
             assert_eq!(o.stdout_str(), "alive\n");
-            s.kill_and_delete("shadow");
+            s.kill_and_delete("shadow", Duration::from_secs(30));
         })
     });
 }

@@ -148,10 +148,7 @@ fn pod_ip_reaches_the_container() {
                 BIG_BYTES as f64 / (1 << 20) as f64 / secs
             );
 
-            s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "web"]);
-            s.wait_task_status("web", "STOPPED", Duration::from_secs(30));
-            s.ctr_ok(&["task", "delete", "web"]);
-            s.ctr_ok(&["container", "delete", "web"]);
+            s.kill_and_delete("web", Duration::from_secs(30));
             s.assert_no_leftovers();
             assert_eq!(ns.snapshot(), before, "the pod netns was not restored");
 

@@ -88,10 +88,7 @@ fn memory_limit_reaches_the_guest_cgroup() {
         with_stack(|s| {
             s.run_detached_with(&["--memory-limit", "134217728"], "upd", &["sleep", "600"]);
             assert_eq!(memory_limit(s, "upd"), Some(134217728));
-            s.ctr_ok(&["task", "kill", "-s", "SIGKILL", "upd"]);
-            s.wait_task_status("upd", "STOPPED", Duration::from_secs(30));
-            s.ctr_ok(&["task", "delete", "upd"]);
-            s.ctr_ok(&["container", "delete", "upd"]);
+            s.kill_and_delete("upd", Duration::from_secs(30));
             oom_kill_is_reported(s);
         })
     });

@@ -158,10 +158,7 @@ fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), 
     let pids = sys::descendants(&procs, &ours);
     let pss: Option<u64> = pids.iter().map(|p| pss_kib(*p)).sum();
     let guest = pids.iter().find_map(|p| guest_ram_pss_kib(*p));
-    stack.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    stack.wait_task_status(&id, "STOPPED", Duration::from_secs(60));
-    stack.ctr_ok(&["task", "delete", &id]);
-    stack.ctr_ok(&["container", "delete", &id]);
+    stack.kill_and_delete(&id, Duration::from_secs(60));
     if ours.is_empty() {
         return Err(format!("{runtime}: no shim process found for the idle pod"));
     }

@@ -261,11 +261,11 @@ impl Stack {
         )
     }
 
-    /// SIGKILLs container `id`'s task (a `sleep` as PID 1 ignores SIGTERM), waits until it
-    /// stopped, and deletes task and container.
-    pub fn kill_and_delete(&self, id: &str) {
+    /// SIGKILLs container `id`'s task (a `sleep` as PID 1 ignores SIGTERM), waits up to
+    /// `timeout` until it stopped, and deletes task and container.
+    pub fn kill_and_delete(&self, id: &str, timeout: Duration) {
         self.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        self.wait_task_status(id, "STOPPED", Duration::from_secs(30));
+        self.wait_task_status(id, "STOPPED", timeout);
         self.ctr_ok(&["task", "delete", id]);
         self.ctr_ok(&["container", "delete", id]);
     }
@@ -282,22 +282,13 @@ impl Stack {
     pub fn vmm_pid(&self, pod: &str) -> Option<u32> {
         let config = self.pod_dir(pod).vm_config();
         let config = config.as_os_str().as_bytes();
-        let procs: Vec<(u32, u32)> = sys::list()
+        outer_vmms()
             .into_iter()
-            .filter(|(pid, _, argv)| {
-                sys::alive(*pid)
-                    && argv[0].ends_with(b"moat-vmm")
-                    && argv
-                        .iter()
-                        .any(|a| a.windows(config.len()).any(|w| w == config))
+            .find(|(_, _, argv)| {
+                argv.iter()
+                    .any(|a| a.windows(config.len()).any(|w| w == config))
             })
-            .map(|(pid, ppid, _)| (pid, ppid))
-            .collect();
-        // The jailed VMM has the same command line; its parent is the supervisor.
-        procs
-            .iter()
-            .find(|(_, ppid)| !procs.iter().any(|(pid, _)| pid == ppid))
-            .map(|(pid, _)| *pid)
+            .map(|(pid, _, _)| pid)
     }
 
     /// The live shim process serving shim group `group` (a lone container's id, or its
@@ -433,6 +424,15 @@ fn process_line(pid: u32, argv: &[Vec<u8>]) -> String {
 /// One line (`pid: argv`) per live moat-vmm VM: its outermost process, the jail's
 /// supervisor (the jailed VMM, its child, is the same VM).
 pub fn vm_processes() -> Vec<String> {
+    outer_vmms()
+        .iter()
+        .map(|(pid, _, argv)| process_line(*pid, argv))
+        .collect()
+}
+
+/// The live moat-vmm processes whose parent is not one: one per VM (a jailed VMM has the
+/// same command line as its parent, the jail's supervisor).
+fn outer_vmms() -> Vec<sys::Proc> {
     let procs = sys::list();
     let is_vmm = |argv: &[Vec<u8>]| argv.first().is_some_and(|a| a.ends_with(b"moat-vmm"));
     let vmm_pids: Vec<u32> = procs
@@ -441,9 +441,8 @@ pub fn vm_processes() -> Vec<String> {
         .map(|(pid, _, _)| *pid)
         .collect();
     procs
-        .iter()
+        .into_iter()
         .filter(|(pid, ppid, _)| vmm_pids.contains(pid) && !vmm_pids.contains(ppid))
-        .map(|(pid, _, argv)| process_line(*pid, argv))
         .collect()
 }
 
