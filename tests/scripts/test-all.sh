@@ -8,6 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 step() { printf '\n=== %s ===\n' "$*" >&2; }
+# One build, never edited: incremental caches only cost disk (gigabytes on a fresh clone).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Free disk, printed where CI shows it: a fresh build needs several GiB (ARCHITECTURE.md, "Testing ladder").
+disk() { df -h --output=avail,target . | tail -1 | sed 's/^/test-all: disk free: /' >&2; }
+disk
 
 step "host packages"
 tests/scripts/setup-host.sh
@@ -33,10 +38,11 @@ step "build"
 cargo build --workspace --all-targets --locked
 # The test-only attack-hooks moat-vmm (containerd_moat_jail.rs), in its own target dir.
 tests/scripts/build-attack-vmm.sh
+disk
 
 step "tests"
 # Every retry after a nested-guest crash lands in this log (moat_tests::retries); the summary
-# below prints them and fails the run past the budget (the arithmetic: tests/README.md).
+# below prints them and fails the run past the budget (the arithmetic: ARCHITECTURE.md, "Guest crashes in the test host").
 target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 export MOAT_RETRY_LOG="$target_dir/moat-retries.log"
