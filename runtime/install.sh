@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs moat's containerd runtime: containerd-shim-moat-v2 and moat-vmm into PREFIX/bin,
+# Installs moat's containerd runtime: containerd-shim-moat-v2, moat-vmm and the operator's tool
+# moat into PREFIX/bin,
 # containerd-shim-kata-v2 -> containerd-shim-moat-v2 beside them (so configs naming the Kata
 # runtime, io.containerd.kata.v2, get moat), and the default moat config unless one exists.
 # Every step is printed; any failure stops the script with a message and a non-zero status.
@@ -12,7 +13,7 @@ usage: runtime/install.sh [--prefix DIR] [--config FILE] [--from DIR] [--no-kata
   --prefix DIR   install the binaries into DIR/bin (default /usr/local)
   --config FILE  the moat config to create when absent (default /etc/moat/configuration.toml);
                  an existing one is never touched
-  --from DIR     where the built containerd-shim-moat-v2 and moat-vmm are (default: this
+  --from DIR     where the built containerd-shim-moat-v2, moat-vmm and moat are (default: this
                  repository's target/release, else target/debug)
   --no-kata      do not create the containerd-shim-kata-v2 link
   --dry-run      print what would be done; change nothing
@@ -50,14 +51,14 @@ done
 
 if [ -z "$from" ]; then
     for d in "$here/../target/release" "$here/../target/debug"; do
-        if [ -x "$d/containerd-shim-moat-v2" ] && [ -x "$d/moat-vmm" ]; then
+        if [ -x "$d/containerd-shim-moat-v2" ] && [ -x "$d/moat-vmm" ] && [ -x "$d/moat" ]; then
             from=$(cd "$d" && pwd)
             break
         fi
     done
-    [ -n "$from" ] || die "no built containerd-shim-moat-v2 and moat-vmm in $here/../target/{release,debug}: run 'cargo build --release -p moat-runtime -p moat-vmm' or pass --from DIR"
+    [ -n "$from" ] || die "no built containerd-shim-moat-v2 and moat-vmm in $here/../target/{release,debug}: run 'cargo build --release -p moat-runtime -p moat-vmm -p moat-ctl' or pass --from DIR"
 fi
-for b in containerd-shim-moat-v2 moat-vmm; do
+for b in containerd-shim-moat-v2 moat-vmm moat; do
     [ -f "$from/$b" ] && [ -x "$from/$b" ] || die "$from/$b: not found or not executable"
 done
 default_config=$here/configuration.toml
@@ -79,6 +80,7 @@ run() {
 run install -d -m 0755 "$bin"
 run install -m 0755 "$from/containerd-shim-moat-v2" "$bin/containerd-shim-moat-v2"
 run install -m 0755 "$from/moat-vmm" "$bin/moat-vmm"
+run install -m 0755 "$from/moat" "$bin/moat"
 if [ "$kata" = 1 ]; then
     run ln -sfn containerd-shim-moat-v2 "$kata_link"
 fi

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `moat.log=FILTER` | log filter (`debug`, `moat_agent=trace`...), like `--log-level` |
 //! | `moat.share=TAG[:/MOUNT/POINT]` | mount the virtio-fs share `TAG` (default mount point `/run/moat/shares/TAG`); repeatable |
+//! | `moat.debug_console=1` | serve the debug console on vsock port 1026 (`0`: don't, the default) |
 //!
 //! Unknown `moat.*` parameters are reported (logged as warnings), everything else is ignored.
 
@@ -20,6 +21,9 @@ pub struct CmdlineOptions {
     pub log: Option<String>,
     /// `moat.share=`: virtio-fs shares to mount, as (tag, absolute mount point).
     pub shares: Vec<(String, String)>,
+    /// `moat.debug_console=1`: serve the debug console
+    /// ([`moat_agent_protocol::console`]); off unless the last occurrence says `1`.
+    pub debug_console: bool,
     /// `moat.*` parameters this agent does not know (or can't use), as written.
     pub unknown: Vec<String>,
 }
@@ -89,6 +93,8 @@ pub fn parse(cmdline: &str) -> CmdlineOptions {
         };
         match rest.split_once('=') {
             Some(("log", v)) if !v.is_empty() => opts.log = Some(v.to_string()),
+            Some(("debug_console", "1")) => opts.debug_console = true,
+            Some(("debug_console", "0")) => opts.debug_console = false,
             Some(("share", v)) => match parse_share(v) {
                 Some(share) => opts.shares.push(share),
                 None => opts.unknown.push(word),
@@ -137,6 +143,31 @@ mod tests {
         let o = parse("moat.bogus=1 moat.log= moat foo.log=debug moatlog=x");
         assert_eq!(o.log, None);
         assert_eq!(o.unknown, vec!["moat.bogus=1", "moat.log="]);
+    }
+
+    #[test]
+    fn debug_console_is_off_unless_asked() {
+        assert!(!parse("console=ttyS0 moat.log=debug").debug_console);
+        let o = parse("moat.debug_console=1");
+        assert!(o.debug_console && o.unknown.is_empty());
+        let o = parse("moat.debug_console=1 moat.debug_console=0");
+        assert!(!o.debug_console && o.unknown.is_empty());
+        // Anything but 0 or 1 is reported and changes nothing.
+        let o = parse(
+            "moat.debug_console=1 moat.debug_console=yes moat.debug_console moat.debug_console=",
+        );
+        assert!(o.debug_console);
+        assert_eq!(
+            o.unknown,
+            vec![
+                "moat.debug_console=yes",
+                "moat.debug_console",
+                "moat.debug_console="
+            ]
+        );
+        let o = parse("moat.debug_console=true");
+        assert!(!o.debug_console);
+        assert_eq!(o.unknown, vec!["moat.debug_console=true"]);
     }
 
     #[test]

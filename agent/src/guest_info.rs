@@ -27,7 +27,8 @@ pub enum GuestInfoError {
     Uname(#[from] nix::Error),
 }
 
-const MEMINFO: &str = "/proc/meminfo";
+/// The kernel's memory figures.
+pub(crate) const MEMINFO: &str = "/proc/meminfo";
 const CPU_ONLINE: &str = "/sys/devices/system/cpu/online";
 
 /// `uname -r`.
@@ -75,13 +76,18 @@ pub fn online_cpus() -> Result<u32, GuestInfoError> {
 
 /// The `MemTotal` line of a `/proc/meminfo` text, in bytes.
 pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut it = line["MemTotal:".len()..].split_whitespace();
+    meminfo_kib(meminfo, "MemTotal")?.checked_mul(1024)
+}
+
+/// The value of the `KEY:   N kB` line of a `/proc/meminfo` text, in KiB; `None` if the first
+/// line of that key is missing or not in that form.
+pub fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    let mut it = line[key.len() + 1..].split_whitespace();
     let kib: u64 = it.next()?.parse().ok()?;
-    match it.next() {
-        Some("kB") => kib.checked_mul(1024),
-        _ => None,
-    }
+    (it.next() == Some("kB")).then_some(kib)
 }
 
 /// Counts the CPUs of a kernel CPU list such as `0-3,5,7-8`.

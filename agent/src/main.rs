@@ -8,8 +8,10 @@
 
 mod cmdline;
 mod container;
+mod debug_console;
 mod files;
 mod guest_info;
+mod guest_stats;
 mod listener;
 mod logging;
 mod network;
@@ -36,6 +38,13 @@ use crate::listener::ListenAddr;
 use crate::pid1::MountOutcome;
 use crate::reaper::Reaper;
 
+/// `MOAT_AGENT_VERSION=<version>\n` among the binary's data, so that host tools can read the
+/// agent's version out of a guest image (`grep -a MOAT_AGENT_VERSION=`). `main` uses it too:
+/// `#[used]` alone does not stop the linker from dropping an unreferenced section.
+#[used]
+static VERSION_MARKER: &[u8] =
+    concat!("MOAT_AGENT_VERSION=", env!("CARGO_PKG_VERSION"), "\n").as_bytes();
+
 /// moat's guest agent: ttrpc server for the host, PID 1 of the microVM.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -58,6 +67,11 @@ struct Cli {
     /// Where the agent keeps its files (the pod's DNS files, CopyFile's tree).
     #[arg(long, default_value = container::pod::DEFAULT_STATE_DIR)]
     state_dir: std::path::PathBuf,
+    /// Serve the debug console here (vsock:PORT or unix:PATH). Not as PID 1 only (tests): in
+    /// the guest only `moat.debug_console=1` on the kernel command line turns it on (vsock
+    /// port 1026).
+    #[arg(long)]
+    debug_console_listen: Option<ListenAddr>,
 }
 
 /// The flag of [`Cli::no_guest_init`], checked before arguments are parsed.
@@ -74,6 +88,7 @@ struct EarlyBoot {
 }
 
 fn main() {
+    std::hint::black_box(VERSION_MARKER);
     // A container's init process is this binary re-executed: nothing of the agent runs there.
     if std::env::args_os()
         .nth(1)
@@ -101,9 +116,10 @@ fn main() {
         if pid1 { " as PID 1" } else { "" }
     );
     let boot_ok = report_early(&early);
+    let console = debug_console_addr(&cli, &kernel_opts, pid1);
 
     let result = if boot_ok {
-        run(&cli, pid1)
+        run(&cli, pid1, console)
     } else {
         Err(anyhow::anyhow!("essential boot steps failed (see above)"))
     };
@@ -160,6 +176,7 @@ fn parse_cli(pid1: bool, early: &mut EarlyBoot) -> Cli {
                 log_level: None,
                 no_guest_init: false,
                 state_dir: container::pod::DEFAULT_STATE_DIR.into(),
+                debug_console_listen: None,
             }
         }
         Err(e) => e.exit(),
@@ -256,8 +273,36 @@ fn report_early(early: &EarlyBoot) -> bool {
     ok
 }
 
+/// Where to serve the debug console, if at all: as PID 1, vsock 1026 with
+/// `moat.debug_console=1` only; otherwise `--debug-console-listen`.
+fn debug_console_addr(
+    cli: &Cli,
+    kernel_opts: &cmdline::CmdlineOptions,
+    pid1: bool,
+) -> Option<ListenAddr> {
+    if !pid1 {
+        return cli.debug_console_listen.clone();
+    }
+    if cli.debug_console_listen.is_some() {
+        warn!("ignoring --debug-console-listen as PID 1 (moat.debug_console=1 decides)");
+    }
+    kernel_opts
+        .debug_console
+        .then(ListenAddr::debug_console_default)
+}
+
+/// Serves the debug console on `addr`; a failure is logged (the pod works without it).
+fn start_debug_console(addr: &ListenAddr, reaper: &Arc<Reaper>) {
+    let started = listener::bind(addr)
+        .and_then(|fd| Arc::new(debug_console::DebugConsole::new(reaper.clone())).serve(fd));
+    match started {
+        Ok(_) => info!("serving the debug console on {addr}"),
+        Err(e) => error!("cannot serve the debug console on {addr}: {e}"),
+    }
+}
+
 /// Serves ttrpc until a stop signal (not PID 1) or an error.
-fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
+fn run(cli: &Cli, pid1: bool, console: Option<ListenAddr>) -> anyhow::Result<()> {
     let reaper = Arc::new(Reaper::new());
     if !pid1 {
         // Container processes are grandchildren: they must be re-parented to the agent.
@@ -279,6 +324,9 @@ fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
     hub.serve(stdio_fd)
         .context("starting the stdio stream listener")?;
     info!("serving process stdio streams on {stdio_addr}");
+    if let Some(addr) = &console {
+        start_debug_console(addr, &reaper);
+    }
     let containers = Containers::new(reaper.clone(), hub);
     let services = service::Services::new(containers, cli.state_dir.clone());
     let fd = listener::bind(&cli.listen).with_context(|| format!("listening on {}", cli.listen))?;
@@ -290,7 +338,10 @@ fn run(cli: &Cli, pid1: bool) -> anyhow::Result<()> {
     let stop = signals::run_loop(&reaper, pid1).context("signal loop")?;
     info!("{stop}: shutting down");
     server.shutdown();
-    for addr in [&cli.listen, &stdio_addr] {
+    for addr in [Some(&cli.listen), Some(&stdio_addr), console.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         if let ListenAddr::Unix(path) = addr {
             if let Err(e) = std::fs::remove_file(path) {
                 warn!("removing {}: {e}", path.display());

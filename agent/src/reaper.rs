@@ -39,6 +39,16 @@ pub enum ExitStatus {
     },
 }
 
+impl ExitStatus {
+    /// The status as a shell reports it: the exit code, or 128 + the signal number.
+    pub fn shell_status(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled { signal, .. } => 128 + signal,
+        }
+    }
+}
+
 /// How many statuses of unwatched processes are kept for a late [`Reaper::watch`].
 pub const RECENT_ORPHANS: usize = 256;
 

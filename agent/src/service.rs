@@ -21,6 +21,7 @@ use crate::container::pod::PodConfig;
 use crate::container::registry::{ContainerError, Containers};
 use crate::files;
 use crate::guest_info;
+use crate::guest_stats;
 use crate::network::{self, NetworkError};
 use crate::reaper::ExitStatus;
 use crate::stats;
@@ -115,10 +116,7 @@ impl AgentService for Services {
         _ctx: &TtrpcContext,
         _req: GuestDetailsRequest,
     ) -> ttrpc::Result<GuestDetailsResponse> {
-        let internal = |e: guest_info::GuestInfoError| {
-            tracing::error!("GetGuestDetails: {e}");
-            status(Code::INTERNAL, e.to_string())
-        };
+        let internal = |e| guest_error("GetGuestDetails", e);
         let mut resp = GuestDetailsResponse::new();
         resp.kernel_release = guest_info::kernel_release().map_err(internal)?;
         resp.memory_total_bytes = guest_info::memory_total_bytes().map_err(internal)?;
@@ -135,6 +133,16 @@ impl AgentService for Services {
             })
             .collect();
         Ok(resp)
+    }
+
+    fn get_guest_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GuestStatsRequest,
+    ) -> ttrpc::Result<GuestStatsResponse> {
+        guest_stats::read()
+            .map(|s| s.to_proto())
+            .map_err(|e| guest_error("GetGuestStats", e))
     }
 
     fn create_pod(&self, _ctx: &TtrpcContext, req: CreatePodRequest) -> ttrpc::Result<Empty> {
@@ -230,13 +238,8 @@ impl AgentService for Services {
             .wait(&req.container_id, &req.exec_id, server_wait(ctx))
             .map_err(|e| rpc_error("WaitProcess", e))?;
         let mut resp = WaitProcessResponse::new();
-        match st {
-            ExitStatus::Exited(code) => resp.status = code,
-            ExitStatus::Signaled { signal, .. } => {
-                resp.status = 128 + signal;
-                resp.signaled = true;
-            }
-        }
+        resp.status = st.shell_status();
+        resp.signaled = matches!(st, ExitStatus::Signaled { .. });
         Ok(resp)
     }
 
@@ -408,6 +411,12 @@ impl AgentService for Services {
             .map(|()| Empty::new())
             .map_err(|e| net_error("UpdateRoutes", e))
     }
+}
+
+/// The ttrpc status of a guest facts RPC's failure: the agent could not read its own guest.
+fn guest_error(method: &str, e: guest_info::GuestInfoError) -> ttrpc::Error {
+    tracing::error!("{method}: {e}");
+    status(Code::INTERNAL, e.to_string())
 }
 
 /// The ttrpc status of a network RPC's failure.

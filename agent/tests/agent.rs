@@ -53,10 +53,16 @@ struct Agent {
 
 impl Agent {
     fn spawn(sock: &Path) -> Agent {
+        Self::spawn_with(sock, &[])
+    }
+
+    /// `moat-agent --listen unix:SOCK ARGS...`.
+    fn spawn_with(sock: &Path, args: &[&str]) -> Agent {
         let log = sock.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_moat-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
+            .args(args)
             .env("MOAT_AGENT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -119,6 +125,61 @@ fn serves_health_version_and_guest_details() {
         sysconf(libc::_SC_NPROCESSORS_ONLN)
     );
     assert!(agent.log().contains("moat-agent: "), "{}", agent.log());
+
+    let s = client.guest_stats().unwrap();
+    assert_eq!(s.mem_total_kib * 1024, d.memory_total_bytes, "{s:?}");
+    assert!(s.mem_available_kib <= s.mem_total_kib && s.mem_free_kib <= s.mem_total_kib);
+    assert!(
+        s.procs_total >= 1 && s.procs_running <= s.procs_total,
+        "{s:?}"
+    );
+    assert!(s.uptime_ms > 0, "{s:?}");
+}
+
+#[test]
+fn the_binary_carries_its_version_marker() {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_moat-agent")).unwrap();
+    let marker = format!("MOAT_AGENT_VERSION={}\n", env!("CARGO_PKG_VERSION"));
+    assert!(
+        bin.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "{marker:?} is not in the binary"
+    );
+}
+
+#[test]
+fn the_debug_console_serves_only_where_asked_and_needs_its_busybox() {
+    let dir = tempdir("console");
+    let sock = dir.path().join("agent.sock");
+    let console = dir.path().join("console.sock");
+    let console_arg = format!("unix:{}", console.display());
+    let _agent = Agent::spawn_with(&sock, &["--debug-console-listen", &console_arg]);
+    // The console listens before ttrpc does.
+    AgentClient::connect_unix(&sock, CONNECT_TIMEOUT).unwrap();
+    let busybox = moat_agent_protocol::console::guest_busybox_path();
+    assert!(!busybox.exists(), "this host has {}", busybox.display());
+    let stream = UnixStream::connect(&console).unwrap();
+    let req = moat_agent_protocol::console::ConsoleRequest::default();
+    let (r, _) = within(DEADLINE, move || {
+        moat_agent_protocol::console::run_console(stream, &req, io::empty(), &mut io::sink())
+    });
+    match r {
+        Err(moat_agent_protocol::console::ConsoleError::Agent(msg)) => {
+            assert!(msg.contains("this pod has no debug tools"), "{msg}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the option nothing listens.
+    let plain = tempdir("console-off");
+    let plain_sock = plain.path().join("agent.sock");
+    let _plain = Agent::spawn(&plain_sock);
+    AgentClient::connect_unix(&plain_sock, CONNECT_TIMEOUT).unwrap();
+    let files: Vec<_> = std::fs::read_dir(plain.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut files = files;
+    files.sort();
+    assert_eq!(files, ["agent.log", "agent.sock", "agent.sock.stdio"]);
 }
 
 #[test]

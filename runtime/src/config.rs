@@ -70,13 +70,42 @@ pub struct Config {
 }
 
 /// `[debug]`: switches for debugging moat itself, each logged as a warning when on.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
     /// Run moat-vmm without its seccomp filters.
     pub no_seccomp: bool,
     /// Run moat-vmm without its jail (host namespaces and root; credentials still cut).
     pub no_jail: bool,
+    /// Start pods with the guest's debug console (`moat exec`): the agent listens on its
+    /// vsock port and the host's busybox is bound read-only into the pod's share.
+    pub console: bool,
+    /// The static busybox the debug console runs (bound into pods started with `console`).
+    pub console_busybox: PathBuf,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        DebugConfig {
+            no_seccomp: false,
+            no_jail: false,
+            console: false,
+            console_busybox: PathBuf::from("/bin/busybox"),
+        }
+    }
+}
+
+impl DebugConfig {
+    /// Checks `[debug]`.
+    fn check(&self) -> Result<(), FieldError> {
+        if !self.console_busybox.is_absolute() {
+            return Err(bad(
+                "debug.console_busybox",
+                format!("{} is not an absolute path", self.console_busybox.display()),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[vm]`: the microVM of a pod.
@@ -218,19 +247,24 @@ impl Config {
     /// else `$MOAT_CONFIG`, else [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
     /// A named file that is missing is an error; only the default path may be absent.
     pub fn resolve(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
-            return Config::load(p);
-        }
-        if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
-            return Config::load(Path::new(&p));
-        }
-        let default = Path::new(DEFAULT_CONFIG_PATH);
-        if default.exists() {
-            return Config::load(default);
+        if let Some(p) = Config::source(explicit) {
+            return Config::load(&p);
         }
         let cfg = Config::default();
         cfg.validate(Path::new("<defaults>"))?;
         Ok(cfg)
+    }
+
+    /// The file [`Config::resolve`] reads for `explicit`, in its order; `None`: the
+    /// built-in defaults.
+    pub fn source(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+            return Some(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p));
+        }
+        Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists())
     }
 
     /// Checks ranges and path shapes; names the first bad field.
@@ -238,6 +272,7 @@ impl Config {
         self.vm
             .check()
             .and_then(|_| self.runtime.check())
+            .and_then(|_| self.debug.check())
             .map_err(|(field, why)| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 field,

@@ -22,6 +22,7 @@ pub mod create;
 pub mod events;
 pub mod lifecycle;
 pub mod process;
+mod report;
 pub mod state;
 pub mod stats;
 pub mod watch;

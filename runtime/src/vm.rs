@@ -12,7 +12,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use moat_vmm_config::status::describe;
 
@@ -99,10 +99,29 @@ pub struct VmNic {
 /// ([`moat_vmm_config::status`]).
 pub type VmmStatus = i32;
 
+/// What a pod VM was started with, and how long it took to come up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// When the VMM was spawned.
+    pub started: SystemTime,
+    /// From spawning the VMM to the agent's first answer.
+    pub boot: Duration,
+    /// Whether the guest's debug console is on.
+    pub debug_console: bool,
+    /// The metrics file the VMM rewrites.
+    pub metrics_file: PathBuf,
+}
+
 /// A running pod VM.
 pub struct Vm {
     /// The agent inside (untrusted: see [`agent`]).
     pub client: Agent,
+    /// Its size and boot.
+    pub info: VmInfo,
     pid: i32,
     exit: Arc<ExitCell>,
     /// The pod's host cgroup the VMM runs in, removed once the VMM is gone.
@@ -121,12 +140,7 @@ impl Vm {
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
     ) -> Result<Vm, VmError> {
         spawn::jail_dirs(dir)?;
-        if cfg.debug.no_seccomp {
-            log::warn!("[debug] no_seccomp: moat-vmm runs without its seccomp filters");
-        }
-        if cfg.debug.no_jail {
-            log::warn!("[debug] no_jail: moat-vmm runs in the host's namespaces and root");
-        }
+        warn_debug(cfg);
         let vm_config = spawn::vm_config(cfg, dir, nic.as_ref());
         vm_config.validate()?;
         spawn::write_config(&vm_config, &dir.vm_config())?;
@@ -141,6 +155,15 @@ impl Vm {
             oom_score_adj: accounting.oom_score_adj,
         };
         let cmd = spawn::command(&vmm, &dir.vm_config(), child);
+        let mut info = VmInfo {
+            vcpus: u32::from(vm_config.vcpus),
+            memory_mib: vm_config.memory_mib,
+            started: SystemTime::now(),
+            boot: Duration::ZERO,
+            debug_console: cfg.debug.console,
+            metrics_file: dir.vmm_metrics(),
+        };
+        let clock = Instant::now();
         let forward = cfg.runtime.guest_console;
         let started = keeper::start(cmd, &vmm, forward, on_exit);
         drop((nic, procs));
@@ -152,12 +175,7 @@ impl Vm {
                 return Err(e);
             }
         };
-        if let Some(adj) = &accounting.oom_score_adj {
-            adj.check(pid);
-        }
-        if let Err(e) = std::fs::write(dir.vmm_pid(), pid.to_string()) {
-            log::warn!("writing {}: {e}", dir.vmm_pid().display());
-        }
+        spawned(dir, accounting, pid);
         // On failure the VMM is gone (exited, or killed and reaped).
         let client = match wait_for_agent(cfg, dir, pid, &exit, &tail) {
             Ok(c) => c,
@@ -166,8 +184,11 @@ impl Vm {
                 return Err(e);
             }
         };
+        info.boot = clock.elapsed();
+        log::info!("moat-vmm {pid}: the agent answered after {:?}", info.boot);
         Ok(Vm {
             client,
+            info,
             pid,
             exit,
             cgroup: Mutex::new(cgroup),
@@ -178,6 +199,15 @@ impl Vm {
     /// Kata reports its hypervisor's), never one the guest chose.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Sends `signal` to the VMM (its jail's supervisor forwards it), unless it has exited.
+    pub fn signal(&self, signal: libc::c_int) {
+        if self.exited().is_none() {
+            // SAFETY: kill(2) of our own child (the keeper reaps it, after which `exited()` is
+            // set and we never signal again), as in `stop_vmm`.
+            unsafe { libc::kill(self.pid, signal) };
+        }
     }
 
     /// How the VMM ended, if it has.
@@ -213,6 +243,29 @@ impl Vm {
         // SAFETY: as above.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
         self.exit.wait(None).unwrap_or(128 + libc::SIGKILL)
+    }
+}
+
+/// After the spawn: checks the VMM's `oom_score_adj` and records its pid.
+fn spawned(dir: &PodDir, accounting: &PodAccounting, pid: i32) {
+    if let Some(adj) = &accounting.oom_score_adj {
+        adj.check(pid);
+    }
+    if let Err(e) = std::fs::write(dir.vmm_pid(), pid.to_string()) {
+        log::warn!("writing {}: {e}", dir.vmm_pid().display());
+    }
+}
+
+/// Warns about every `[debug]` switch that is on.
+fn warn_debug(cfg: &Config) {
+    if cfg.debug.no_seccomp {
+        log::warn!("[debug] no_seccomp: moat-vmm runs without its seccomp filters");
+    }
+    if cfg.debug.no_jail {
+        log::warn!("[debug] no_jail: moat-vmm runs in the host's namespaces and root");
+    }
+    if cfg.debug.console {
+        log::warn!("[debug] console: the pod's guest serves a root debug shell (moat exec)");
     }
 }
 

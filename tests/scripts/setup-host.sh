@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages moat's build and test suite need (idempotent, quiet when done).
 # Kernel source, qemu (the nested-KVM test host), busybox (tiny initramfs), kernel build tools,
-# binutils + libc6-dev (static moat-agent for the guest image).
+# binutils + libc6-dev (static moat-agent for the guest image), prometheus (its promtool checks
+# `moat monitor`'s scrape; the server the package starts is stopped).
 set -euo pipefail
 
 PACKAGES=(linux-source-6.12 qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev
-          cpio xz-utils gzip kmod binutils libc6-dev containerd runc containernetworking-plugins)
+          cpio xz-utils gzip kmod binutils libc6-dev containerd runc containernetworking-plugins
+          prometheus)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -31,4 +33,9 @@ if ! $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; th
     else
         exit 1
     fi
+fi
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    # Only promtool is wanted; the package's server must not run beside the tests.
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    $SUDO pkill -x prometheus || true
 fi

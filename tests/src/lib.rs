@@ -24,6 +24,7 @@ pub mod containerd;
 pub mod guest;
 pub mod hostile;
 pub mod jail;
+pub mod ops;
 pub mod process;
 pub mod soak;
 pub mod testhost;

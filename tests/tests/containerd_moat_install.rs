@@ -1,4 +1,4 @@
-//! `runtime/install.sh` into a scratch prefix (no KVM, no root needed): the shim, moat-vmm and
+//! `runtime/install.sh` into a scratch prefix (no KVM, no root needed): the shim, moat-vmm, moat and
 //! the `containerd-shim-kata-v2` link installed and working, the default config created once
 //! and never overwritten, `--dry-run` changing nothing, and failures loud. That the kata-named
 //! shim serves containerd is `containerd_moat::kata_runtime_name`.
@@ -62,6 +62,11 @@ fn installs_the_shim_the_kata_link_and_the_config_once() {
         Path::new("containerd-shim-moat-v2")
     );
     assert!(bin.join("moat-vmm").is_file());
+    let v = Command::new(bin.join("moat"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(text(&v.stdout).starts_with("moat "), "{}", text(&v.stdout));
     // The binary does not care what it is called.
     let v = Command::new(bin.join("containerd-shim-kata-v2"))
         .arg("--version")

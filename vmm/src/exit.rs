@@ -118,12 +118,7 @@ static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
-    let fd = STOP_EVENT_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: write(2) on an eventfd with an 8-byte buffer we own; async-signal-safe.
-        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
-    }
+    crate::util::wake_eventfd(STOP_EVENT_FD.load(Ordering::SeqCst));
 }
 
 #[cfg(test)]

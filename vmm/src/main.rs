@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,7 +14,7 @@ use moat_vmm::config::{
 };
 use moat_vmm::exit::{ExitReason, EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
 use moat_vmm::jail::{creds, root, supervisor};
-use moat_vmm::metrics::Metrics;
+use moat_vmm::metrics::{install_flush_signal, Metrics, MetricsFile};
 use moat_vmm::vmm::Vmm;
 
 /// Boot one KVM microVM from a vmlinux (PVH) and an optional initramfs.
@@ -82,9 +83,14 @@ struct Cli {
     /// Let syscalls outside the filters through and have the kernel log them (audit).
     #[arg(long)]
     seccomp_log: bool,
-    /// Write boot metrics as JSON to this file when the VM stops.
+    /// Write metrics as JSON to this file: rewritten in place while the VM runs (every
+    /// `--metrics-interval-ms`, and on SIGUSR1) and a last time when the VM stops.
     #[arg(long)]
     metrics_file: Option<PathBuf>,
+    /// Milliseconds between two rewrites of the metrics file while the VM runs
+    /// (100..=3600000; default 5000).
+    #[arg(long, value_name = "MS")]
+    metrics_interval_ms: Option<u64>,
     /// Log filter for the VMM's own logs on stderr (e.g. `info`, `moat_vmm=debug`).
     #[arg(long, env = "MOAT_LOG", default_value = "warn")]
     log_level: String,
@@ -162,6 +168,7 @@ impl Cli {
         }
         cfg.serial.stdin |= self.stdin;
         cfg.metrics_file = self.metrics_file.or(cfg.metrics_file);
+        cfg.metrics_interval_ms = self.metrics_interval_ms.or(cfg.metrics_interval_ms);
         cfg.block_devices.extend(self.block);
         cfg.shared_dirs.extend(self.share);
         cfg.net_devices.extend(self.net);
@@ -186,6 +193,12 @@ fn main() -> ExitCode {
     // SAFETY: mallopt with integer arguments, before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let metrics = Arc::new(Metrics::new());
+    // First of all, so that a SIGUSR1 (a metrics flush request) never kills the VMM, the
+    // jail's supervisor included: until the event loop runs it is ignored.
+    if let Err(e) = install_flush_signal() {
+        eprintln!("moat-vmm: installing the SIGUSR1 handler: {e}");
+        return ExitCode::from(EXIT_VMM_ERROR as u8);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -235,19 +248,31 @@ fn run(config: &ValidConfig, metrics: Arc<Metrics>) -> anyhow::Result<ExitReason
         None => None,
     };
     let config = jailed.as_ref().unwrap_or(config);
-    let vmm = Vmm::new(config, metrics.clone()).context("building the microVM")?;
+    let out = match &config.metrics_file {
+        Some(path) => {
+            Some(Arc::new(MetricsFile::open(path).with_context(|| {
+                format!("opening the metrics file {}", path.display())
+            })?))
+        }
+        None => None,
+    };
+    let mut vmm = Vmm::new(config, metrics.clone()).context("building the microVM")?;
+    if let (Some(out), Some(ms)) = (&out, config.metrics_interval_ms) {
+        vmm.flush_metrics_to(out.clone(), Duration::from_millis(ms))?;
+    }
     if jailed.is_some() {
         root::seal()?;
     }
     creds::restrict(config)?;
-    let reason = vmm.run().context("running the microVM")?;
-    let mut snapshot = metrics.snapshot();
-    snapshot.exit_reason = Some(reason.to_string());
-    tracing::info!(?snapshot, "VM stopped");
-    if let Some(path) = &config.metrics_file {
-        let json = serde_json::to_string_pretty(&snapshot)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing metrics to {}", path.display()))?;
+    let result = vmm.run().context("running the microVM");
+    if let Some(out) = &out {
+        let why = match &result {
+            Ok(reason) => reason.to_string(),
+            Err(e) => format!("VMM error: {e:#}"),
+        };
+        out.flush(&metrics, Some(why))
+            .context("writing the metrics file")?;
     }
-    Ok(reason)
+    tracing::info!(snapshot = ?metrics.snapshot(), "VM stopped");
+    result
 }

@@ -1,7 +1,18 @@
-//! Boot metrics measured inside the VMM: time to the first KVM_RUN, time to the guest's /init
-//! (boot timer), and the VMM's own resident memory excluding guest RAM; plus the frame
-//! counters of each virtio-net device.
+//! Metrics measured inside the VMM: boot times (first KVM_RUN, the guest's /init through the
+//! boot timer, setup phases), the VMM's own resident memory excluding guest RAM, vCPU exits
+//! by reason, and each device's counters. They are written as JSON to the metrics file
+//! (contract: SPECIFICATION.md, "Metrics") while the VM runs and once more at exit.
+//!
+//! Layout: [`counters`] (the devices' atomic counters and their snapshots), [`vcpu`] (exit
+//! counters per vCPU), [`mod@file`] (the in-place rewrite of the file), [`flush`] (the
+//! event-loop subscriber and SIGUSR1).
 
+pub mod counters;
+pub mod file;
+pub mod flush;
+pub mod vcpu;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -9,103 +20,73 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::util::lock;
+pub use counters::{
+    bump, BlkCounters, BlkSnapshot, FsCounters, FsSnapshot, NetCounters, NetCounts, NetSnapshot,
+    RngCounters, RngSnapshot, VsockCounters, VsockSnapshot,
+};
+pub use file::MetricsFile;
+pub use flush::{install_flush_signal, MetricsFlusher, FLUSH_SIGNAL};
+pub use vcpu::{ExitKind, VcpuExitCounters};
 
-/// Metrics of one VMM run; every value is set at most once.
+/// Metrics of one VMM run; each boot time is set at most once.
 pub struct Metrics {
     start: Instant,
     start_monotonic_ns: u64,
     first_kvm_run: OnceLock<Duration>,
     guest_init: OnceLock<Duration>,
-    rss_excl_guest_kib: OnceLock<u64>,
+    /// Flushes so far (the last snapshot's `seq`).
+    seq: AtomicU64,
+    rss_excl_guest_kib: Mutex<Option<u64>>,
     guest_ranges: Mutex<Vec<(u64, u64)>>,
     /// `/proc/self/smaps`, opened before the jail drops `/proc`.
     smaps: Mutex<Option<std::fs::File>>,
     phases: Mutex<Vec<(&'static str, u64)>>,
-    net: Mutex<Vec<(String, String, Arc<NetCounters>)>>,
+    sources: Mutex<Sources>,
 }
 
-/// Frame counters of one virtio-net device, updated by the device as it runs.
-#[derive(Debug, Default)]
-pub struct NetCounters {
-    /// Frames delivered into guest RX buffers.
-    pub rx_frames: AtomicU64,
-    /// Bytes of those frames (Ethernet frame, virtio header not counted).
-    pub rx_bytes: AtomicU64,
-    /// Frames read from the backend and dropped: larger than the posted chain, or runts.
-    pub rx_dropped: AtomicU64,
-    /// Malformed RX chains (readable or out-of-memory descriptors, too small), used with 0.
-    pub rx_bad_chains: AtomicU64,
-    /// Frames the guest sent that reached the backend.
-    pub tx_frames: AtomicU64,
-    /// Bytes of those frames (virtio header not counted).
-    pub tx_bytes: AtomicU64,
-    /// Well-formed guest frames the backend refused (write error).
-    pub tx_dropped: AtomicU64,
-    /// Malformed TX chains (writable or out-of-memory descriptors, over 64 KiB, runts).
-    pub tx_bad_chains: AtomicU64,
+/// The counters registered by the vCPUs and devices.
+#[derive(Default)]
+struct Sources {
+    vcpus: Vec<Arc<VcpuExitCounters>>,
+    net: Vec<(String, String, Arc<NetCounters>)>,
+    blk: Vec<Arc<BlkCounters>>,
+    vsock: Option<Arc<VsockCounters>>,
+    fs: Vec<Arc<FsCounters>>,
+    rng: Option<Arc<RngCounters>>,
 }
 
-/// A serializable view of one virtio-net device's counters.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct NetSnapshot {
-    /// The backend (e.g. `tap:tap0`).
-    pub backend: String,
-    /// The guest's MAC address.
-    pub mac: String,
-    /// See [`NetCounters::rx_frames`].
-    pub rx_frames: u64,
-    /// See [`NetCounters::rx_bytes`].
-    pub rx_bytes: u64,
-    /// See [`NetCounters::rx_dropped`].
-    pub rx_dropped: u64,
-    /// See [`NetCounters::rx_bad_chains`].
-    pub rx_bad_chains: u64,
-    /// See [`NetCounters::tx_frames`].
-    pub tx_frames: u64,
-    /// See [`NetCounters::tx_bytes`].
-    pub tx_bytes: u64,
-    /// See [`NetCounters::tx_dropped`].
-    pub tx_dropped: u64,
-    /// See [`NetCounters::tx_bad_chains`].
-    pub tx_bad_chains: u64,
-}
-
-impl NetCounters {
-    /// The current values, labelled with the device's backend and MAC.
-    pub fn snapshot(&self, backend: &str, mac: &str) -> NetSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        NetSnapshot {
-            backend: backend.to_string(),
-            mac: mac.to_string(),
-            rx_frames: get(&self.rx_frames),
-            rx_bytes: get(&self.rx_bytes),
-            rx_dropped: get(&self.rx_dropped),
-            rx_bad_chains: get(&self.rx_bad_chains),
-            tx_frames: get(&self.tx_frames),
-            tx_bytes: get(&self.tx_bytes),
-            tx_dropped: get(&self.tx_dropped),
-            tx_bad_chains: get(&self.tx_bad_chains),
-        }
-    }
-}
-
-/// A serializable view of the metrics (written to the metrics file at exit).
+/// A serializable view of the metrics: one document of the metrics file.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct MetricsSnapshot {
+    /// Number of this flush of the metrics file: 1 for the first, one more for each next.
+    pub seq: u64,
+    /// Microseconds from VMM start to this snapshot.
+    pub uptime_us: u64,
     /// CLOCK_MONOTONIC at VMM start, in ns (compare with a launcher's own clock reading).
     pub vmm_start_monotonic_ns: u64,
     /// Microseconds from VMM start to the first KVM_RUN of vCPU 0.
     pub first_kvm_run_us: Option<u64>,
     /// Microseconds from VMM start to the guest's boot-timer write (/init reached).
     pub guest_init_us: Option<u64>,
-    /// Resident set of the VMM process without guest RAM, in KiB, sampled at /init.
+    /// Resident set of the VMM process without guest RAM, in KiB, sampled at this flush
+    /// (and at /init).
     pub rss_excl_guest_kib: Option<u64>,
-    /// Why the VM stopped, once it has.
+    /// Why the VM stopped, once it has (only in the last snapshot, written at exit).
     pub exit_reason: Option<String>,
     /// Setup phases, each with the microseconds since VMM start at which it ended.
     pub phases_us: Vec<(String, u64)>,
+    /// KVM_RUN exits summed over every vCPU, by reason (every [`ExitKind`] name present).
+    pub vcpu_exits: BTreeMap<String, u64>,
     /// Frame counters of each virtio-net device, in device order.
     pub net: Vec<NetSnapshot>,
+    /// Counters of each virtio-blk disk, in configuration order.
+    pub blk: Vec<BlkSnapshot>,
+    /// Counters of the virtio-vsock device, if the VM has one.
+    pub vsock: Option<VsockSnapshot>,
+    /// Counters of the virtio-fs devices summed over the shares, if the VM has any.
+    pub fs: Option<FsSnapshot>,
+    /// Counters of the virtio-rng device, if the VM has one.
+    pub rng: Option<RngSnapshot>,
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds.
@@ -133,17 +114,43 @@ impl Metrics {
             start_monotonic_ns: monotonic_ns(),
             first_kvm_run: OnceLock::new(),
             guest_init: OnceLock::new(),
-            rss_excl_guest_kib: OnceLock::new(),
+            seq: AtomicU64::new(0),
+            rss_excl_guest_kib: Mutex::new(None),
             guest_ranges: Mutex::new(Vec::new()),
             smaps: Mutex::new(None),
             phases: Mutex::new(Vec::new()),
-            net: Mutex::new(Vec::new()),
+            sources: Mutex::new(Sources::default()),
         }
+    }
+
+    /// Reports the exit counters of a vCPU.
+    pub fn add_vcpu(&self, counters: Arc<VcpuExitCounters>) {
+        lock(&self.sources).vcpus.push(counters);
     }
 
     /// Reports the counters of a virtio-net device (backend and MAC label them).
     pub fn add_net(&self, backend: String, mac: String, counters: Arc<NetCounters>) {
-        lock(&self.net).push((backend, mac, counters));
+        lock(&self.sources).net.push((backend, mac, counters));
+    }
+
+    /// Reports the counters of a virtio-blk disk (disks in configuration order).
+    pub fn add_blk(&self, counters: Arc<BlkCounters>) {
+        lock(&self.sources).blk.push(counters);
+    }
+
+    /// Reports the counters of the virtio-vsock device.
+    pub fn set_vsock(&self, counters: Arc<VsockCounters>) {
+        lock(&self.sources).vsock = Some(counters);
+    }
+
+    /// Reports the counters of a virtio-fs device (summed with the other shares').
+    pub fn add_fs(&self, counters: Arc<FsCounters>) {
+        lock(&self.sources).fs.push(counters);
+    }
+
+    /// Reports the counters of the virtio-rng device.
+    pub fn set_rng(&self, counters: Arc<RngCounters>) {
+        lock(&self.sources).rng = Some(counters);
     }
 
     /// Tells which host address ranges hold guest RAM (left out of the RSS figure), and
@@ -180,30 +187,56 @@ impl Metrics {
         if self.guest_init.set(self.start.elapsed()).is_err() {
             return false;
         }
-        if let Some(smaps) = lock(&self.smaps).as_ref().and_then(read_from_start) {
-            let _ = self
-                .rss_excl_guest_kib
-                .set(rss_excluding(&smaps, &lock(&self.guest_ranges)));
-        }
+        self.sample_rss();
         true
     }
 
-    /// Current values.
+    /// Samples the RSS without guest RAM from the smaps file opened by
+    /// [`Metrics::set_guest_ranges`] (nothing without one).
+    fn sample_rss(&self) {
+        if let Some(smaps) = lock(&self.smaps).as_ref().and_then(read_from_start) {
+            let kib = rss_excluding(&smaps, &lock(&self.guest_ranges));
+            *lock(&self.rss_excl_guest_kib) = Some(kib);
+        }
+    }
+
+    /// The snapshot of the next flush: RSS sampled now, `seq` one higher than the last.
+    pub fn next_snapshot(&self) -> MetricsSnapshot {
+        self.sample_rss();
+        self.seq.fetch_add(1, Ordering::Relaxed);
+        self.snapshot()
+    }
+
+    /// Current values (`seq` that of the last flush, RSS as last sampled).
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let micros = |d: &Duration| d.as_micros() as u64;
+        let sources = lock(&self.sources);
+        let fs = sources.fs.iter().map(|c| c.values()).reduce(|mut sum, v| {
+            sum.add(&v);
+            sum
+        });
         MetricsSnapshot {
+            seq: self.seq.load(Ordering::Relaxed),
+            uptime_us: micros(&self.start.elapsed()),
             vmm_start_monotonic_ns: self.start_monotonic_ns,
-            first_kvm_run_us: self.first_kvm_run.get().map(|d| d.as_micros() as u64),
-            guest_init_us: self.guest_init.get().map(|d| d.as_micros() as u64),
-            rss_excl_guest_kib: self.rss_excl_guest_kib.get().copied(),
+            first_kvm_run_us: self.first_kvm_run.get().map(micros),
+            guest_init_us: self.guest_init.get().map(micros),
+            rss_excl_guest_kib: *lock(&self.rss_excl_guest_kib),
             exit_reason: None,
             phases_us: lock(&self.phases)
                 .iter()
                 .map(|(n, us)| (n.to_string(), *us))
                 .collect(),
-            net: lock(&self.net)
+            vcpu_exits: vcpu::sum_exits(&sources.vcpus),
+            net: sources
+                .net
                 .iter()
                 .map(|(backend, mac, c)| c.snapshot(backend, mac))
                 .collect(),
+            blk: sources.blk.iter().map(|c| c.values()).collect(),
+            vsock: sources.vsock.as_ref().map(|c| c.values()),
+            fs,
+            rng: sources.rng.as_ref().map(|c| c.values()),
         }
     }
 }
@@ -256,38 +289,4 @@ fn mapping_range(line: &str) -> Option<(u64, u64)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SMAPS: &str = "\
-55d0c0000000-55d0c0010000 r-xp 00000000 fd:00 1 /usr/bin/moat-vmm
-Size:                 64 kB
-Rss:                  40 kB
-7f0000000000-7f0008000000 rw-p 00000000 00:00 0
-Size:             131072 kB
-Rss:              100000 kB
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
-Rss:                  12 kB
-";
-
-    #[test]
-    fn guest_ram_is_left_out() {
-        assert_eq!(rss_excluding(SMAPS, &[]), 100_052);
-        assert_eq!(rss_excluding(SMAPS, &[(0x7f00_0000_0000, 0x800_0000)]), 52);
-    }
-
-    #[test]
-    fn first_marks_win() {
-        let m = Metrics::new();
-        // Opens /proc/self/smaps (as Vmm::new does, before any jail drops /proc).
-        m.set_guest_ranges(Vec::new());
-        m.mark_first_kvm_run();
-        let first = m.snapshot().first_kvm_run_us;
-        std::thread::sleep(Duration::from_millis(2));
-        m.mark_first_kvm_run();
-        assert_eq!(m.snapshot().first_kvm_run_us, first);
-        assert!(m.mark_guest_init());
-        assert!(!m.mark_guest_init());
-        assert!(m.snapshot().rss_excl_guest_kib.unwrap() > 0);
-    }
-}
+mod tests;

@@ -37,7 +37,7 @@ use crate::jail::seccomp::{self, ThreadKind};
 use crate::jail::JailError;
 use crate::loader::{load_guest, LoadError};
 use crate::memory::{create_guest_memory, host_ranges, MemoryError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsFile, MetricsFlusher};
 use crate::util::lock;
 use crate::vstate::vcpu::StartGate;
 use crate::vstate::vcpu::{
@@ -164,17 +164,25 @@ impl<'a> VirtioSlots<'a> {
     /// vsock, shares, rng, NICs), so the guest sees the same slots on every boot.
     fn attach_all(&mut self, config: &ValidConfig, metrics: &Metrics) -> Result<(), VmmError> {
         for disk in &config.block_devices {
-            self.attach(Block::open(&disk.path, disk.read_only)?)?;
+            let block = Block::open(&disk.path, disk.read_only)?;
+            metrics.add_blk(block.counters().clone());
+            self.attach(block)?;
         }
         if let Some(v) = &config.vsock {
             let cfg = VsockConfig::new(v.guest_cid.into(), v.uds_path.clone());
-            self.attach(VsockDevice::new(cfg)?)?;
+            let vsock = VsockDevice::new(cfg)?;
+            metrics.set_vsock(vsock.counters().clone());
+            self.attach(vsock)?;
         }
         for share in &config.shared_dirs {
-            self.attach(VirtioFs::new(&share.tag, &share.path)?)?;
+            let fs = VirtioFs::new(&share.tag, &share.path)?;
+            metrics.add_fs(fs.counters().clone());
+            self.attach(fs)?;
         }
         if config.rng {
-            self.attach(Rng::new().map_err(io_err("create virtio-rng"))?)?;
+            let rng = Rng::new().map_err(io_err("create virtio-rng"))?;
+            metrics.set_rng(rng.counters().clone());
+            self.attach(rng)?;
         }
         for dev in &config.net_devices {
             let net = open_net(dev)?;
@@ -346,6 +354,9 @@ impl Vmm {
         let boot = load_guest(&mem, &config.kernel, initrd, &cmdline, config.vcpus)?;
         metrics.phase_done("load_guest");
         let vcpus = create_vcpus(&kvm, &vm, &mem, config.vcpus, boot)?;
+        vcpus
+            .iter()
+            .for_each(|v| metrics.add_vcpu(v.exit_counters().clone()));
         metrics.phase_done("vcpus");
 
         event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
@@ -371,6 +382,21 @@ impl Vmm {
             cmdline: config.cmdline.clone(),
             _guest_memory: mem,
         })
+    }
+
+    /// Has the event loop rewrite the metrics file `out` every `interval` while the VM runs,
+    /// and whenever [`crate::metrics::FLUSH_SIGNAL`] asks for it. Call before [`Vmm::run`]
+    /// (the timerfd is created and armed here, before the seccomp filters).
+    pub fn flush_metrics_to(
+        &mut self,
+        out: Arc<MetricsFile>,
+        interval: Duration,
+    ) -> Result<(), VmmError> {
+        let flusher = MetricsFlusher::new(self.metrics.clone(), out, interval)
+            .map_err(io_err("set up the metrics flush"))?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(flusher)));
+        Ok(())
     }
 
     /// Starts the vCPUs and serves events until the guest stops; then stops every vCPU.

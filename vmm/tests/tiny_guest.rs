@@ -75,6 +75,11 @@ impl Asm {
         self.0.extend([0x0f, 0x0b]);
         self
     }
+    /// `out imm8, al` to `port` forever (a VM exit each time).
+    fn out_forever(mut self, port: u8) -> Self {
+        self.0.extend([0xe6, port, 0xeb, 0xfc]);
+        self
+    }
     /// `jmp $`.
     fn spin(mut self) -> Self {
         self.0.extend([0xeb, 0xfe]);
@@ -373,11 +378,36 @@ fn kernel_without_pvh_note_is_refused() {
 
 /// A scratch dir with a guest that prints "up" and spins, and the guest's kernel path.
 fn spinning_guest() -> (TempDir, std::path::PathBuf) {
+    guest(Asm::default().print(b"up\n").spin())
+}
+
+/// A scratch dir with `code` as the guest, and the guest's kernel path.
+fn guest(code: Asm) -> (TempDir, std::path::PathBuf) {
     assert_kvm();
     let dir = scratch();
     let kernel = dir.path().join("vmlinux");
-    std::fs::write(&kernel, pvh_elf(&Asm::default().print(b"up\n").spin().0)).unwrap();
+    std::fs::write(&kernel, pvh_elf(&code.0)).unwrap();
     (dir, kernel)
+}
+
+/// moat-vmm jailed in `<dir>/jail` (made here), seccomp enforced, running `kernel` in 64
+/// MiB, its console in `<dir>/serial.out` and its metrics in `<dir>/metrics.json`; the
+/// caller adds the rest.
+fn jailed_vmm(dir: &Path, kernel: &Path) -> Command {
+    let jail = dir.join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat-vmm"));
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .args(["--memory-mib", "64"])
+        .arg(format!("--jail={}", jail.display()))
+        .arg(format!(
+            "--serial=file:{}",
+            dir.join("serial.out").display()
+        ))
+        .arg("--metrics-file")
+        .arg(dir.join("metrics.json"));
+    cmd
 }
 
 /// Waits (10 s at most) until the guest has printed "up" into `serial`.
@@ -468,23 +498,17 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
         dir.path().join("vsock"),
         dir.path().join("share"),
     );
-    for d in [&jail, &vsock_dir, &share] {
+    for d in [&vsock_dir, &share] {
         std::fs::create_dir(d).unwrap();
     }
     let sock = vsock_dir.join("vm.sock");
     let serial = dir.path().join("serial.out");
     let metrics = dir.path().join("metrics.json");
     let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-            .arg("--kernel")
-            .arg(&kernel)
-            .args(["--memory-mib", "64", "--vcpus", "2"])
-            .arg(format!("--jail={}", jail.display()))
+        jailed_vmm(dir.path(), &kernel)
+            .args(["--vcpus", "2"])
             .arg(format!("--vsock=3,{}", sock.display()))
             .arg(format!("--share=fs={}", share.display()))
-            .arg(format!("--serial=file:{}", serial.display()))
-            .arg("--metrics-file")
-            .arg(&metrics)
             .spawn()
             .unwrap(),
     );
@@ -582,4 +606,132 @@ fn jailed_vmm_is_confined_and_leaves_nothing() {
         !host_mounts.contains(jail.to_str().unwrap()),
         "{host_mounts}"
     );
+}
+
+/// The metrics file's document, or `None` while it holds none whole (empty before the first
+/// flush, or a read torn by a flush: readers retry).
+fn read_metrics(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Waits (`within` at most) until the metrics file's `seq` is at least `seq`; the document.
+fn wait_for_seq(path: &Path, seq: u64, within: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let doc = read_metrics(path);
+        let now = doc.as_ref().and_then(|d| d["seq"].as_u64());
+        if let Some(doc) = doc.filter(|_| now >= Some(seq)) {
+            return doc;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seq {now:?}, wanted {seq} within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Sends `sig` to `child` (the supervisor, which forwards it to the jailed VMM).
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// A jailed VMM under seccomp, with a guest doing port I/O all the time: the metrics file is
+/// rewritten every 200 ms while the VM runs, SIGUSR1 makes a flush, the last one at exit.
+#[test]
+fn metrics_are_flushed_while_a_jailed_vm_runs() {
+    let (dir, kernel) = guest(Asm::default().print(b"up\n").out_forever(0x80));
+    let metrics = dir.path().join("metrics.json");
+    let mut child = KillOnDrop(
+        jailed_vmm(dir.path(), &kernel)
+            .args(["--metrics-interval-ms", "200"])
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    wait_for_up(&dir.path().join("serial.out"));
+    let secs = std::time::Duration::from_secs;
+    let first = wait_for_seq(&metrics, 1, secs(10));
+    let seq = first["seq"].as_u64().unwrap();
+    let later = wait_for_seq(&metrics, seq + 2, secs(5));
+    assert!(later["exit_reason"].is_null(), "{later}");
+    assert!(later["uptime_us"].as_u64() > first["uptime_us"].as_u64());
+    assert!(
+        later["vcpu_exits"]["io_out"].as_u64().unwrap() > 0,
+        "{later}"
+    );
+    assert!(later["rss_excl_guest_kib"].as_u64().unwrap() > 0, "{later}");
+    let seq = later["seq"].as_u64().unwrap();
+    signal(child, libc::SIGUSR1);
+    wait_for_seq(&metrics, seq + 1, secs(2));
+
+    signal(child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    let last = read_metrics(&metrics).expect("a whole document at exit");
+    assert_eq!(last["exit_reason"], "stopped by signal 15");
+    assert!(last["seq"].as_u64().unwrap() > seq);
+    assert!(last["vcpu_exits"]["io_out"].as_u64() >= later["vcpu_exits"]["io_out"].as_u64());
+}
+
+/// With an hour between timed flushes, each flush is SIGUSR1's (forwarded by the jail's
+/// supervisor): one each, and the file is empty before the first.
+#[test]
+fn sigusr1_alone_flushes_the_metrics_file() {
+    let (dir, kernel) = spinning_guest();
+    let metrics = dir.path().join("metrics.json");
+    let config = dir.path().join("vm.json");
+    std::fs::write(&config, r#"{"metrics_interval_ms": 3600000}"#).unwrap();
+    let mut child = KillOnDrop(
+        jailed_vmm(dir.path(), &kernel)
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    wait_for_up(&dir.path().join("serial.out"));
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        b"",
+        "flushed before asked"
+    );
+    for seq in [1, 2] {
+        signal(child, libc::SIGUSR1);
+        let doc = wait_for_seq(&metrics, seq, std::time::Duration::from_secs(2));
+        assert_eq!(doc["seq"], seq, "one flush per SIGUSR1");
+    }
+    signal(child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    let last = read_metrics(&metrics).unwrap();
+    assert_eq!(
+        (last["seq"].as_u64(), last["exit_reason"].as_str()),
+        (Some(3), Some("stopped by signal 15"))
+    );
+}
+
+#[test]
+fn a_bad_metrics_interval_exits_2_naming_the_field() {
+    let dir = scratch();
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, pvh_elf(&Asm::default().spin().0)).unwrap();
+    let config = dir.path().join("vm.json");
+    std::fs::write(&config, r#"{"metrics_interval_ms": 0}"#).unwrap();
+    let metrics = dir.path().join("metrics.json");
+    let flag = ["--metrics-interval-ms", "0"];
+    let file = ["--config", config.to_str().unwrap()];
+    for args in [flag, file] {
+        let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--metrics-file")
+            .arg(&metrics)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let msg = "metrics_interval_ms: 0 is out of range (100..=3600000)";
+        assert!(stderr.contains(msg), "{args:?}: {stderr}");
+    }
 }

@@ -8,6 +8,9 @@
 //!   socket in tests).
 //! - [`net`]: typed, validated forms of the network RPCs (`UpdateInterface`, `UpdateRoutes`).
 //! - [`stdio`]: the process stdio streams on [`STDIO_VSOCK_PORT`] (header line, `OK`/`ERR`).
+//! - [`console`]: the debug console on [`DEBUG_CONSOLE_VSOCK_PORT`] (request line, frames) and
+//!   its host client.
+//! - [`guest`]: typed forms of the guest RPCs' replies ([`GuestStats`]).
 //!
 //! The messages and ttrpc stubs are generated at build time from `protos/*.proto` by
 //! `ttrpc-codegen` (pure-Rust parser, no `protoc`).
@@ -27,11 +30,15 @@ mod generated {
 }
 
 pub mod client;
+pub mod console;
+pub mod guest;
 pub mod handshake;
 pub mod net;
 pub mod stdio;
+mod util;
 
 pub use client::{AgentClient, ClientError};
+pub use guest::GuestStats;
 
 /// Version of the protocol defined by `protos/`: bumped on every incompatible change.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -41,6 +48,21 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The vsock port of the agent's process stdio streams ([`stdio`]).
 pub const STDIO_VSOCK_PORT: u32 = 1025;
+
+/// The vsock port of the agent's debug console ([`console`]); the agent listens on it only
+/// when the guest kernel command line has `moat.debug_console=1`.
+pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
+
+/// Where the guest sees the pod's virtio-fs share (tag `pod`, mounted by the agent for
+/// `moat.share=pod`; the shim's `GUEST_SHARE_DIR` has the same value).
+pub const POD_SHARE_DIR: &str = "/run/moat/shares/pod";
+
+/// The directory, in the root of the pod's share, that holds the debug console's tools (the
+/// host binds it there only for a pod with the debug console on).
+pub const DEBUG_TOOLS_DIR: &str = ".moat-debug";
+
+/// The static busybox in [`DEBUG_TOOLS_DIR`]: the debug console's shell and tools.
+pub const DEBUG_BUSYBOX: &str = "busybox";
 
 /// The pod's shared `/dev/shm` in the guest: a tmpfs the agent mounts at CreatePod (under
 /// its default state dir) and unmounts at DestroyPod; the host binds a pod's containers'

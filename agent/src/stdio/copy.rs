@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use super::conn::Conn;
 use super::Attachment;
+use crate::listener::Conn;
 
 /// Size of a copy loop's buffer.
 pub(super) const BUF_SIZE: usize = 64 * 1024;

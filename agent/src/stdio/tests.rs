@@ -15,8 +15,9 @@ use moat_agent_protocol::stdio::{
     self as wire, open_stream, Channel, StdioError as WireError, StreamHeader,
 };
 
-use super::conn::{self, Conn};
+use super::conn;
 use super::{Channels, ChildStdio, StdioError, StdioHub};
+use crate::listener::Conn;
 use crate::pty;
 
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,6 +15,7 @@
 
 use std::path::Path;
 
+use moat_agent_protocol::{DEBUG_BUSYBOX, DEBUG_TOOLS_DIR};
 use nix::mount::{mount, MsFlags};
 
 use super::confined::{proc_fd_path, ConfinedDir, PathError};
@@ -126,6 +127,15 @@ impl PodShare {
             mounts::bind(&b.source, &dir, &rel, b.readonly)?;
         }
         Ok(())
+    }
+
+    /// Binds the host's static `busybox` read-only at
+    /// `.moat-debug/busybox` (`moat_agent_protocol::console`'s tools directory), for the debug
+    /// console of a pod started with `[debug] console`. Container ids never start with `.`, so
+    /// it cannot meet a container's directory.
+    pub fn add_debug_tools(&self, busybox: &Path) -> Result<(), MountError> {
+        let dir = self.staging.create_dir(Path::new(DEBUG_TOOLS_DIR), 0o700)?;
+        mounts::bind(busybox, &dir, Path::new(DEBUG_BUSYBOX), true)
     }
 }
 

@@ -105,12 +105,19 @@ fn make_dir(cfg: &Config, spec: &PodSpec<'_>) -> Result<(PodDir, PodShare), PodE
     }
     let share = ConfinedDir::open(&dir.root)
         .map_err(ShareError::from)
-        .and_then(|root| PodShare::create(&root, cfg.runtime.share_limits()));
+        .and_then(|root| PodShare::create(&root, cfg.runtime.share_limits()))
+        .map_err(PodError::from)
+        .and_then(|share| {
+            if cfg.debug.console {
+                share.add_debug_tools(&cfg.debug.console_busybox)?;
+            }
+            Ok(share)
+        });
     match share {
         Ok(share) => Ok((dir, share)),
         Err(e) => {
             remove_pod_dir(&dir);
-            Err(e.into())
+            Err(e)
         }
     }
 }

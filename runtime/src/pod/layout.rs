@@ -58,6 +58,16 @@ impl PodDir {
         self.root.join("vmm.pid")
     }
 
+    /// The metrics file the VMM rewrites while it runs (`metrics_file` of its config).
+    pub fn vmm_metrics(&self) -> PathBuf {
+        self.root.join("vmm-metrics.json")
+    }
+
+    /// The shim's ops socket ([`crate::ops`]): status, metrics, debug console.
+    pub fn ops_socket(&self) -> PathBuf {
+        self.root.join(crate::ops::OPS_SOCKET)
+    }
+
     /// What the shim changed in the pod's network namespace ([`crate::host::network`]).
     pub fn network_record(&self) -> PathBuf {
         self.root.join(crate::host::network::RECORD_FILE)
@@ -116,7 +126,7 @@ impl BundleMarker {
 
 /// An id that is not usable as one path component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} {id:?} is not a valid id ([A-Za-z0-9_.-], at most 128)")]
+#[error("{what} {id:?} is not a valid id ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 128)")]
 pub struct InvalidId {
     /// Which id (`container id`, `pod id`, `exec id`).
     pub what: &'static str,
@@ -124,13 +134,12 @@ pub struct InvalidId {
     pub id: String,
 }
 
-/// Checks that `id` is usable as one path component (containerd ids are
-/// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 76 characters; we only need a safe component).
+/// Checks that `id` is usable as one path component that starts with a letter or digit
+/// (containerd ids are `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 76 characters).
 pub fn check_id(what: &'static str, id: &str) -> Result<(), InvalidId> {
-    let ok = !id.is_empty()
+    // The first byte as containerd's own rule: a leading `.` is moat's (`.moat-debug`).
+    let ok = id.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
         && id.len() <= 128
-        && id != "."
-        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -169,7 +178,16 @@ mod tests {
     #[test]
     fn ids() {
         assert!(check_id("id", "abc-1.2_3").is_ok());
-        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".moat-debug",
+            "-x",
+            "a/b",
+            "a b",
+            &"x".repeat(129),
+        ] {
             assert!(check_id("id", bad).is_err(), "{bad:?}");
         }
     }

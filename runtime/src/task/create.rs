@@ -166,6 +166,7 @@ impl Tasks {
         let pod = Arc::new(pod);
         log::info!("pod {}: VM up (moat-vmm pid {})", pod.id, pod.vm.pid());
         self.lock().pod = Some(pod.clone());
+        self.start_ops(&pod);
         self.watch_oom(pod.clone());
         Ok((pod, true))
     }

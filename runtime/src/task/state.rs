@@ -19,6 +19,7 @@ use moat_vmm_config::status::describe;
 use super::events::Events;
 use super::process::Process;
 use crate::error::TaskError;
+use crate::ops::server::OpsServer;
 use crate::pod::Pod;
 use crate::util::lock;
 
@@ -72,6 +73,8 @@ pub struct State {
     pub last_stats: HashMap<String, Any>,
     /// The VMM's pid once the pod was torn down (0: no pod yet).
     ended_vmm_pid: u32,
+    /// The pod's ops socket, while the pod runs.
+    pub ops: Option<OpsServer>,
 }
 
 impl State {
@@ -83,9 +86,11 @@ impl State {
         })
     }
 
-    /// Takes the pod out (to tear it down), remembering its VMM's pid.
+    /// Takes the pod out (to tear it down), remembering its VMM's pid; its ops socket
+    /// closes.
     pub fn take_pod(&mut self) -> Option<Arc<Pod>> {
         self.ended_vmm_pid = self.host_pid();
+        self.ops = None;
         self.pod.take()
     }
 }

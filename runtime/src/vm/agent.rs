@@ -14,17 +14,19 @@
 //! socket where an agent (or the unit tests' fake, `testing`) serves ttrpc, with its stdio
 //! streams on `PATH.stdio`.
 
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use moat_agent_protocol::agent::{CreatePodRequest, StatsContainerResponse, WaitProcessResponse};
 use moat_agent_protocol::net::{InterfaceSpec, RouteSpec};
 use moat_agent_protocol::stdio::{Channel, Channels};
-use moat_agent_protocol::{AgentClient, ClientError, AGENT_VSOCK_PORT};
+use moat_agent_protocol::{AgentClient, ClientError, GuestStats, AGENT_VSOCK_PORT};
 
 use crate::guard::limits;
 
 mod link;
+pub mod rpc_metrics;
 mod stdio;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -32,6 +34,7 @@ pub(crate) mod testing;
 mod tests;
 
 use link::Link;
+use rpc_metrics::RpcMetrics;
 pub use stdio::StdioOpenError;
 
 /// Where the agent serves ttrpc.
@@ -106,6 +109,7 @@ pub struct Agent {
     deadlines: Deadlines,
     control: Link,
     quick: Link,
+    rpc_metrics: RpcMetrics,
 }
 
 impl std::fmt::Debug for Agent {
@@ -135,13 +139,14 @@ impl Agent {
                 None
             }
         };
+        let rpc_metrics = RpcMetrics::default();
         let link = |name, deadline, client| {
             Link::new(
                 name,
                 address.clone(),
-                deadline,
-                deadlines.max_unanswered,
+                (deadline, deadlines.max_unanswered),
                 client,
+                rpc_metrics.clone(),
             )
         };
         Ok(Agent {
@@ -149,12 +154,18 @@ impl Agent {
             quick: link("quick", deadlines.quick, quick),
             address,
             deadlines,
+            rpc_metrics,
         })
     }
 
     /// Where the agent is.
     pub fn address(&self) -> &AgentAddress {
         &self.address
+    }
+
+    /// Counts and latencies of the RPCs made through this client.
+    pub fn rpc_metrics(&self) -> &RpcMetrics {
+        &self.rpc_metrics
     }
 
     /// The deadlines this client applies.
@@ -164,27 +175,30 @@ impl Agent {
 
     /// `SetGuestDateTime` (control).
     pub fn set_guest_date_time(&self, time: SystemTime) -> Result<(), ClientError> {
-        self.control.call(|c| c.set_guest_date_time(time))
+        self.control
+            .call("SetGuestDateTime", |c| c.set_guest_date_time(time))
     }
 
     /// `CreatePod` (control).
     pub fn create_pod(&self, req: &CreatePodRequest) -> Result<(), ClientError> {
-        self.control.call(|c| c.create_pod(req))
+        self.control.call("CreatePod", |c| c.create_pod(req))
     }
 
     /// `DestroyPod` (control).
     pub fn destroy_pod(&self, pod_id: &str) -> Result<(), ClientError> {
-        self.control.call(|c| c.destroy_pod(pod_id))
+        self.control.call("DestroyPod", |c| c.destroy_pod(pod_id))
     }
 
     /// `UpdateInterface` (control).
     pub fn update_interface(&self, spec: &InterfaceSpec) -> Result<(), ClientError> {
-        self.control.call(|c| c.update_interface(spec))
+        self.control
+            .call("UpdateInterface", |c| c.update_interface(spec))
     }
 
     /// `UpdateRoutes` (control).
     pub fn update_routes(&self, routes: &[RouteSpec]) -> Result<(), ClientError> {
-        self.control.call(|c| c.update_routes(routes))
+        self.control
+            .call("UpdateRoutes", |c| c.update_routes(routes))
     }
 
     /// `CreateContainer` (control); the init process's guest pid (for the agent only: the
@@ -196,13 +210,15 @@ impl Agent {
         channels: Channels,
         pod_pidns: bool,
     ) -> Result<u32, ClientError> {
-        self.control
-            .call(|c| c.create_container(container_id, spec_json, channels, pod_pidns))
+        self.control.call("CreateContainer", |c| {
+            c.create_container(container_id, spec_json, channels, pod_pidns)
+        })
     }
 
     /// `StartContainer` (control).
     pub fn start_container(&self, container_id: &str) -> Result<(), ClientError> {
-        self.control.call(|c| c.start_container(container_id))
+        self.control
+            .call("StartContainer", |c| c.start_container(container_id))
     }
 
     /// `ExecProcess` (control); the process's guest pid (for the agent only).
@@ -213,8 +229,9 @@ impl Agent {
         process_json: &str,
         channels: Channels,
     ) -> Result<u32, ClientError> {
-        self.control
-            .call(|c| c.exec_process(container_id, exec_id, process_json, channels))
+        self.control.call("ExecProcess", |c| {
+            c.exec_process(container_id, exec_id, process_json, channels)
+        })
     }
 
     /// `SignalProcess` (control: a kill must work when the guest is busiest).
@@ -225,8 +242,9 @@ impl Agent {
         signal: u32,
         all: bool,
     ) -> Result<(), ClientError> {
-        self.control
-            .call(|c| c.signal_process(container_id, exec_id, signal, all))
+        self.control.call("SignalProcess", |c| {
+            c.signal_process(container_id, exec_id, signal, all)
+        })
     }
 
     /// `WaitProcess`, blocking at most `slice` (long poll on the control connection).
@@ -236,8 +254,9 @@ impl Agent {
         exec_id: &str,
         slice: Duration,
     ) -> Result<WaitProcessResponse, ClientError> {
-        self.control
-            .call(|c| c.wait_process(container_id, exec_id, Some(slice)))
+        self.control.call("WaitProcess", |c| {
+            c.wait_process(container_id, exec_id, Some(slice))
+        })
     }
 
     /// `RemoveContainer`: the agent waits at most `kill_timeout` (`None`: its 10 s) for the
@@ -247,8 +266,9 @@ impl Agent {
         container_id: &str,
         kill_timeout: Option<Duration>,
     ) -> Result<(), ClientError> {
-        self.control
-            .call(|c| c.remove_container(container_id, kill_timeout))
+        self.control.call("RemoveContainer", |c| {
+            c.remove_container(container_id, kill_timeout)
+        })
     }
 
     /// `UpdateContainer` (control).
@@ -257,18 +277,21 @@ impl Agent {
         container_id: &str,
         resources_json: &str,
     ) -> Result<(), ClientError> {
-        self.control
-            .call(|c| c.update_container(container_id, resources_json))
+        self.control.call("UpdateContainer", |c| {
+            c.update_container(container_id, resources_json)
+        })
     }
 
     /// `PauseContainer` (control).
     pub fn pause_container(&self, container_id: &str) -> Result<(), ClientError> {
-        self.control.call(|c| c.pause_container(container_id))
+        self.control
+            .call("PauseContainer", |c| c.pause_container(container_id))
     }
 
     /// `ResumeContainer` (control).
     pub fn resume_container(&self, container_id: &str) -> Result<(), ClientError> {
-        self.control.call(|c| c.resume_container(container_id))
+        self.control
+            .call("ResumeContainer", |c| c.resume_container(container_id))
     }
 
     /// `GetOOMEvent`, blocking at most `slice` (long poll on the control connection): the id
@@ -276,7 +299,7 @@ impl Agent {
     /// when there was none in time.
     pub fn get_oom_event(&self, slice: Duration) -> Result<Option<String>, ClientError> {
         let start = Instant::now();
-        let r = self.control.call(|c| c.get_oom_event(slice));
+        let r = self.control.call("GetOOMEvent", |c| c.get_oom_event(slice));
         // The client reports a call that got no reply at all as "no event"; it still counts.
         if matches!(r, Ok(None)) && start.elapsed() >= slice {
             self.control.unanswered();
@@ -289,13 +312,21 @@ impl Agent {
         &self,
         container_id: &str,
     ) -> Result<StatsContainerResponse, ClientError> {
-        self.quick.call(|c| c.stats_container(container_id))
+        self.quick
+            .call("StatsContainer", |c| c.stats_container(container_id))
+    }
+
+    /// `GetGuestStats` (quick): the guest's memory and load.
+    pub fn guest_stats(&self) -> Result<GuestStats, ClientError> {
+        self.quick.call("GetGuestStats", |c| c.guest_stats())
     }
 
     /// `ListProcesses` (quick): guest pids, at most [`limits::MAX_PIDS`]; a longer list is
     /// refused with [`ClientError::BadReply`].
     pub fn list_processes(&self, container_id: &str) -> Result<Vec<u32>, ClientError> {
-        let pids = self.quick.call(|c| c.list_processes(container_id))?;
+        let pids = self
+            .quick
+            .call("ListProcesses", |c| c.list_processes(container_id))?;
         if pids.len() > limits::MAX_PIDS {
             return Err(ClientError::BadReply {
                 method: "AgentService.ListProcesses",
@@ -317,8 +348,9 @@ impl Agent {
         rows: u32,
         cols: u32,
     ) -> Result<(), ClientError> {
-        self.quick
-            .call(|c| c.tty_win_resize(container_id, exec_id, rows, cols))
+        self.quick.call("TtyWinResize", |c| {
+            c.tty_win_resize(container_id, exec_id, rows, cols)
+        })
     }
 
     /// Opens the `channel` stream of process (`container_id`, `exec_id`): connection, hybrid
@@ -331,7 +363,32 @@ impl Agent {
         exec_id: &str,
         channel: Channel,
         deadline: Instant,
-    ) -> Result<std::os::unix::net::UnixStream, StdioOpenError> {
+    ) -> Result<UnixStream, StdioOpenError> {
         stdio::open(&self.address, container_id, exec_id, channel, deadline)
+    }
+
+    /// A raw stream to the guest's debug console (vsock port
+    /// [`moat_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT`]), connected before `deadline`. The
+    /// agent listens there only when the pod was started with the console on; otherwise the
+    /// connection is refused.
+    pub fn open_console(&self, deadline: Instant) -> Result<UnixStream, StdioOpenError> {
+        let AgentAddress::HybridVsock(path) = &self.address else {
+            let e = std::io::Error::other("the debug console needs a hybrid vsock agent");
+            return Err(StdioOpenError::Connect {
+                path: PathBuf::new(),
+                source: e,
+            });
+        };
+        let port = Some(moat_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT);
+        let stream = stdio::connect_port(path, port, deadline)?;
+        let clear = |r: std::io::Result<()>| {
+            r.map_err(|source| StdioOpenError::Connect {
+                path: path.clone(),
+                source,
+            })
+        };
+        clear(stream.set_read_timeout(None))?;
+        clear(stream.set_write_timeout(None))?;
+        Ok(stream)
     }
 }

@@ -23,7 +23,12 @@ use crate::pod::layout::PodDir;
 /// The VM of the pod in `dir`: kernel, initramfs and size from `cfg`, the pod's vsock socket
 /// and share, and its NIC (the inherited TAP queue) if it has one.
 pub fn vm_config(cfg: &Config, dir: &PodDir, nic: Option<&VmNic>) -> VmConfig {
-    let extra = format!("moat.share={SHARE_TAG} {}", cfg.vm.kernel_params);
+    let console = if cfg.debug.console {
+        " moat.debug_console=1"
+    } else {
+        ""
+    };
+    let extra = format!("moat.share={SHARE_TAG}{console} {}", cfg.vm.kernel_params);
     VmConfig {
         kernel: Some(cfg.vm.kernel.clone()),
         initrd: Some(cfg.vm.initrd.clone()),
@@ -45,6 +50,7 @@ pub fn vm_config(cfg: &Config, dir: &PodDir, nic: Option<&VmNic>) -> VmConfig {
             path: dir.share(),
         }],
         net_devices: nic.map(net_device).into_iter().collect(),
+        metrics_file: Some(dir.vmm_metrics()),
         jail: (!cfg.debug.no_jail).then(|| JailConfig { dir: dir.jail() }),
         seccomp: if cfg.debug.no_seccomp {
             SeccompMode::Off
@@ -203,6 +209,13 @@ mod tests {
         cfg.debug.no_jail = true;
         let debug = vm_config(&cfg, &dir, None);
         assert_eq!((debug.seccomp, debug.jail), (SeccompMode::Off, None));
+        assert_eq!(vm.metrics_file, Some(dir.vmm_metrics()));
+        cfg.debug.console = true;
+        let console = vm_config(&cfg, &dir, None);
+        assert_eq!(
+            console.extra_cmdline.as_deref(),
+            Some("moat.share=pod moat.debug_console=1 quiet")
+        );
         assert!(vm.net_devices.is_empty() && vm.rng);
         let json = serde_json::to_string(&vm).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), vm);

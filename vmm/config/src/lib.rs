@@ -7,9 +7,10 @@
 //! - [`VmConfig::validate`] checks every value and every file it names before the VMM
 //!   creates any KVM object, and returns the [`ValidConfig`] the VMM runs; a bad value is a
 //!   [`ConfigError`] that names the field. The per-field checks ([`check_vcpus`],
-//!   [`check_memory_mib`], [`check_extra_cmdline`], [`valid_ifname`], [`valid_tag`],
-//!   [`check_tap_fd`], [`MacAddr::check_unicast`]) are public, so a caller can check its
-//!   own settings with the same rules, and [`limits`] holds every bound they use.
+//!   [`check_memory_mib`], [`check_metrics_interval_ms`], [`check_extra_cmdline`],
+//!   [`valid_ifname`], [`valid_tag`], [`check_tap_fd`], [`MacAddr::check_unicast`]) are
+//!   public, so a caller can check its own settings with the same rules, and [`limits`]
+//!   holds every bound they use.
 //! - [`status`] says what the VMM process's exit status means.
 //!
 //! The crate has no KVM code: a caller depends on it without pulling the VMM in.
@@ -35,7 +36,10 @@ pub use jail::{JailConfig, SeccompMode};
 pub use mac::{MacAddr, MacError};
 pub use net::NetDeviceConfig;
 pub use tap::{check_tap_fd, valid_ifname, NotATap};
-pub use vm::{check_memory_mib, check_vcpus, SerialConfig, SerialOutput, ValidConfig, VmConfig};
+pub use vm::{
+    check_memory_mib, check_metrics_interval_ms, check_vcpus, SerialConfig, SerialOutput,
+    ValidConfig, VmConfig,
+};
 pub use vsock::VsockDeviceConfig;
 
 /// Checks that `value` of configuration field `field` is in `min..=max`.

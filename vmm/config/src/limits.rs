@@ -44,3 +44,9 @@ pub const MAX_GUEST_CID: u32 = u32::MAX - 1;
 pub const MAX_VSOCK_PATH_LEN: usize = 107 - 11;
 /// Smallest inherited fd a configuration may name (0, 1 and 2 are stdio).
 pub const MIN_INHERITED_FD: i32 = 3;
+/// Shortest interval between two rewrites of the metrics file while the VM runs.
+pub const MIN_METRICS_INTERVAL_MS: u64 = 100;
+/// Longest interval between two rewrites of the metrics file (one hour).
+pub const MAX_METRICS_INTERVAL_MS: u64 = 3_600_000;
+/// The interval used when a metrics file is given without one.
+pub const DEFAULT_METRICS_INTERVAL_MS: u64 = 5_000;

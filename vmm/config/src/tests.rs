@@ -519,6 +519,7 @@ fn a_full_config_round_trips_through_json() {
             limit_bytes: 4096,
         },
         metrics_file: Some("/run/pod/metrics.json".into()),
+        metrics_interval_ms: Some(250),
         block_devices: vec![BlockDeviceConfig {
             path: "/img/rootfs.ext4".into(),
             read_only: true,
@@ -594,4 +595,61 @@ fn per_field_checks_match_validate() {
     assert!(check_extra_cmdline("").is_ok());
     assert!(check_extra_cmdline("a\0b").is_err());
     assert!(check_extra_cmdline(&"x".repeat(limits::CMDLINE_MAX_SIZE)).is_err());
+}
+
+#[test]
+fn metrics_interval_is_bounded_and_defaults_with_a_metrics_file() {
+    let tmp = tmpdir();
+    let base = VmConfig {
+        kernel: Some(fake_kernel(tmp.path())),
+        ..Default::default()
+    };
+    let with = |metrics_file: Option<&str>, ms: Option<u64>| VmConfig {
+        metrics_file: metrics_file.map(PathBuf::from),
+        metrics_interval_ms: ms,
+        ..base.clone()
+    };
+    // No metrics file: nothing to flush, whatever the interval.
+    assert_eq!(
+        with(None, None).validate().unwrap().metrics_interval_ms,
+        None
+    );
+    let m = Some("/run/m.json");
+    let default = limits::DEFAULT_METRICS_INTERVAL_MS;
+    assert_eq!(
+        with(m, None).validate().unwrap().metrics_interval_ms,
+        Some(default)
+    );
+    for ok in [
+        limits::MIN_METRICS_INTERVAL_MS,
+        limits::MAX_METRICS_INTERVAL_MS,
+    ] {
+        assert_eq!(
+            with(m, Some(ok)).validate().unwrap().metrics_interval_ms,
+            Some(ok)
+        );
+    }
+    let bad = [
+        0,
+        limits::MIN_METRICS_INTERVAL_MS - 1,
+        limits::MAX_METRICS_INTERVAL_MS + 1,
+        u64::MAX,
+    ];
+    for ms in bad {
+        for file in [m, None] {
+            let err = with(file, Some(ms)).validate().unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "metrics_interval_ms: {ms} is out of range (100..=3600000)"
+                )),
+                "{err}"
+            );
+        }
+        assert!(check_metrics_interval_ms(ms).is_err());
+    }
+    // The JSON field, as the shim writes it.
+    let path = tmp.path().join("vm.json");
+    std::fs::write(&path, r#"{"metrics_interval_ms": 1000}"#).unwrap();
+    let cfg = VmConfig::from_json_file(&path).unwrap();
+    assert_eq!(cfg.metrics_interval_ms, Some(1000));
 }

@@ -11,8 +11,8 @@ use crate::block::check_block_devices;
 use crate::fs::check_shared_dirs;
 use crate::jail::check_jail;
 use crate::limits::{
-    DEFAULT_SERIAL_LIMIT_BYTES, MAX_INITRD_BYTES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
-    MMIO_GAP_START,
+    DEFAULT_METRICS_INTERVAL_MS, DEFAULT_SERIAL_LIMIT_BYTES, MAX_INITRD_BYTES, MAX_MEMORY_MIB,
+    MAX_METRICS_INTERVAL_MS, MAX_VCPUS, MIN_MEMORY_MIB, MIN_METRICS_INTERVAL_MS, MMIO_GAP_START,
 };
 use crate::net::check_net_devices;
 use crate::vsock::check_vsock;
@@ -75,8 +75,13 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Serial console settings.
     pub serial: SerialConfig,
-    /// File that receives the boot metrics as JSON when the VMM exits.
+    /// File that receives the metrics as JSON: rewritten in place while the VM runs (every
+    /// `metrics_interval_ms`, and on SIGUSR1) and a last time when the VMM exits.
     pub metrics_file: Option<PathBuf>,
+    /// Milliseconds between two rewrites of `metrics_file` while the VM runs
+    /// ([`MIN_METRICS_INTERVAL_MS`]..=[`MAX_METRICS_INTERVAL_MS`]); absent:
+    /// [`DEFAULT_METRICS_INTERVAL_MS`].
+    pub metrics_interval_ms: Option<u64>,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ... in the guest).
     pub block_devices: Vec<BlockDeviceConfig>,
     /// Give the guest a virtio-rng entropy device.
@@ -105,6 +110,7 @@ impl Default for VmConfig {
             memory_mib: 128,
             serial: SerialConfig::default(),
             metrics_file: None,
+            metrics_interval_ms: None,
             block_devices: Vec::new(),
             rng: true,
             vsock: None,
@@ -131,8 +137,12 @@ pub struct ValidConfig {
     pub memory_bytes: u64,
     /// Serial console settings.
     pub serial: SerialConfig,
-    /// Where to write metrics at exit.
+    /// Where to write the metrics (while the VM runs and at exit).
     pub metrics_file: Option<PathBuf>,
+    /// Milliseconds between two rewrites of the metrics file while the VM runs: present
+    /// exactly when `metrics_file` is (the configured value, or
+    /// [`DEFAULT_METRICS_INTERVAL_MS`]).
+    pub metrics_interval_ms: Option<u64>,
     /// virtio-blk disks (checked: openable with the requested access, file or block device).
     pub block_devices: Vec<BlockDeviceConfig>,
     /// Whether the guest gets a virtio-rng device.
@@ -174,6 +184,9 @@ impl VmConfig {
         };
         check_vcpus(self.vcpus.into())?;
         check_memory_mib(self.memory_mib)?;
+        if let Some(ms) = self.metrics_interval_ms {
+            check_metrics_interval_ms(ms)?;
+        }
         let memory_bytes = self.memory_mib << 20;
         if let Some((path, size)) = &initrd {
             check_initrd_fits(path, *size, memory_bytes)?;
@@ -196,6 +209,10 @@ impl VmConfig {
             memory_bytes,
             serial: self.serial.clone(),
             metrics_file: self.metrics_file.clone(),
+            metrics_interval_ms: self.metrics_file.as_ref().map(|_| {
+                self.metrics_interval_ms
+                    .unwrap_or(DEFAULT_METRICS_INTERVAL_MS)
+            }),
             block_devices: self.block_devices.clone(),
             rng: self.rng,
             vsock: self.vsock.clone(),
@@ -216,6 +233,18 @@ pub fn check_vcpus(vcpus: u64) -> Result<(), ConfigError> {
 /// `memory_mib`).
 pub fn check_memory_mib(memory_mib: u64) -> Result<(), ConfigError> {
     check_range("memory_mib", memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB)
+}
+
+/// Checks the interval between two rewrites of the metrics file:
+/// [`MIN_METRICS_INTERVAL_MS`]..=[`MAX_METRICS_INTERVAL_MS`] (error field
+/// `metrics_interval_ms`).
+pub fn check_metrics_interval_ms(ms: u64) -> Result<(), ConfigError> {
+    check_range(
+        "metrics_interval_ms",
+        ms,
+        MIN_METRICS_INTERVAL_MS,
+        MAX_METRICS_INTERVAL_MS,
+    )
 }
 
 /// Checks the initramfs file on its own (a regular file of at most [`MAX_INITRD_BYTES`]);

@@ -2,7 +2,8 @@
 //! can. So the jailed VMM is a child: [`fork_into_pid_namespace`] unshares the namespace and
 //! forks; the child (PID 1 there, seeing no other process) goes on to be the VMM, and the
 //! parent stays behind as a small supervisor with no capabilities (and `no_new_privs`) that
-//! - forwards SIGTERM, SIGINT and SIGHUP to the VMM;
+//! - forwards SIGTERM, SIGINT and SIGHUP (stop) and SIGUSR1 (flush the metrics file) to the
+//!   VMM;
 //! - exits with the VMM's exit status (a VMM killed by signal N: `128 + N`; by SIGSYS, i.e.
 //!   its seccomp filter with the handler bypassed: [`EXIT_SECCOMP`]);
 //! - takes the VMM with it when it dies (the child's parent-death signal is SIGKILL, which
@@ -19,8 +20,15 @@ use nix::unistd::{fork, ForkResult, Pid};
 use super::JailError;
 use crate::config::status::{signal_status, EXIT_SECCOMP, EXIT_VMM_ERROR};
 
-/// The signals the supervisor forwards.
-const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+/// The signals the supervisor forwards: the stop signals, and the metrics flush request
+/// ([`crate::metrics::FLUSH_SIGNAL`]).
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+const _: () = assert!(Signal::SIGUSR1 as i32 == crate::metrics::FLUSH_SIGNAL);
 /// How often the supervisor looks for the VMM's exit between signals.
 const POLL: Duration = Duration::from_millis(100);
 

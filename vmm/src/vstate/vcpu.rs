@@ -16,7 +16,7 @@ use crate::bus::Bus;
 use crate::config::SeccompMode;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::jail::seccomp::{self, ThreadKind};
-use crate::metrics::Metrics;
+use crate::metrics::{ExitKind, Metrics, VcpuExitCounters};
 
 /// Holds the vCPU threads until the main thread says whether they may enter the guest (once
 /// every thread's seccomp filter is in) or must end.
@@ -119,6 +119,7 @@ pub struct ExitContext {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    exits: Arc<VcpuExitCounters>,
 }
 
 impl Vcpu {
@@ -148,7 +149,16 @@ impl Vcpu {
         }
         arch::setup_fpu(&fd).map_err(regs)?;
         arch::setup_lapic(&fd).map_err(regs)?;
-        Ok(Vcpu { id, fd })
+        Ok(Vcpu {
+            id,
+            fd,
+            exits: Arc::default(),
+        })
+    }
+
+    /// This vCPU's exit counters (shared with the metrics).
+    pub fn exit_counters(&self) -> &Arc<VcpuExitCounters> {
+        &self.exits
     }
 
     /// Starts the run loop on its own thread: the thread installs its seccomp filter, waits
@@ -192,7 +202,11 @@ impl Vcpu {
     /// Runs the guest until one exit; returns a reason when the VM must stop.
     fn run_once(&mut self, ctx: &ExitContext) -> Option<ExitReason> {
         let id = self.id;
-        match self.fd.run() {
+        let exit = self.fd.run();
+        if let Ok(e) = &exit {
+            self.exits.record(exit_kind(e));
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.pio.read(port.into(), data);
             }
@@ -282,6 +296,22 @@ impl Vcpu {
             Err(e) => format!(" KVM_GET_VCPU_EVENTS failed: {e}"),
         };
         format!("{regs} {sregs}{events}")
+    }
+}
+
+/// How the metrics count `exit`.
+fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
+    match exit {
+        VcpuExit::IoIn(..) => ExitKind::IoIn,
+        VcpuExit::IoOut(..) => ExitKind::IoOut,
+        VcpuExit::MmioRead(..) => ExitKind::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
+        VcpuExit::Hlt => ExitKind::Hlt,
+        VcpuExit::Shutdown => ExitKind::Shutdown,
+        VcpuExit::SystemEvent(..) => ExitKind::SystemEvent,
+        VcpuExit::FailEntry(..) => ExitKind::FailEntry,
+        VcpuExit::InternalError => ExitKind::InternalError,
+        _ => ExitKind::Other,
     }
 }
 

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{AgentClient, ClientError};
 use crate::agent::{
     ContainerRequest, CopyFileRequest, CreateContainerRequest, CreatePodRequest, DestroyPodRequest,
-    ExecProcessRequest, GetOOMEventRequest, ProcessRequest, RemoveContainerRequest,
-    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, WaitProcessResponse,
+    ExecProcessRequest, GetOOMEventRequest, GuestStatsRequest, ProcessRequest,
+    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
 };
+use crate::guest::GuestStats;
 use crate::stdio::Channels;
 
 /// How long the agent waits for a removed container's processes to die when the caller
@@ -32,6 +33,15 @@ fn process_request(container_id: &str, exec_id: &str) -> ProcessRequest {
 }
 
 impl AgentClient {
+    /// `GetGuestStats`: the guest's memory, load averages, runnable/total tasks and uptime, as
+    /// the guest reports them (see [`GuestStats`]).
+    pub fn guest_stats(&self) -> Result<GuestStats, ClientError> {
+        self.call("AgentService.GetGuestStats", |ctx| {
+            self.agent.get_guest_stats(ctx, &GuestStatsRequest::new())
+        })
+        .map(|resp| GuestStats::from_proto(&resp))
+    }
+
     /// `CreatePod`: hostname, DNS files, pod PID namespace and pod cgroup.
     pub fn create_pod(&self, req: &CreatePodRequest) -> Result<(), ClientError> {
         self.call("AgentService.CreatePod", |ctx| {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use moat_agent_protocol::ttrpc;
 use moat_agent_protocol::{AgentClient, ClientError};
 
+use super::rpc_metrics::RpcMetrics;
 use super::AgentAddress;
 use crate::guard::limits;
 use crate::guard::text::{escape, Untrusted};
@@ -29,6 +30,7 @@ pub(super) struct Link {
     max_unanswered: u32,
     slot: Mutex<Slot>,
     unanswered: AtomicU32,
+    metrics: RpcMetrics,
 }
 
 /// The current client, or why there is none.
@@ -40,14 +42,15 @@ struct Slot {
 }
 
 impl Link {
-    /// A link of class `name` to `address` whose calls get `deadline`, starting with `client`
-    /// (`None`: the first call connects).
+    /// A link of class `name` to `address` whose calls get `deadline` (and that reconnects
+    /// after `max_unanswered` calls without a reply), starting with `client` (`None`: the
+    /// first call connects); every call is recorded in `metrics`.
     pub(super) fn new(
         name: &'static str,
         address: AgentAddress,
-        deadline: Duration,
-        max_unanswered: u32,
+        (deadline, max_unanswered): (Duration, u32),
         client: Option<AgentClient>,
+        metrics: RpcMetrics,
     ) -> Link {
         Link {
             name,
@@ -59,16 +62,28 @@ impl Link {
                 paused: None,
             }),
             unanswered: AtomicU32::new(0),
+            metrics,
         }
     }
 
-    /// Runs one call on the link's client, connecting first if there is none.
+    /// Runs one call of `method` on the link's client, connecting first if there is none.
     pub(super) fn call<T>(
         &self,
+        method: &'static str,
         f: impl FnOnce(&AgentClient) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let client = self.client()?;
-        let r = f(&client);
+        let start = Instant::now();
+        let r = self.client().and_then(|client| {
+            let r = f(&client);
+            self.after(&client, &r);
+            r
+        });
+        self.metrics.record(method, start.elapsed(), &r);
+        r
+    }
+
+    /// Counts a call without a reply, or replaces a broken connection.
+    fn after<T>(&self, client: &Arc<AgentClient>, r: &Result<T, ClientError>) {
         match &r {
             Err(e) if no_reply(e) => self.unanswered(),
             Err(e) if broken(e) => {
@@ -77,11 +92,10 @@ impl Link {
                     self.name,
                     Untrusted(e)
                 );
-                self.forget(&client);
+                self.forget(client);
             }
             _ => {}
         }
-        r
     }
 
     /// Counts a call that got no reply; closes the connection at `max_unanswered`.

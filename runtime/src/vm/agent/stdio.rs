@@ -64,9 +64,35 @@ pub(super) fn open(
         AgentAddress::HybridVsock(path) => (path.clone(), Some(STDIO_VSOCK_PORT)),
         AgentAddress::Unix(path) => (stdio_socket_path(path), None),
     };
-    let stream = connect_before(&path, deadline).map_err(|e| match timed_out(&e) {
+    let stream = connect_port(&path, port, deadline)?;
+    let mut io = Before {
+        stream: &stream,
+        deadline,
+    };
+    exchange_header(&mut io, &header).map_err(|e| match e {
+        StdioError::Io(e) if timed_out(&e) => StdioOpenError::Deadline(budget),
+        e => StdioOpenError::Stream(e),
+    })?;
+    let clear = |r: io::Result<()>| r.map_err(|e| StdioOpenError::Stream(StdioError::Io(e)));
+    clear(stream.set_read_timeout(None))?;
+    clear(stream.set_write_timeout(None))?;
+    Ok(stream)
+}
+
+/// Connects to the unix socket `path` and, for a hybrid vsock socket, to guest `port` through
+/// it, before `deadline`. The stream may keep the handshake's last read and write timeouts.
+pub(super) fn connect_port(
+    path: &Path,
+    port: Option<u32>,
+    deadline: Instant,
+) -> Result<UnixStream, StdioOpenError> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let stream = connect_before(path, deadline).map_err(|e| match timed_out(&e) {
         true => StdioOpenError::Deadline(budget),
-        false => StdioOpenError::Connect { path, source: e },
+        false => StdioOpenError::Connect {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })?;
     let mut io = Before {
         stream: &stream,
@@ -78,13 +104,6 @@ pub(super) fn open(
             e => StdioOpenError::Handshake(e),
         })?;
     }
-    exchange_header(&mut io, &header).map_err(|e| match e {
-        StdioError::Io(e) if timed_out(&e) => StdioOpenError::Deadline(budget),
-        e => StdioOpenError::Stream(e),
-    })?;
-    let clear = |r: io::Result<()>| r.map_err(|e| StdioOpenError::Stream(StdioError::Io(e)));
-    clear(stream.set_read_timeout(None))?;
-    clear(stream.set_write_timeout(None))?;
     Ok(stream)
 }
 

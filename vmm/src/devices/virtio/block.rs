@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::{desc_in_memory, write_guest, ActiveQueues, Chain, QueueEvents};
 use super::{read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
+use crate::metrics::{bump, BlkCounters};
 
 /// Bytes per sector (the unit of `capacity` and request offsets).
 pub const SECTOR_SIZE: u64 = 512;
@@ -57,12 +58,13 @@ pub enum BlockError {
     },
 }
 
-/// The open backing file of a disk.
+/// The open backing file of a disk, and its counters.
 struct Disk {
     file: File,
     capacity_sectors: u64,
     read_only: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    counters: Arc<BlkCounters>,
 }
 
 /// The virtio-blk device.
@@ -112,6 +114,7 @@ impl Block {
                 capacity_sectors,
                 read_only,
                 id,
+                counters: Arc::new(BlkCounters::default()),
             },
             config,
             events: QueueEvents::new(1)?,
@@ -123,6 +126,11 @@ impl Block {
     /// Disk size in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.capacity_sectors
+    }
+
+    /// The disk's request counters (shared with the metrics).
+    pub fn counters(&self) -> &Arc<BlkCounters> {
+        &self.disk.counters
     }
 
     /// The 20-byte serial returned to GET_ID (NUL-padded).
@@ -158,6 +166,7 @@ fn handle_chain(
         d.is_write_only() && d.len() >= 1 && desc_in_memory(mem, d) && descs.len() >= 2
     }) else {
         tracing::debug!("virtio-blk: request without a writable status byte dropped");
+        bump(&disk.counters.errors, 1);
         return 0;
     };
     let (code, written) = if descs.len() > MAX_DESCRIPTORS {
@@ -169,7 +178,11 @@ fn handle_chain(
         }
     };
     // `code` is 0..=2, the cast cannot truncate.
-    if !write_guest(mem, status.addr(), &[code as u8]) {
+    let reported = write_guest(mem, status.addr(), &[code as u8]);
+    if code != VIRTIO_BLK_S_OK || !reported {
+        bump(&disk.counters.errors, 1);
+    }
+    if !reported {
         return 0;
     }
     written.saturating_add(1)
@@ -200,39 +213,60 @@ fn execute(
         return Err(VIRTIO_BLK_S_IOERR);
     }
     match kind {
-        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            if kind == VIRTIO_BLK_T_OUT && disk.read_only {
-                return Err(VIRTIO_BLK_S_IOERR);
-            }
-            let offset = disk_range(disk.capacity_sectors, sector, data)?;
-            if kind == VIRTIO_BLK_T_IN {
-                read_disk(disk, bounce, mem, offset, data)
-            } else {
-                write_disk(disk, bounce, mem, offset, data).map(|()| 0)
-            }
-        }
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => transfer(disk, bounce, mem, kind, sector, data),
         VIRTIO_BLK_T_FLUSH => {
             if !disk.read_only {
                 disk.file.sync_data().map_err(|_| VIRTIO_BLK_S_IOERR)?;
             }
+            bump(&disk.counters.flushes, 1);
             Ok(0)
         }
-        VIRTIO_BLK_T_GET_ID => {
-            let mut id: &[u8] = &disk.id;
-            let mut written = 0u32;
-            for d in data {
-                let n = id.len().min(d.len() as usize);
-                if !write_guest(mem, d.addr(), &id[..n]) {
-                    return Err(VIRTIO_BLK_S_IOERR);
-                }
-                id = &id[n..];
-                // n <= 20.
-                written += n as u32;
-            }
-            Ok(written)
-        }
+        VIRTIO_BLK_T_GET_ID => get_id(disk, mem, data),
         _ => Err(VIRTIO_BLK_S_UNSUPP),
     }
+}
+
+/// A read (`VIRTIO_BLK_T_IN`) or write (`VIRTIO_BLK_T_OUT`) of `data` at `sector`, counted.
+fn transfer(
+    disk: &mut Disk,
+    bounce: &mut [u8],
+    mem: &GuestMemoryMmap,
+    kind: u32,
+    sector: u64,
+    data: &[Descriptor],
+) -> Result<u32, u32> {
+    if kind == VIRTIO_BLK_T_OUT && disk.read_only {
+        return Err(VIRTIO_BLK_S_IOERR);
+    }
+    let offset = disk_range(disk.capacity_sectors, sector, data)?;
+    if kind == VIRTIO_BLK_T_IN {
+        let read = read_disk(disk, bounce, mem, offset, data)?;
+        bump(&disk.counters.reads, 1);
+        bump(&disk.counters.read_bytes, read.into());
+        Ok(read)
+    } else {
+        write_disk(disk, bounce, mem, offset, data)?;
+        bump(&disk.counters.writes, 1);
+        let bytes = data.iter().map(|d| u64::from(d.len())).sum();
+        bump(&disk.counters.write_bytes, bytes);
+        Ok(0)
+    }
+}
+
+/// `VIRTIO_BLK_T_GET_ID`: the disk's id into `data`; the bytes written.
+fn get_id(disk: &Disk, mem: &GuestMemoryMmap, data: &[Descriptor]) -> Result<u32, u32> {
+    let mut id: &[u8] = &disk.id;
+    let mut written = 0u32;
+    for d in data {
+        let n = id.len().min(d.len() as usize);
+        if !write_guest(mem, d.addr(), &id[..n]) {
+            return Err(VIRTIO_BLK_S_IOERR);
+        }
+        id = &id[n..];
+        // n <= 20.
+        written += n as u32;
+    }
+    Ok(written)
 }
 
 /// Byte offset of a transfer of `data` at `sector`, checked: whole sectors, inside the disk,

@@ -19,19 +19,22 @@
 //! (images ship setuid binaries): the host mounts under a pod's directory `nosuid,nodev` and
 //! keeps that directory 0700, so such files never run with privilege on the host.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
+use fuse_backend_rs::api::server::{MetricsHook, Server};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::{ActiveQueues, Chain, QueueEvents};
 use super::{read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
+use crate::metrics::{bump, FsCounters};
 
 /// Size of the tag field in config space (NUL-padded, not necessarily NUL-terminated): the
 /// longest tag a configuration may give.
@@ -139,6 +142,7 @@ pub struct VirtioFs {
     events: QueueEvents,
     active: Option<ActiveQueues>,
     server: Server<Fs>,
+    counters: Arc<FsCounters>,
 }
 
 impl VirtioFs {
@@ -165,7 +169,13 @@ impl VirtioFs {
             events: QueueEvents::new(2).map_err(FsError::EventFd)?,
             active: None,
             server: Server::new(fs),
+            counters: Arc::new(FsCounters::default()),
         })
+    }
+
+    /// The device's request counters (shared with the metrics).
+    pub fn counters(&self) -> &Arc<FsCounters> {
+        &self.counters
     }
 
     /// Serves the available requests of queue `index` (bounded by
@@ -175,39 +185,114 @@ impl VirtioFs {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let server = &self.server;
+        let (server, counters) = (&self.server, &*self.counters);
         if active.drain(index, MAX_CHAINS_PER_EVENT, |mem, chain| {
-            handle_chain(server, mem, chain)
+            serve_chain(server, counters, mem, chain)
         }) {
             self.events.rekick(index);
         }
     }
 }
 
-/// Runs the FUSE request in `chain` and writes the reply into it; returns the reply length
-/// (0 for requests without a reply and for malformed chains, which are only logged).
-fn handle_chain(server: &Server<Fs>, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
-    let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!("virtio-fs: bad request buffers: {e}");
-            return 0;
+/// Serves the FUSE request in `chain` (see [`handle_chain`]) and counts it; returns the
+/// reply length.
+fn serve_chain(
+    server: &Server<Fs>,
+    counters: &FsCounters,
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+) -> u32 {
+    bump(&counters.requests, 1);
+    let reply = chain.clone();
+    let hook = OpcodeHook::default();
+    match handle_chain(server, &hook, mem, chain) {
+        Some(written) => {
+            count_reply(counters, mem, reply, hook.0.get(), written);
+            u32::try_from(written).unwrap_or(0)
         }
-    };
-    let writer = match VirtioFsWriter::new(mem, chain) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::debug!("virtio-fs: bad reply buffers: {e}");
-            return 0;
-        }
-    };
-    match server.handle_message(reader, writer.into(), None, None) {
-        Ok(written) => u32::try_from(written).unwrap_or(0),
-        Err(e) => {
-            tracing::debug!("virtio-fs: request failed: {e}");
+        None => {
+            bump(&counters.errors, 1);
             0
         }
     }
+}
+
+/// Runs the FUSE request in `chain` and writes the reply into it; returns the reply length
+/// (0 for requests without a reply), or `None` for malformed chains and messages, which
+/// are only logged.
+fn handle_chain(
+    server: &Server<Fs>,
+    hook: &OpcodeHook,
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+) -> Option<usize> {
+    let reader = Reader::from_descriptor_chain(mem, chain.clone())
+        .inspect_err(|e| tracing::debug!("virtio-fs: bad request buffers: {e}"))
+        .ok()?;
+    let writer = VirtioFsWriter::new(mem, chain)
+        .inspect_err(|e| tracing::debug!("virtio-fs: bad reply buffers: {e}"))
+        .ok()?;
+    server
+        .handle_message(reader, writer.into(), None, Some(hook))
+        .inspect_err(|e| tracing::debug!("virtio-fs: request failed: {e}"))
+        .ok()
+}
+
+/// Remembers the opcode of the request being served (the FUSE server's metrics hook).
+#[derive(Default)]
+struct OpcodeHook(Cell<u32>);
+
+impl MetricsHook for OpcodeHook {
+    fn collect(&self, ih: &InHeader) {
+        self.0.set(ih.opcode);
+    }
+
+    fn release(&self, _oh: Option<&OutHeader>) {}
+}
+
+/// Length of a FUSE reply header (`len`, `error`, `unique`).
+const OUT_HEADER_LEN: usize = size_of::<OutHeader>();
+
+/// Counts a served request from its reply (`written` bytes in `chain`'s device-writable
+/// buffers): an error reply, or the bytes a READ returned or a WRITE wrote.
+fn count_reply(
+    counters: &FsCounters,
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+    opcode: u32,
+    written: usize,
+) {
+    if written < OUT_HEADER_LEN {
+        return; // no reply (FORGET, BATCH_FORGET)
+    }
+    // The header, then WRITE's `fuse_write_out.size`.
+    let mut raw = [0u8; OUT_HEADER_LEN + 4];
+    let got = read_reply(mem, chain, &mut raw);
+    let le32 = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+    if got < OUT_HEADER_LEN {
+        return;
+    }
+    if le32(4) != 0 {
+        bump(&counters.errors, 1);
+    } else if opcode == Opcode::Read as u32 {
+        bump(&counters.read_bytes, (written - OUT_HEADER_LEN) as u64);
+    } else if opcode == Opcode::Write as u32 && got == raw.len() {
+        bump(&counters.write_bytes, le32(OUT_HEADER_LEN).into());
+    }
+}
+
+/// Copies the start of the reply in `chain`'s device-writable buffers into `buf`; returns
+/// the bytes copied.
+fn read_reply(mem: &GuestMemoryMmap, chain: Chain<'_>, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    for desc in chain.filter(|d| d.is_write_only()) {
+        let n = (desc.len() as usize).min(buf.len() - got);
+        if n == 0 || mem.read_slice(&mut buf[got..got + n], desc.addr()).is_err() {
+            break;
+        }
+        got += n;
+    }
+    got
 }
 
 impl VirtioDevice for VirtioFs {

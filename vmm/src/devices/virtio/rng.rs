@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::{ActiveQueues, Chain, QueueEvents};
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
+use crate::metrics::{bump, RngCounters};
 
 /// Queue size offered to the guest.
 pub const RNG_QUEUE_SIZE: u16 = 256;
@@ -23,6 +24,7 @@ pub const MAX_CHAINS_PER_EVENT: usize = 64;
 pub struct Rng {
     events: QueueEvents,
     active: Option<ActiveQueues>,
+    counters: Arc<RngCounters>,
 }
 
 impl Rng {
@@ -31,7 +33,13 @@ impl Rng {
         Ok(Rng {
             events: QueueEvents::new(1)?,
             active: None,
+            counters: Arc::new(RngCounters::default()),
         })
+    }
+
+    /// The device's counters (shared with the metrics).
+    pub fn counters(&self) -> &Arc<RngCounters> {
+        &self.counters
     }
 
     /// Serves the available requests (bounded by [`MAX_CHAINS_PER_EVENT`]); re-kicks the
@@ -40,7 +48,14 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.drain(0, MAX_CHAINS_PER_EVENT, fill_chain) {
+        let counters = &self.counters;
+        let served = active.drain(0, MAX_CHAINS_PER_EVENT, |mem, chain| {
+            let written = fill_chain(mem, chain);
+            bump(&counters.requests, 1);
+            bump(&counters.bytes, written.into());
+            written
+        });
+        if served {
             self.events.rekick(0);
         }
     }
@@ -172,6 +187,8 @@ mod tests {
         );
         assert_eq!(read_bytes(&t.mem, 0x10_0000, 16), vec![0; 16]);
         assert!(t.irq_raised());
+        let c = rng.counters().values();
+        assert_eq!((c.requests, c.bytes), (1, 512));
     }
 
     #[test]

@@ -66,11 +66,12 @@ const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 pub const COMMON: &[Allow] = &[
     any(
         libc::SYS_read,
-        "eventfds, the tap, sockets, files (fds the VMM opened)",
+        "eventfds, timerfds (metrics flush, vsock), the tap, sockets, files the VMM opened",
     ),
     any(
         libc::SYS_write,
-        "eventfds (interrupts, kicks), the console, logs on stderr",
+        "eventfds (interrupts, kicks, and from the stop/SIGUSR1 handlers on any thread), the \
+         console, logs on stderr",
     ),
     any(
         libc::SYS_futex,
@@ -102,7 +103,7 @@ pub const COMMON: &[Allow] = &[
     any(libc::SYS_sched_yield, "spin-wait backoff"),
     any(
         libc::SYS_rt_sigreturn,
-        "return from the vCPU kick and stop-signal handlers",
+        "return from the vCPU kick, stop-signal and metrics-flush (SIGUSR1) handlers",
     ),
     any(
         libc::SYS_rt_sigprocmask,
@@ -167,10 +168,16 @@ pub const VMM: &[Allow] = &[
         libc::SYS_epoll_ctl,
         "devices (de)registering fds (vsock streams, the tap)",
     ),
-    any(libc::SYS_timerfd_settime, "vsock handshake timeouts"),
+    any(
+        libc::SYS_timerfd_settime,
+        "vsock handshake timeouts (the metrics timer is armed before the filter)",
+    ),
     any(libc::SYS_readv, "virtio-net TX/RX, vsock"),
     any(libc::SYS_writev, "virtio-net TX, vsock"),
-    any(libc::SYS_pwrite64, "virtio-blk writes"),
+    any(
+        libc::SYS_pwrite64,
+        "virtio-blk writes; the metrics file, rewritten in place at offset 0",
+    ),
     any(
         libc::SYS_preadv,
         "virtio-blk/virtio-fs reads into guest buffers",
@@ -216,7 +223,7 @@ pub const VMM: &[Allow] = &[
     // virtio-fs (fuse-backend-rs PassthroughFs), confined to the share by fd-relative calls.
     any(
         libc::SYS_openat,
-        "virtio-fs lookups/opens relative to inode fds; the metrics file",
+        "virtio-fs lookups/opens relative to inode fds (the metrics file is opened before)",
     ),
     any(libc::SYS_mkdirat, "virtio-fs MKDIR"),
     any(
@@ -237,7 +244,10 @@ pub const VMM: &[Allow] = &[
     any(libc::SYS_fchmodat, "virtio-fs SETATTR (mode)"),
     any(libc::SYS_fchmod, "virtio-fs SETATTR (mode)"),
     any(libc::SYS_utimensat, "virtio-fs SETATTR (times)"),
-    any(libc::SYS_ftruncate, "virtio-fs SETATTR (size)"),
+    any(
+        libc::SYS_ftruncate,
+        "virtio-fs SETATTR (size); the metrics file, cut to its new document's length",
+    ),
     any(libc::SYS_fallocate, "virtio-fs FALLOCATE"),
     any(libc::SYS_getdents64, "virtio-fs READDIR"),
     any(libc::SYS_fstatfs, "virtio-fs STATFS"),

@@ -1,3 +1,6 @@
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use super::*;
 
 /// Runs `body` in a forked child with `kind`'s compiled filter applied first (and the SIGSYS
@@ -73,6 +76,39 @@ fn listed_syscalls_still_work_under_the_filter() {
             "{kind:?}: {status:#x}"
         );
     }
+}
+
+/// The metrics file's fd for [`flush_metrics`] (opened before the fork).
+static METRICS_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// What a metrics flush does to its file: `pwrite` at 0, `ftruncate` (raw: no allocation
+/// after fork).
+fn flush_metrics() {
+    let fd = METRICS_FD.load(Ordering::SeqCst);
+    let doc = b"{\"seq\": 2}\n";
+    // SAFETY: raw syscalls on an fd the parent opened, from a valid buffer.
+    unsafe {
+        libc::syscall(libc::SYS_pwrite64, fd, doc.as_ptr(), doc.len(), 0);
+        libc::syscall(libc::SYS_ftruncate, fd, doc.len());
+    }
+}
+
+#[test]
+fn a_metrics_flush_passes_the_vmm_filter_only() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("metrics.json");
+    std::fs::write(&path, "an older, longer document\n").unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    METRICS_FD.store(file.as_raw_fd(), Ordering::SeqCst);
+    let status = in_filtered_child(ThreadKind::Vmm, true, flush_metrics);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{status:#x}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"seq\": 2}\n");
+    // vCPU threads never write files.
+    let status = in_filtered_child(ThreadKind::Vcpu, false, flush_metrics);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS);
 }
 
 #[test]

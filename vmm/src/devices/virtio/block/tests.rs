@@ -95,6 +95,8 @@ fn reads_sectors_into_scattered_buffers() {
     assert_eq!((st, used), (0, 1537));
     assert_eq!(read_bytes(&t.mem, DATA, 1536), pattern()[3 * 512..6 * 512]);
     assert!(t.irq_raised());
+    let c = blk.counters().values();
+    assert_eq!((c.reads, c.read_bytes, c.writes, c.errors), (1, 1536, 0, 0));
 }
 
 #[test]
@@ -109,6 +111,11 @@ fn writes_land_in_the_file_and_flush_succeeds() {
     assert!(file[10 * 512..12 * 512].iter().all(|&b| b == 0xab));
     assert_eq!(file[..10 * 512], pattern()[..10 * 512]);
     assert_eq!(request(&mut blk, &t, VIRTIO_BLK_T_FLUSH, 0, &[]).0, 0);
+    let c = blk.counters().values();
+    assert_eq!(
+        (c.writes, c.write_bytes, c.flushes, c.errors),
+        (1, 1024, 1, 0)
+    );
 }
 
 #[test]
@@ -129,6 +136,8 @@ fn read_only_disk_refuses_writes() {
     assert_eq!(std::fs::read(&path).unwrap(), pattern());
     assert_eq!(request(&mut blk, &t, VIRTIO_BLK_T_IN, 0, &[(512, W)]).0, 0);
     assert_eq!(request(&mut blk, &t, VIRTIO_BLK_T_FLUSH, 0, &[]).0, 0);
+    let c = blk.counters().values();
+    assert_eq!((c.writes, c.reads, c.flushes, c.errors), (0, 1, 1, 1));
 }
 
 #[test]

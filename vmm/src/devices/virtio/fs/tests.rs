@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, EntryOut, InHeader, InitIn, MknodIn, Opcode, OutHeader, Rename2In, SetattrIn,
+    CreateIn, EntryOut, InHeader, InitIn, MknodIn, Opcode, OpenOut, OutHeader, ReadIn, Rename2In,
+    SetattrIn, WriteIn,
 };
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 use tempfile::TempDir;
@@ -135,6 +136,8 @@ fn malformed_chains_complete_with_zero_bytes() {
     dev.process_queue(1);
     assert_eq!(t.used_idx(), 2);
     assert_eq!((t.used_len(0), t.used_len(1)), (0, 0));
+    let c = dev.counters().values();
+    assert_eq!((c.requests, c.errors), (2, 2));
 }
 
 /// A FUSE driver on the device's request queue: each call is one chain (request, then room
@@ -448,4 +451,49 @@ fn guest_create_setattr_rename_make_no_devices() {
         let name = e.file_name();
         assert!(!ft.is_block_device() && !ft.is_char_device(), "{name:?}");
     }
+}
+
+/// The metrics: every request counted, error replies counted, the bytes of READ and WRITE.
+#[test]
+fn requests_errors_and_bytes_are_counted() {
+    let (_dir, share) = share();
+    let mut d = Driver::new(&share);
+    let create = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+        mode: libc::S_IFREG | 0o644,
+        ..Default::default()
+    };
+    let (out, body) = d.call(Opcode::Create, ROOT, &with_names(create.as_slice(), &["f"]));
+    assert_eq!(out.error, 0, "CREATE");
+    let entry = EntryOut::from_slice(&body[..size_of::<EntryOut>()]).unwrap();
+    let open = OpenOut::from_slice(&body[size_of::<EntryOut>()..][..size_of::<OpenOut>()]);
+    let fh = open.unwrap().fh;
+    let write = WriteIn {
+        fh,
+        size: 100,
+        ..Default::default()
+    };
+    let mut body = write.as_slice().to_vec();
+    body.extend_from_slice(&[7u8; 100]);
+    assert_eq!(
+        d.call(Opcode::Write, entry.nodeid, &body).0.error,
+        0,
+        "WRITE"
+    );
+    let read = ReadIn {
+        fh,
+        size: 4000,
+        ..Default::default()
+    };
+    let (out, data) = d.call(Opcode::Read, entry.nodeid, read.as_slice());
+    assert_eq!((out.error, data.len()), (0, 100), "READ");
+    let missing = with_names(&[], &["missing"]);
+    assert_eq!(
+        d.call(Opcode::Lookup, ROOT, &missing).0.error,
+        -libc::ENOENT
+    );
+    let c = d.dev.counters().values();
+    // INIT, CREATE, WRITE, READ, LOOKUP.
+    assert_eq!((c.requests, c.errors), (5, 1));
+    assert_eq!((c.write_bytes, c.read_bytes), (100, 100));
 }

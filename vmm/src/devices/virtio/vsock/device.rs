@@ -20,12 +20,13 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
-use super::packet::{read_tx_chain, HEADER_SIZE, OP_RW};
+use super::packet::{read_tx_chain, HEADER_SIZE, OP_RST, OP_RW};
 use super::{
     VsockConfig, VsockError, EVQ_INDEX, MAX_PKT_DATA, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX,
 };
 use crate::devices::virtio::queue::{ActiveQueues, QueueEvents};
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1};
+use crate::metrics::{bump, VsockCounters};
 
 /// Most chains used per queue per event; the rest wait for the next loop turn (re-kicked).
 pub const MAX_CHAINS_PER_EVENT: usize = 256;
@@ -78,6 +79,11 @@ impl VsockDevice {
     /// The backend (for inspection).
     pub fn muxer(&self) -> &Muxer {
         &self.muxer
+    }
+
+    /// The device's counters (shared with the metrics).
+    pub fn counters(&self) -> &Arc<VsockCounters> {
+        self.muxer.counters()
     }
 
     /// Handles host socket events (never blocks); call when [`Self::backend_fd`] is readable.
@@ -136,10 +142,16 @@ impl VsockDevice {
                 Ok((hdr, len)) => {
                     // Only data packets carry a payload; other ops' bytes are ignored.
                     let len = if hdr.op == OP_RW { len } else { 0 };
+                    let counters = self.muxer.counters();
+                    bump(&counters.tx_packets, 1);
+                    bump(&counters.tx_bytes, len as u64);
                     self.muxer
                         .handle_guest_packet(&hdr, &self.scratch[..len], now);
                 }
-                Err(e) => tracing::debug!("vsock: dropping malformed tx chain: {e}"),
+                Err(e) => {
+                    tracing::debug!("vsock: dropping malformed tx chain: {e}");
+                    bump(&self.muxer.counters().dropped_malformed, 1);
+                }
             }
             if let Err(e) = txq.add_used(mem, head, 0) {
                 tracing::debug!("vsock tx add_used: {e}");
@@ -183,7 +195,10 @@ impl VsockDevice {
                         slice.copy_from(&self.scratch[..len]);
                     }
                     match pkt.set_header_from_raw(&hdr.to_bytes()) {
-                        Ok(()) => (HEADER_SIZE + len) as u32,
+                        Ok(()) => {
+                            count_rx(self.muxer.counters(), hdr.op, len);
+                            (HEADER_SIZE + len) as u32
+                        }
                         Err(e) => {
                             tracing::debug!("vsock rx header write: {e}");
                             0
@@ -230,6 +245,16 @@ impl VsockDevice {
             self.events.rekick(RXQ_INDEX);
         }
         self.active = Some(active);
+    }
+}
+
+/// Counts a packet put into a guest rx buffer (`len` payload bytes; an RST refuses or
+/// resets a connection).
+fn count_rx(counters: &VsockCounters, op: u16, len: usize) {
+    bump(&counters.rx_packets, 1);
+    bump(&counters.rx_bytes, len as u64);
+    if op == OP_RST {
+        bump(&counters.connections_reset, 1);
     }
 }
 

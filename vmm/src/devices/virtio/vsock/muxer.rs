@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
+use std::sync::Arc;
 use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -19,6 +20,7 @@ use super::connection::{Connection, RxOut, Verdict};
 use super::packet::{Header, OP_REQUEST, OP_RST, TYPE_STREAM};
 use super::unix::{self, Handshake, HandshakeStatus};
 use super::{VsockConfig, VsockError, HOST_CID};
+use crate::metrics::{bump, VsockCounters};
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
@@ -62,6 +64,7 @@ pub struct Muxer {
     next_local_port: u32,
     rxq: VecDeque<RxItem>,
     pending_packets: usize,
+    counters: Arc<VsockCounters>,
 }
 
 impl Drop for Muxer {
@@ -110,7 +113,14 @@ impl Muxer {
             next_local_port: EPHEMERAL_PORT_START,
             rxq: VecDeque::new(),
             pending_packets: 0,
+            counters: Arc::new(VsockCounters::default()),
         })
+    }
+
+    /// The device's counters (shared with the metrics; the device counts packets, the
+    /// muxer connections).
+    pub fn counters(&self) -> &Arc<VsockCounters> {
+        &self.counters
     }
 
     /// The inner epoll fd: readable whenever [`Muxer::process_host_events`] has work.
@@ -261,6 +271,12 @@ impl Muxer {
             now,
         );
         self.note_deadline(conn.deadline());
+        self.add_conn(token, key, conn);
+    }
+
+    /// Makes `conn` live under `key` (its stream registered under `token`).
+    fn add_conn(&mut self, token: u64, key: ConnKey, conn: Connection) {
+        bump(&self.counters.connections_opened, 1);
         self.tokens.insert(token, key);
         self.conns.insert(key, Entry { token, conn });
         self.schedule(key);
@@ -289,6 +305,7 @@ impl Muxer {
     pub fn handle_guest_packet(&mut self, hdr: &Header, data: &[u8], now: Instant) {
         if hdr.src_cid != self.cfg.guest_cid || hdr.dst_cid != HOST_CID {
             tracing::debug!("vsock: dropping packet with bad CIDs {hdr:?}");
+            bump(&self.counters.dropped_malformed, 1);
             return;
         }
         if hdr.type_ != TYPE_STREAM {
@@ -334,9 +351,7 @@ impl Muxer {
             return;
         }
         let conn = Connection::new_peer(stream, hdr, self.cfg.conn_buf_size, self.cfg.timeout);
-        self.tokens.insert(token, key);
-        self.conns.insert(key, Entry { token, conn });
-        self.schedule(key);
+        self.add_conn(token, key, conn);
     }
 
     /// Fills `buf` with the payload of the next packet for the guest and returns its header;

@@ -83,6 +83,9 @@ fn guest_initiated_connection_to_listener() {
     s.write_all(b"pong").unwrap();
     let got = h.pump_until(|p| !p.is_empty());
     assert_eq!(got[0].1, b"pong");
+    let c = h.dev.counters().values();
+    assert_eq!((c.connections_opened, c.tx_bytes, c.rx_bytes), (1, 4, 4));
+    assert_eq!((c.connections_reset, c.dropped_malformed), (0, 0));
 }
 
 #[test]
@@ -126,6 +129,12 @@ fn bad_cid_dropped_and_bad_type_reset() {
     lie.len = 1000;
     h.send_raw(lie, b"short");
     assert!(h.pump().is_empty());
+    let c = h.dev.counters().values();
+    assert_eq!((c.tx_packets, c.dropped_malformed), (3, 3));
+    assert_eq!(
+        (c.rx_packets, c.connections_reset, c.connections_opened),
+        (1, 1, 0)
+    );
 }
 
 #[test]
