@@ -183,8 +183,15 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// Shim log level: error, warn, info, debug or trace.
     pub log_level: String,
+    /// moat-vmm's log level (its `--log-level`), same values.
+    pub vmm_log_level: String,
+    /// The guest agent's log level (`moat.log=` on the guest's command line), same values.
+    pub agent_log_level: String,
     /// Forward the guest's console (kernel and agent logs) to containerd's log.
     pub guest_console: bool,
+    /// The guest console also goes to `<pod dir>/console.log`, at most this many KiB, then
+    /// rotated to `console.log.1` (one old file kept); 0: no file. Removed with the pod.
+    pub console_log_kib: u64,
     /// Size of each pod's staging tmpfs (its share's mount points), KiB.
     pub share_size_kib: u64,
     /// Inodes of each pod's staging tmpfs: bounds its containers' directories and mount
@@ -202,7 +209,10 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             log_level: "info".into(),
+            vmm_log_level: "warn".into(),
+            agent_log_level: "info".into(),
             guest_console: true,
+            console_log_kib: 1024,
             share_size_kib: 1024,
             share_inodes: 16384,
             sandbox_cgroup: true,
@@ -367,18 +377,18 @@ impl RuntimeConfig {
                 format!("{} is not an absolute path", self.state_dir.display()),
             ));
         }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
-            return Err(bad(
-                "runtime.log_level",
-                format!(
-                    "{:?} is not one of error, warn, info, debug, trace",
-                    self.log_level
-                ),
-            ));
-        }
+        check_level("runtime.log_level", &self.log_level)?;
+        check_level("runtime.vmm_log_level", &self.vmm_log_level)?;
+        check_level("runtime.agent_log_level", &self.agent_log_level)?;
+        check_range("runtime.console_log_kib", self.console_log_kib, 0..=1 << 20)?;
         check_range("runtime.share_size_kib", self.share_size_kib, 64..=1 << 20)?;
         check_range("runtime.share_inodes", self.share_inodes, 64..=1 << 20)?;
         Ok(())
+    }
+
+    /// `log_level` as the shim's log filter (a checked level; `info` otherwise).
+    pub fn log_filter(&self) -> log::LevelFilter {
+        self.log_level.parse().unwrap_or(log::LevelFilter::Info)
     }
 
     /// The bounds of a pod's staging tmpfs.
@@ -388,6 +398,17 @@ impl RuntimeConfig {
             inodes: self.share_inodes,
         }
     }
+}
+
+/// `level` is a log level: error, warn, info, debug or trace.
+fn check_level(field: &'static str, level: &str) -> Result<(), FieldError> {
+    if ["error", "warn", "info", "debug", "trace"].contains(&level) {
+        return Ok(());
+    }
+    Err(bad(
+        field,
+        format!("{level:?} is not one of error, warn, info, debug, trace"),
+    ))
 }
 
 /// `value` of `field` within `range`.
@@ -475,6 +496,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("runtime.log_level"), "{e}");
+        for (text, field) in [
+            (
+                "[runtime]\nvmm_log_level = \"x\"\n",
+                "runtime.vmm_log_level",
+            ),
+            (
+                "[runtime]\nagent_log_level = \"\"\n",
+                "runtime.agent_log_level",
+            ),
+            (
+                "[runtime]\nconsole_log_kib = 2000000\n",
+                "runtime.console_log_kib",
+            ),
+            (
+                "[debug]\nconsole_busybox = \"busybox\"\n",
+                "debug.console_busybox",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
         let e = parse("[vm]\ncpus = 2\n").unwrap_err().to_string();
         assert!(e.contains("cpus"), "{e}");
         let e = parse("[vm]\nvcpus = \"two\"\n").unwrap_err().to_string();

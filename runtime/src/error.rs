@@ -209,9 +209,9 @@ impl From<TaskError> for ttrpc::Error {
         let msg = e.message();
         match code {
             Code::INTERNAL | Code::UNKNOWN | Code::DEADLINE_EXCEEDED => {
-                log::warn!("{}", Untrusted(&msg))
+                crate::plog!(Warn, "{}", Untrusted(&msg))
             }
-            _ => log::debug!("{}", Untrusted(&msg)),
+            _ => crate::plog!(Debug, "{}", Untrusted(&msg)),
         }
         let msg = escape_message(&msg, MAX_ERROR_MESSAGE);
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod guard;
 pub mod host;
+pub mod logctx;
 pub mod ops;
 pub mod pod;
 pub mod shim;

@@ -140,7 +140,8 @@ impl Pod {
     pub fn teardown(&self) {
         if self.vm.exited().is_none() {
             if let Err(e) = self.vm.client.destroy_pod(&self.id) {
-                log::debug!(
+                crate::plog!(
+                    Debug,
                     "pod {}: destroying the pod in the guest: {}",
                     self.id,
                     Untrusted(&e)
@@ -148,7 +149,8 @@ impl Pod {
             }
         }
         let status = self.vm.stop(VMM_STOP_GRACE);
-        log::info!(
+        crate::plog!(
+            Info,
             "pod {}: VM stopped ({})",
             self.id,
             moat_vmm_config::status::describe(status)

@@ -106,6 +106,8 @@ impl containerd_shim::Shim for Shim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        // The serving shim's id is its group's: the pod (ctr: the lone container).
+        crate::logctx::set_pod(&self.id);
         TaskService::new(
             &self.namespace,
             Events::new(Some(publisher), &self.namespace),

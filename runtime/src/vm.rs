@@ -22,6 +22,7 @@ use crate::pod::layout::PodDir;
 use crate::util::lock;
 
 pub mod agent;
+pub mod console_log;
 pub mod keeper;
 pub mod leftover;
 pub mod spawn;
@@ -29,6 +30,7 @@ pub mod spawn;
 pub use agent::{Agent, AgentAddress, Deadlines};
 pub use leftover::{kill_foreign, leftover_vmm};
 
+use console_log::RotatingLog;
 use keeper::{ConsoleTail, ExitCell};
 
 /// The guest's vsock CID (any value above 2 works: each VM has its own vsock device).
@@ -116,6 +118,20 @@ pub struct VmInfo {
     pub metrics_file: PathBuf,
 }
 
+impl VmInfo {
+    /// The VM about to be spawned with `vm_config` (its boot time still zero).
+    fn spawning(cfg: &Config, dir: &PodDir, vm_config: &moat_vmm_config::VmConfig) -> VmInfo {
+        VmInfo {
+            vcpus: u32::from(vm_config.vcpus),
+            memory_mib: vm_config.memory_mib,
+            started: SystemTime::now(),
+            boot: Duration::ZERO,
+            debug_console: cfg.debug.console,
+            metrics_file: dir.vmm_metrics(),
+        }
+    }
+}
+
 /// A running pod VM.
 pub struct Vm {
     /// The agent inside (untrusted: see [`agent`]).
@@ -154,18 +170,10 @@ impl Vm {
             cgroup_procs: procs.as_ref().map(ProcsFiles::fds).unwrap_or_default(),
             oom_score_adj: accounting.oom_score_adj,
         };
-        let cmd = spawn::command(&vmm, &dir.vm_config(), child);
-        let mut info = VmInfo {
-            vcpus: u32::from(vm_config.vcpus),
-            memory_mib: vm_config.memory_mib,
-            started: SystemTime::now(),
-            boot: Duration::ZERO,
-            debug_console: cfg.debug.console,
-            metrics_file: dir.vmm_metrics(),
-        };
+        let cmd = spawn::command(&vmm, &dir.vm_config(), &cfg.runtime.vmm_log_level, child);
+        let mut info = VmInfo::spawning(cfg, dir, &vm_config);
         let clock = Instant::now();
-        let forward = cfg.runtime.guest_console;
-        let started = keeper::start(cmd, &vmm, forward, on_exit);
+        let started = keeper::start(cmd, &vmm, console_sink(cfg, dir), on_exit);
         drop((nic, procs));
         let (pid, exit, tail) = match started {
             Ok(s) => s,
@@ -185,7 +193,7 @@ impl Vm {
             }
         };
         info.boot = clock.elapsed();
-        log::info!("moat-vmm {pid}: the agent answered after {:?}", info.boot);
+        crate::plog!(Info, "moat-vmm {pid}: agent answered after {:?}", info.boot);
         Ok(Vm {
             client,
             info,
@@ -236,7 +244,8 @@ impl Vm {
         if let Some(s) = self.exit.wait(Some(grace)) {
             return s;
         }
-        log::warn!(
+        crate::plog!(
+            Warn,
             "moat-vmm {} ignored SIGTERM for {grace:?}; killing it",
             self.pid
         );
@@ -246,26 +255,51 @@ impl Vm {
     }
 }
 
+/// Where the guest console goes: the log (`guest_console`) and the pod's console file
+/// (`console_log_kib`; a file that cannot be made is logged and left out).
+fn console_sink(cfg: &Config, dir: &PodDir) -> keeper::ConsoleSink {
+    let kib = cfg.runtime.console_log_kib;
+    let file = (kib > 0)
+        .then(|| RotatingLog::create(&dir.console_log(), kib << 10))
+        .and_then(|r| {
+            r.map_err(|e| crate::plog!(Warn, "{}: {e}", dir.console_log().display()))
+                .ok()
+        });
+    keeper::ConsoleSink {
+        forward: cfg.runtime.guest_console,
+        file,
+    }
+}
+
 /// After the spawn: checks the VMM's `oom_score_adj` and records its pid.
 fn spawned(dir: &PodDir, accounting: &PodAccounting, pid: i32) {
     if let Some(adj) = &accounting.oom_score_adj {
         adj.check(pid);
     }
     if let Err(e) = std::fs::write(dir.vmm_pid(), pid.to_string()) {
-        log::warn!("writing {}: {e}", dir.vmm_pid().display());
+        crate::plog!(Warn, "writing {}: {e}", dir.vmm_pid().display());
     }
 }
 
 /// Warns about every `[debug]` switch that is on.
 fn warn_debug(cfg: &Config) {
     if cfg.debug.no_seccomp {
-        log::warn!("[debug] no_seccomp: moat-vmm runs without its seccomp filters");
+        crate::plog!(
+            Warn,
+            "[debug] no_seccomp: moat-vmm runs without its seccomp filters"
+        );
     }
     if cfg.debug.no_jail {
-        log::warn!("[debug] no_jail: moat-vmm runs in the host's namespaces and root");
+        crate::plog!(
+            Warn,
+            "[debug] no_jail: moat-vmm runs in the host's namespaces and root"
+        );
     }
     if cfg.debug.console {
-        log::warn!("[debug] console: the pod's guest serves a root debug shell (moat exec)");
+        crate::plog!(
+            Warn,
+            "[debug] console: the pod's guest serves a root debug shell (moat exec)"
+        );
     }
 }
 

@@ -5,8 +5,9 @@
 //! UpdateContainerResources, a container exiting on its own, StopContainer, RemoveContainer,
 //! the pod's CNI address reaching a container in the VM, pod accounting (the pod's moat-vmm
 //! in its sandbox cgroup under a kubelet-style pod cgroup, charged there, with the pod's
-//! `oom_score_adj`), StopPodSandbox and RemovePodSandbox; then nothing of moat or of the pod
-//! may be left, its cgroup included. A pod whose `moat.vm.memory_mib` annotation exceeds its
+//! `oom_score_adj`), `moat ps` listing the pod with its containers, StopPodSandbox and
+//! RemovePodSandbox; then nothing of moat or of the pod may be left, its cgroup included, and
+//! `moat ps` no longer lists it. A pod whose `moat.vm.memory_mib` annotation exceeds its
 //! pod cgroup's `memory.max` is refused. Runs in the test host (nested KVM) unless this
 //! machine has hardware KVM.
 
@@ -15,6 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use moat_runtime::ops::status::PodStatus;
 use moat_runtime::RUNTIME_ID;
 use moat_tests::containerd::cri::{
     self, api, api::ContainerState, api::PodSandboxState, CriClient, KubeletCgroup, PodIdentity,
@@ -24,6 +26,7 @@ use moat_tests::containerd::moat_stack::{
 };
 use moat_tests::containerd::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
 use moat_tests::containerd::ContainerdOptions;
+use moat_tests::ops::moat;
 
 /// How many fresh test hosts the flow may use when the guest crashes (see
 /// `moat_tests::on_kvm_retrying`).
@@ -66,6 +69,7 @@ fn cri_pod_lifecycle() {
             |s| {
                 let pod = Pod::run(s);
                 pod.check_one_vm();
+                pod.check_moat_ps();
                 pod.check_accounting();
                 pod.check_network();
                 pod.check_pod_files();
@@ -406,6 +410,31 @@ impl<'a> Pod<'a> {
         assert!(vmms[0].contains(&self.id), "not the pod's VMM: {vmms:?}");
     }
 
+    /// `moat ps` (issue 16) lists the pod in `k8s.io` under its sandbox id, with its sandbox
+    /// container, alpha and beta running.
+    fn check_moat_ps(&self) {
+        let listed = moat_ps(self.s);
+        let row = listed.iter().find(|r| r.pod_id == self.id);
+        let row = row.unwrap_or_else(|| panic!("{} not listed: {listed:?}", self.id));
+        assert_eq!(row.namespace, "k8s.io", "{row:?}");
+        let pod = row.status.as_ref();
+        let pod = pod.unwrap_or_else(|| panic!("its shim did not answer: {:?}", row.error));
+        assert_eq!(pod.vm_state, "running", "{pod:?}");
+        let mut got: Vec<(&str, &str, bool)> = pod
+            .containers
+            .iter()
+            .map(|c| (c.id.as_str(), c.status.as_str(), c.is_sandbox))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (self.id.as_str(), "running", true),
+            (self.a.as_str(), "running", false),
+            (self.b.as_str(), "running", false),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{pod:?}");
+    }
+
     /// The files of containerd's sandbox directories, kubelet-style mounts, env, seccomp.
     fn check_pod_files(&self) {
         let (a, b) = (self.a.as_str(), self.b.as_str());
@@ -565,6 +594,11 @@ impl<'a> Pod<'a> {
         assert!(c.list_containers(None).unwrap().is_empty());
         assert!(c.list_pod_sandboxes().unwrap().is_empty());
         s.assert_no_leftovers();
+        let listed = moat_ps(s);
+        assert!(
+            listed.iter().all(|r| r.pod_id != id),
+            "moat ps still lists the removed pod: {listed:?}"
+        );
         settle("CRI to remove the pod's netns and directories", || {
             let left = cri::leftovers(&s.containerd);
             left.is_empty().then_some(()).ok_or(left)
@@ -577,6 +611,32 @@ impl<'a> Pod<'a> {
             );
         }
     }
+}
+
+/// One pod of `moat ps --json`: its namespace, id, and its shim's answer (`None`: the shim did
+/// not answer, `error` says why).
+#[derive(Debug)]
+struct PsRow {
+    namespace: String,
+    pod_id: String,
+    status: Option<PodStatus>,
+    error: Option<String>,
+}
+
+/// `moat ps --json` with the stack's shim config (the state dir every handler's config names).
+fn moat_ps(s: &Stack) -> Vec<PsRow> {
+    let out = moat(&s.config, &["ps", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr_str());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    rows.into_iter()
+        .map(|r| PsRow {
+            namespace: text(&r["namespace"]).unwrap_or_default(),
+            pod_id: text(&r["pod_id"]).unwrap_or_default(),
+            status: serde_json::from_value(r["status"].clone()).ok(),
+            error: text(&r["error"]),
+        })
+        .collect()
 }
 
 /// Polls `check` until it is `Ok` or [`SETTLE`] has passed (then panics with its last `Err`).

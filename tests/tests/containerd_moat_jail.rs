@@ -17,12 +17,13 @@ const SHARE_CAPS: &str = "00000000000000df";
 /// No capabilities.
 const NO_CAPS: &str = "0000000000000000";
 /// The jail root's mount points besides the share's (vmm/SPECIFICATION.md, "Jail").
-const JAIL_MOUNTS: [&str; 6] = [
+const JAIL_MOUNTS: [&str; 7] = [
     "/",
     "/dev/kvm",
     "/dev/urandom",
     "/initrd",
     "/kernel",
+    "/metrics.json",
     "/vsock",
 ];
 
@@ -68,7 +69,15 @@ fn vmm_spawned_by_the_shim_is_jailed() {
             );
             assert_eq!(
                 v.root_entries,
-                ["dev", "initrd", "kernel", "proc", "shares", "vsock"]
+                [
+                    "dev",
+                    "initrd",
+                    "kernel",
+                    "metrics.json",
+                    "proc",
+                    "shares",
+                    "vsock"
+                ]
             );
             for m in &v.mount_points {
                 assert!(

@@ -2,7 +2,8 @@
 //! nothing after delete, `moat exec` reaches a pod started with the debug console and is
 //! refused for one without, `moat monitor`'s scrape of three pods passes `promtool check
 //! metrics` with every pod's series, labelled, and its values move when a container works;
-//! `moat check` passes inside the test host.
+//! `moat check` passes inside the test host; the shim's log lines name their pod and container
+//! as fields and the guest console has a file in the pod's directory.
 
 use std::time::Duration;
 
@@ -103,12 +104,21 @@ fn exec_flows(s: &Stack) {
         "{}",
         o.stderr_str()
     );
-    let log = s.log();
+    // Every shim line names its pod as a field; a container's lines also the container.
+    let log = s.log_all();
+    let opened = "level=warn pod=\"ops-a\" msg=\"pod ops-a: debug console opened by uid 0";
+    assert!(log.contains(opened), "{log}");
+    assert!(log.contains("pod=\"ops-b\" msg=\"pod ops-b: debug console refused"));
+    let created = "pod=\"ops-c\" container=\"ops-c\" msg=\"ops-c: created in pod ops-c";
+    assert!(log.contains(created), "{log}");
+    // The guest console also has a file of its own in the pod's directory.
+    // The agent's lines about a container carry it as a field too.
+    let console = std::fs::read_to_string(s.pod_dir("ops-a").console_log()).unwrap();
+    assert!(console.contains("container=ops-a"), "{console}");
     assert!(
-        log.contains("pod ops-a: debug console opened by uid 0"),
-        "{log}"
+        console.contains("debug console session 1: started"),
+        "{console}"
     );
-    assert!(log.contains("pod ops-b: debug console refused"), "{log}");
 }
 
 /// One scrape of three pods passes promtool and has every pod's series; CPU work moves them.

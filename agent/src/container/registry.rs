@@ -195,7 +195,7 @@ impl Containers {
         let pid = pending.pid;
         if let (Some(oom), Some(cg)) = (&self.oom, &cgroup) {
             if let Err(e) = oom.watch(id, cg) {
-                tracing::warn!("container {id}: OOM events will not be reported: {e}");
+                tracing::warn!(container = %id, "OOM events will not be reported: {e}");
             }
         }
         let c = Container {
@@ -207,7 +207,7 @@ impl Containers {
             execs: Mutex::new(HashMap::new()),
         };
         lock(&self.by_id).insert(id.to_string(), Arc::new(c));
-        tracing::info!("container {id}: created, init pid {pid}");
+        tracing::info!(container = %id, "created, init pid {pid}");
         Ok(pid)
     }
 
@@ -381,7 +381,7 @@ impl Containers {
         pending
             .start(START_TIMEOUT)
             .map_err(|e| ContainerError::Invalid(format!("container {id}: start: {e}")))?;
-        tracing::info!("container {id}: started");
+        tracing::info!(container = %id, "started");
         Ok(())
     }
 
@@ -429,7 +429,7 @@ impl Containers {
                 "exec {exec_id} in {id}: {e}"
             )));
         }
-        tracing::info!("container {id}: exec {exec_id} pid {pid}");
+        tracing::info!(container = %id, exec = %exec_id, "exec started, pid {pid}");
         Ok(pid)
     }
 
@@ -530,7 +530,7 @@ impl Containers {
         }
         lock(&self.by_id).remove(id);
         super::share_cache::release_unused();
-        tracing::info!("container {id}: removed");
+        tracing::info!(container = %id, "removed");
         Ok(())
     }
 

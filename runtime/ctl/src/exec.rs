@@ -3,12 +3,12 @@
 //! (`moat_agent_protocol::console`). Only a pod started with `[debug] console = true` has one;
 //! the shim logs every use.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use moat_agent_protocol::console::{ConsoleConnection, ConsoleRequest};
+use moat_agent_protocol::console::{ConsoleConnection, ConsoleInput, ConsoleRequest};
 use moat_runtime::ops::client;
 
 use crate::pods;
@@ -58,11 +58,33 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<ExitCode> {
     };
     conn.copy_stdin(std::io::stdin())
         .context("starting the stdin thread")?;
+    if tty {
+        follow_window_size(conn.input(), (rows, cols));
+    }
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let status = conn.wait(&mut out, Some(&mut err))?;
     Ok(ExitCode::from(
         u8::try_from(status.clamp(0, 255)).unwrap_or(255),
     ))
+}
+
+/// Sends the local terminal's size to the session whenever it changes (looked at twice a
+/// second, in a thread that ends with the session).
+fn follow_window_size<S>(input: ConsoleInput<S>, mut last: (u16, u16))
+where
+    S: Send + Sync + 'static,
+    for<'a> &'a S: Write,
+{
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = window_size();
+        if now != last && now != (0, 0) {
+            if input.resize(now.0, now.1).is_err() {
+                return;
+            }
+            last = now;
+        }
+    });
 }
 
 /// The local terminal's rows and columns (0, 0 when unknown).

@@ -35,7 +35,7 @@ pub fn escape_message(text: &str, max: usize) -> String {
 }
 
 /// Formats its value escaped and cut at [`super::limits::MAX_LOG_MESSAGE`] bytes:
-/// `log::warn!("{id}: {}", Untrusted(&e))` for an error that may carry the agent's words.
+/// `crate::plog!(Warn, "{id}: {}", Untrusted(&e))` for an error that may carry the agent's words.
 /// Never holds more than that many bytes, however long the value's own text.
 pub struct Untrusted<T>(pub T);
 

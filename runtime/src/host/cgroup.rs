@@ -245,7 +245,7 @@ impl PodCgroup {
     /// Removes what was made and the record, once the VMM is gone; failures are logged.
     pub fn remove(self) {
         self.undo();
-        log::info!("pod cgroup {} removed", self.record.cgroups_path);
+        crate::plog!(Info, "pod cgroup {} removed", self.record.cgroups_path);
     }
 
     fn undo(&self) {
@@ -285,7 +285,8 @@ fn remove_dirs(record: &CgroupRecord) {
             )
         });
         if !plain || !dir.starts_with(&record.root) || dir == &record.root {
-            log::warn!(
+            crate::plog!(
+                Warn,
                 "pod cgroup: not removing {}: outside {}",
                 dir.display(),
                 record.root.display()
@@ -317,9 +318,9 @@ fn rmdir(dir: &Path, patience: Duration) {
         }
         let in_use = matches!(errno, Some(libc::EBUSY) | Some(libc::ENOTEMPTY));
         if in_use && patience.is_zero() {
-            log::debug!("pod cgroup: {} still in use, left", dir.display());
+            crate::plog!(Debug, "pod cgroup: {} still in use, left", dir.display());
         } else {
-            log::warn!("pod cgroup: removing {}: {e}", dir.display());
+            crate::plog!(Warn, "pod cgroup: removing {}: {e}", dir.display());
         }
         return;
     }

@@ -351,12 +351,13 @@ fn undo(record: &NetRecord) {
         Ok(())
     });
     match r {
-        Ok(()) => log::info!(
+        Ok(()) => crate::plog!(
+            Info,
             "pod network: {} restored in {}",
             record.interface,
             record.netns.display()
         ),
-        Err(e) => log::warn!("pod network teardown: {e}"),
+        Err(e) => crate::plog!(Warn, "pod network teardown: {e}"),
     }
 }
 
@@ -492,7 +493,8 @@ fn restore(nl: &mut Netlink, rec: &NetRecord) {
                 e.errno(),
                 Some(libc::ENODEV) | Some(libc::EEXIST) | Some(libc::EADDRNOTAVAIL)
             ) {
-                log::warn!(
+                crate::plog!(
+                    Warn,
                     "pod network teardown in {}: {what}: {e}",
                     rec.netns.display()
                 );

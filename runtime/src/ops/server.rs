@@ -187,7 +187,7 @@ fn console(mut conn: UnixStream, handler: &dyn OpsHandler, early: Vec<u8>) {
     let up = std::thread::spawn(move || pump(&mut conn2, &mut guest2));
     pump(&mut guest, &mut conn);
     let _ = up.join();
-    log::info!("debug console: {peer} disconnected");
+    crate::plog!(Info, "debug console: {peer} disconnected");
 }
 
 /// Copies `from` to `to` until EOF or an error, then shuts both directions down.

@@ -130,7 +130,8 @@ fn connect_network(dir: &PodDir, spec: &PodSpec<'_>) -> Result<Option<PodNetwork
     let t = Instant::now();
     let network = PodNetwork::setup(netns, &dir.network_record())?;
     match &network {
-        Some(n) => log::info!(
+        Some(n) => crate::plog!(
+            Info,
             "pod {}: {} of {} bridged to {} ({:?})",
             spec.id,
             n.record.interface,
@@ -138,7 +139,8 @@ fn connect_network(dir: &PodDir, spec: &PodSpec<'_>) -> Result<Option<PodNetwork
             network::TAP_NAME,
             t.elapsed()
         ),
-        None => log::info!(
+        None => crate::plog!(
+            Info,
             "pod {}: {} has no interface: no NIC",
             spec.id,
             netns.display()
@@ -168,7 +170,8 @@ fn prepare_guest(
     c.update_interface(&n.guest.interface)
         .and_then(|_| c.update_routes(&n.guest.routes))
         .map_err(|e| PodError::GuestNetwork(e.to_string()))?;
-    log::info!(
+    crate::plog!(
+        Info,
         "pod {}: guest {} has {} address(es), {} route(s) ({:?})",
         spec.id,
         n.guest.interface.new_name,

@@ -13,7 +13,11 @@ use crate::vm;
 /// directory.
 pub fn remove_container_dir(dir: &PodDir, cid: &str) {
     if let Err(e) = mounts::unmount_under(&dir.shared_container(cid)) {
-        log::warn!("unmounting {}: {e}", dir.shared_container(cid).display());
+        crate::plog!(
+            Warn,
+            "unmounting {}: {e}",
+            dir.shared_container(cid).display()
+        );
     }
     unmount_and_remove(&dir.container(cid));
 }
@@ -36,11 +40,11 @@ pub fn remove_pod_dir(dir: &PodDir) {
 /// Detaches every mount under `dir` and removes it; failures are logged (teardown goes on).
 fn unmount_and_remove(dir: &Path) {
     if let Err(e) = mounts::unmount_under(dir) {
-        log::warn!("unmounting {}: {e}", dir.display());
+        crate::plog!(Warn, "unmounting {}: {e}", dir.display());
     }
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("removing {}: {e}", dir.display());
+            crate::plog!(Warn, "removing {}: {e}", dir.display());
         }
     }
 }

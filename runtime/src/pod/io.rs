@@ -289,13 +289,13 @@ fn copy_out(mut stream: UnixStream, path: &Path, is_file: bool) {
             .append(true)
             .create(true)
             .open(path)
-            .map_err(|e| log::warn!("opening {}: {e}", path.display()))
+            .map_err(|e| crate::plog!(Warn, "opening {}: {e}", path.display()))
             .ok()
     } else {
         OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| log::warn!("opening FIFO {}: {e}", path.display()))
+            .map_err(|e| crate::plog!(Warn, "opening FIFO {}: {e}", path.display()))
             .ok()
     };
     let mut buf = vec![0u8; 64 * 1024];
@@ -306,7 +306,11 @@ fn copy_out(mut stream: UnixStream, path: &Path, is_file: bool) {
         };
         if let Some(f) = out.as_mut() {
             if let Err(e) = f.write_all(&buf[..n]) {
-                log::debug!("writing {}: {e}; discarding the rest", path.display());
+                crate::plog!(
+                    Debug,
+                    "writing {}: {e}; discarding the rest",
+                    path.display()
+                );
                 out = None;
             }
         }
@@ -322,7 +326,7 @@ fn copy_in(fifo: &Path, mut stream: UnixStream, closing: &AtomicBool) {
     let mut f = match File::open(fifo) {
         Ok(f) => f,
         Err(e) => {
-            log::warn!("opening stdin FIFO {}: {e}", fifo.display());
+            crate::plog!(Warn, "opening stdin FIFO {}: {e}", fifo.display());
             let _ = stream.shutdown(Shutdown::Write);
             return;
         }

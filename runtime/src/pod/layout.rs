@@ -63,6 +63,11 @@ impl PodDir {
         self.root.join("vmm-metrics.json")
     }
 
+    /// The guest console's file ([`crate::vm::console_log`]; `console.log.1` the older).
+    pub fn console_log(&self) -> PathBuf {
+        self.root.join("console.log")
+    }
+
     /// The shim's ops socket ([`crate::ops`]): status, metrics, debug console.
     pub fn ops_socket(&self) -> PathBuf {
         self.root.join(crate::ops::OPS_SOCKET)

@@ -89,7 +89,7 @@ impl Tasks {
             execs: HashMap::new(),
         };
         self.lock().containers.insert(c.id.clone(), container);
-        log::info!("{}: created in pod {}, guest pid {pid}", c.id, plan.pod_id);
+        crate::plog!(Info, container = c.id.as_str(); "{}: created in pod {}, guest pid {pid}", c.id, plan.pod_id);
         let host_pid = self.host_pid();
         self.publish_create(&c, host_pid);
         Ok(host_pid)
@@ -108,9 +108,10 @@ impl Tasks {
             .flatten();
         let guest = spec::translate(&host_spec, &c.id, sandbox_pid)?;
         for n in &guest.notes {
-            log::info!("{}: {n}", c.id);
+            crate::plog!(Info, container = c.id.as_str(); "{}: {n}", c.id);
         }
         let mut cfg = Config::resolve(c.config_path.as_deref())?;
+        log::set_max_level(cfg.runtime.log_filter());
         let mut accounting = PodAccounting::default();
         if pod_id == c.id {
             accounting = size_pod(&mut cfg, &host_spec, &pod_id)?;
@@ -164,7 +165,12 @@ impl Tasks {
             source: Box::new(source),
         })?;
         let pod = Arc::new(pod);
-        log::info!("pod {}: VM up (moat-vmm pid {})", pod.id, pod.vm.pid());
+        crate::plog!(
+            Info,
+            "pod {}: VM up (moat-vmm pid {})",
+            pod.id,
+            pod.vm.pid()
+        );
         self.lock().pod = Some(pod.clone());
         self.start_ops(&pod);
         self.watch_oom(pod.clone());
@@ -230,7 +236,7 @@ fn size_pod(cfg: &mut Config, spec: &Value, pod_id: &str) -> Result<PodAccountin
     let path = match cgroup::cgroup_of_spec(spec) {
         Ok(p) => p,
         Err(e) if !cfg.runtime.sandbox_cgroup => {
-            log::warn!("pod {pod_id}: {e} (ignored: sandbox_cgroup = false)");
+            crate::plog!(Warn, "pod {pod_id}: {e} (ignored: sandbox_cgroup = false)");
             None
         }
         Err(e) => return Err(invalid(e).into()),
@@ -240,7 +246,7 @@ fn size_pod(cfg: &mut Config, spec: &Value, pod_id: &str) -> Result<PodAccountin
         .and_then(|p| cgroup::parent_limits(Path::new(cgroup::CGROUP_ROOT), p));
     let size = sizing::size_for(&cfg.vm, spec, limits.as_ref())?;
     for n in &size.notes {
-        log::info!("pod {pod_id}: {n}");
+        crate::plog!(Info, "pod {pod_id}: {n}");
     }
     (cfg.vm.vcpus, cfg.vm.memory_mib) = (size.vcpus, size.memory_mib);
     Ok(PodAccounting {

@@ -23,10 +23,10 @@ impl Events {
 
     /// Publishes `event` on `topic` (one of `containerd_shim::protos::topics`).
     pub fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        log::debug!("event {topic}");
+        crate::plog!(Debug, "event {topic}");
         if let Some(p) = &self.publisher {
             if let Err(e) = p.publish(Context::default(), topic, &self.namespace, event) {
-                log::warn!("publishing {topic}: {e}");
+                crate::plog!(Warn, "publishing {topic}: {e}");
             }
         }
     }

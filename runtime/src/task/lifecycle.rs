@@ -253,7 +253,8 @@ impl Tasks {
             .client
             .list_processes(id)
             .map_err(TaskError::agent("ListProcesses"))?;
-        log::debug!(
+        crate::plog!(
+            Debug,
             "{id}: {} process(es), guest pids {:?}",
             guest.len(),
             &guest[..guest.len().min(32)]
@@ -334,7 +335,7 @@ impl Tasks {
         })?;
         if let Some(live) = pod.as_ref().filter(|p| p.vm.exited().is_none()) {
             if let Err(e) = live.vm.client.remove_container(id, Some(REMOVE_TIMEOUT)) {
-                log::warn!("{id}: RemoveContainer: {}", Untrusted(&e));
+                crate::plog!(Warn, container = id; "{id}: RemoveContainer: {}", Untrusted(&e));
             }
         }
         let (mut c, host_pid) = {

@@ -58,7 +58,7 @@ impl Tasks {
         let path = pod.dir.ops_socket();
         match OpsServer::start(&path, Arc::new(Report(self.this.clone()))) {
             Ok(server) => self.lock().ops = Some(server),
-            Err(e) => log::warn!("pod {}: ops socket {}: {e}", pod.id, path.display()),
+            Err(e) => crate::plog!(Warn, "pod {}: ops socket {}: {e}", pod.id, path.display()),
         }
     }
 
@@ -138,7 +138,8 @@ impl Tasks {
     fn open_console(&self, peer: &str) -> Result<UnixStream, String> {
         let pod = self.lock().pod.clone().ok_or("the pod has not booted")?;
         if !pod.vm.info.debug_console {
-            log::warn!(
+            crate::plog!(
+                Warn,
                 "pod {}: debug console refused to {peer}: not enabled",
                 pod.id
             );
@@ -147,7 +148,7 @@ impl Tasks {
                 pod.id
             ));
         }
-        log::warn!("pod {}: debug console opened by {peer}", pod.id);
+        crate::plog!(Warn, "pod {}: debug console opened by {peer}", pod.id);
         pod.vm
             .client
             .open_console(Instant::now() + CONSOLE_CONNECT)

@@ -171,7 +171,10 @@ pub fn fresh_or_last(
             .map_err(TaskError::Internal),
         Err(e) if slow(&e) => match last {
             Some(any) => {
-                log::debug!("{id}: the agent is slow to give statistics: serving the last ones");
+                crate::plog!(
+                    Debug,
+                    "{id}: the agent is slow to give statistics: serving the last ones"
+                );
                 Ok(Reading::Last(any))
             }
             None => Err(TaskError::NoStats {

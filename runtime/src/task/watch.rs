@@ -49,7 +49,7 @@ impl Tasks {
             st.host_pid()
         };
         self.exited.notify_all();
-        log::info!("{cid}/{exec}: exited with {status}");
+        crate::plog!(Info, container = cid; "{cid}/{exec}: exited with {status}");
         let ev = TaskExit {
             container_id: cid.into(),
             id: if exec.is_empty() { cid } else { exec }.into(),
@@ -81,7 +81,7 @@ impl Tasks {
             };
             if let Some(outputs) = outputs {
                 if !outputs.wait(OUTPUT_DRAIN) {
-                    log::warn!("{cid}/{exec}: output still open {OUTPUT_DRAIN:?} after exit");
+                    crate::plog!(Warn, container = cid; "{cid}/{exec}: output still open {OUTPUT_DRAIN:?} after exit");
                 }
             }
             this.record_exit(&cid, &exec, status);
@@ -106,9 +106,10 @@ impl Tasks {
                 .collect()
         };
         if running.is_empty() {
-            log::info!("the pod's VM ended ({})", describe(status));
+            crate::plog!(Info, "the pod's VM ended ({})", describe(status));
         } else {
-            log::error!(
+            crate::plog!(
+                Error,
                 "the pod's VM ended ({}) under {} running process(es)",
                 describe(status),
                 running.len()
@@ -128,7 +129,7 @@ impl Tasks {
         std::thread::spawn(move || {
             let owns = |id: &str| this.lock().containers.contains_key(id);
             let publish = |id: &str| {
-                log::info!("{id}: OOM kill in the guest");
+                crate::plog!(Info, container = id; "{id}: OOM kill in the guest");
                 let ev = TaskOOM {
                     container_id: id.into(),
                     ..Default::default()
@@ -164,7 +165,7 @@ fn wait_process(agent: &Agent, alive: impl Fn() -> bool, cid: &str, exec: &str) 
             Err(e) if e.is_timeout() => continue,
             Err(e) if agent_code(&e) == Some(Code::NOT_FOUND) => return VM_DIED_STATUS,
             Err(e) => {
-                log::debug!("{cid}/{exec}: WaitProcess: {}", Untrusted(&e));
+                crate::plog!(Debug, container = cid; "{cid}/{exec}: WaitProcess: {}", Untrusted(&e));
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
@@ -177,7 +178,8 @@ fn exit_status(cid: &str, exec: &str, status: i32) -> u32 {
     match u32::try_from(status) {
         Ok(s) if s <= 255 => s,
         _ => {
-            log::warn!(
+            crate::plog!(
+                Warn,
                 "{cid}/{exec}: the agent reported exit status {status}: using {VM_DIED_STATUS}"
             );
             VM_DIED_STATUS
@@ -235,7 +237,8 @@ impl OomGate {
                 0 => String::new(),
                 n => format!(" ({n} more such events dropped before it)"),
             };
-            log::warn!(
+            crate::plog!(
+                Warn,
                 "the agent reported an OOM kill in {}, not a container of this pod: dropped{more}",
                 quoted_id(id)
             );

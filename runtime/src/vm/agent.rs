@@ -135,7 +135,10 @@ impl Agent {
             Ok(c) => Some(c),
             Err(e) => {
                 let e = crate::guard::text::Untrusted(e);
-                log::warn!("the agent's quick connection: {e} (retried by the next call)");
+                crate::plog!(
+                    Warn,
+                    "the agent's quick connection: {e} (retried by the next call)"
+                );
                 None
             }
         };

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use moat_vmm_config::status::describe;
 
+use super::console_log::RotatingLog;
 use super::{VmError, VmmStatus};
 use crate::guard::limits::{CONSOLE_RATE, MAX_CONSOLE_LINE, VMM_STDERR_RATE};
 use crate::guard::rate::{Rate, Throttle};
@@ -92,12 +93,13 @@ impl ConsoleTail {
 pub type Started = (i32, Arc<ExitCell>, Arc<ConsoleTail>);
 
 /// Starts the keeper thread, which spawns `cmd` (the VMM binary `vmm`); returns once the VMM
-/// runs. Guest console lines reach the log when `forward_console`; `on_exit` runs on the
+/// runs. Guest console lines reach the log when `console.forward`, and `console.file`;
+/// `on_exit` runs on the
 /// keeper thread after the VMM is reaped.
 pub fn start(
     cmd: Command,
     vmm: &Path,
-    forward_console: bool,
+    console: ConsoleSink,
     on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
 ) -> Result<Started, VmError> {
     let exit = Arc::new(ExitCell::default());
@@ -107,7 +109,7 @@ pub fn start(
         vmm: vmm.to_path_buf(),
         exit: exit.clone(),
         tail: tail.clone(),
-        forward_console,
+        console,
     };
     let spawn_err = |source| VmError::Spawn {
         vmm: vmm.to_path_buf(),
@@ -131,13 +133,22 @@ struct Keeper {
     vmm: PathBuf,
     exit: Arc<ExitCell>,
     tail: Arc<ConsoleTail>,
-    forward_console: bool,
+    console: ConsoleSink,
+}
+
+/// Where the guest console's lines go besides the tail.
+#[derive(Debug, Default)]
+pub struct ConsoleSink {
+    /// To the shim's log (rate-limited).
+    pub forward: bool,
+    /// To the pod's console file.
+    pub file: Option<RotatingLog>,
 }
 
 impl Keeper {
     /// Spawns the VMM, reports its pid on `tx`, forwards its output, reaps it.
     fn run(
-        self,
+        mut self,
         mut cmd: Command,
         tx: mpsc::Sender<std::io::Result<i32>>,
         on_exit: Box<dyn FnOnce(VmmStatus) + Send>,
@@ -153,8 +164,9 @@ impl Keeper {
         let _ = tx.send(Ok(pid));
         let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
-            let rate = self.forward_console.then_some(CONSOLE_RATE);
-            pumps.push(pump(out, "guest", self.tail.clone(), rate));
+            let rate = self.console.forward.then_some(CONSOLE_RATE);
+            let file = self.console.file.take();
+            pumps.push(pump(out, "guest", self.tail.clone(), rate, file));
         }
         if let Some(err) = child.stderr.take() {
             pumps.push(pump(
@@ -162,6 +174,7 @@ impl Keeper {
                 "moat-vmm",
                 self.tail.clone(),
                 Some(VMM_STDERR_RATE),
+                None,
             ));
         }
         let status = match child.wait() {
@@ -170,34 +183,36 @@ impl Keeper {
                 .or_else(|| s.signal().map(|n| 128 + n))
                 .unwrap_or(255),
             Err(e) => {
-                log::error!("waiting for {} (pid {pid}): {e}", self.vmm.display());
+                crate::plog!(Error, "waiting for {} (pid {pid}): {e}", self.vmm.display());
                 255
             }
         };
         for p in pumps {
             let _ = p.join();
         }
-        log::info!("moat-vmm (pid {pid}) ended: {}", describe(status));
+        crate::plog!(Info, "moat-vmm (pid {pid}) ended: {}", describe(status));
         self.exit.set(status);
         on_exit(status);
     }
 }
 
-/// Forwards lines of `r` into `tail` and, at `rate` (`None`: not at all), to the log prefixed
-/// by `who`.
+/// Forwards lines of `r` into `tail`, into `file` (escaped), and at `rate` (`None`: not at
+/// all) to the log prefixed by `who`.
 fn pump(
     r: impl Read + Send + 'static,
     who: &'static str,
     tail: Arc<ConsoleTail>,
     rate: Option<Rate>,
+    file: Option<RotatingLog>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut fwd = Forward {
             who,
             tail,
             throttle: rate.map(Throttle::new),
+            file,
         };
-        let mut log = |line: &str| log::info!("{line}");
+        let mut log = |line: &str| crate::plog!(Info, "{line}");
         read_lines(r, MAX_CONSOLE_LINE, |line| fwd.line(line, &mut log));
         fwd.end(&mut log);
     })
@@ -209,6 +224,8 @@ struct Forward {
     tail: Arc<ConsoleTail>,
     /// `None`: lines only go into the tail.
     throttle: Option<Throttle>,
+    /// The pod's console file, if any.
+    file: Option<RotatingLog>,
 }
 
 impl Forward {
@@ -217,6 +234,9 @@ impl Forward {
     fn line(&mut self, raw: &[u8], out: &mut impl FnMut(&str)) {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end();
+        if let Some(file) = &mut self.file {
+            file.line(&escape(text, MAX_CONSOLE_LINE));
+        }
         if let Some(throttle) = &mut self.throttle {
             if let Some(suppressed) = throttle.admit() {
                 self.note(suppressed, out);
@@ -305,6 +325,8 @@ mod tests {
     #[test]
     fn a_hostile_console_is_escaped_and_rate_limited() {
         let tail = Arc::new(ConsoleTail::default());
+        let tmp = tempfile::TempDir::new().unwrap();
+        let file = RotatingLog::create(&tmp.path().join("console.log"), 1 << 20).unwrap();
         let mut fwd = Forward {
             who: "guest",
             tail: tail.clone(),
@@ -312,6 +334,7 @@ mod tests {
                 per_sec: 1,
                 burst: 3,
             })),
+            file: Some(file),
         };
         let mut logged = Vec::new();
         let mut out = |l: &str| logged.push(l.to_string());

@@ -28,7 +28,10 @@ pub fn vm_config(cfg: &Config, dir: &PodDir, nic: Option<&VmNic>) -> VmConfig {
     } else {
         ""
     };
-    let extra = format!("moat.share={SHARE_TAG}{console} {}", cfg.vm.kernel_params);
+    let extra = format!(
+        "moat.share={SHARE_TAG} moat.log={}{console} {}",
+        cfg.runtime.agent_log_level, cfg.vm.kernel_params
+    );
     VmConfig {
         kernel: Some(cfg.vm.kernel.clone()),
         initrd: Some(cfg.vm.initrd.clone()),
@@ -91,13 +94,20 @@ pub fn pod_cgroup(
     accounting: &PodAccounting,
 ) -> Result<(Option<PodCgroup>, Option<ProcsFiles>), VmError> {
     let Some(path) = &accounting.cgroup else {
-        log::info!("pod cgroup: none named (or sandbox_cgroup off): moat-vmm stays in the shim's");
+        crate::plog!(
+            Info,
+            "pod cgroup: none named (or sandbox_cgroup off): moat-vmm stays in the shim's"
+        );
         return Ok((None, None));
     };
     let cgroup = PodCgroup::create(Path::new(CGROUP_ROOT), path, &cgroup::record_path(dir))?;
     match cgroup.procs_files() {
         Ok(procs) => {
-            log::info!("pod cgroup: moat-vmm joins {:?}", cgroup.record.joined);
+            crate::plog!(
+                Info,
+                "pod cgroup: moat-vmm joins {:?}",
+                cgroup.record.joined
+            );
             Ok((Some(cgroup), Some(procs)))
         }
         Err(e) => {
@@ -148,15 +158,17 @@ pub struct ChildSetup {
     pub oom_score_adj: Option<OomScoreAdj>,
 }
 
-/// `vmm --config <config>`, with piped stdout (guest console) and stderr. Before exec the
+/// `vmm --config <config> --log-level <log_level>`, with piped stdout (guest console) and
+/// stderr. Before exec the
 /// child joins the pod's cgroup (so the VMM is accounted there from its first instruction;
 /// a refused join fails the spawn), takes the pod's `oom_score_adj`, dies with the thread that
 /// spawns it (PDEATHSIG, see [`super::keeper`]), leaves the shim's session (a terminal's
 /// signals don't reach it) and keeps the TAP fd open across exec.
-pub fn command(vmm: &Path, config: &Path, child: ChildSetup) -> Command {
+pub fn command(vmm: &Path, config: &Path, log_level: &str, child: ChildSetup) -> Command {
     let mut cmd = Command::new(vmm);
     cmd.arg("--config")
         .arg(config)
+        .args(["--log-level", log_level])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -196,7 +208,10 @@ mod tests {
         let vm = vm_config(&cfg, &dir, None);
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 384));
         assert_eq!(vm.kernel.as_deref(), Some(cfg.vm.kernel.as_path()));
-        assert_eq!(vm.extra_cmdline.as_deref(), Some("moat.share=pod quiet"));
+        assert_eq!(
+            vm.extra_cmdline.as_deref(),
+            Some("moat.share=pod moat.log=info quiet")
+        );
         let vsock = vm.vsock.as_ref().unwrap();
         assert_eq!(
             (vsock.guest_cid, vsock.uds_path.clone()),
@@ -214,7 +229,7 @@ mod tests {
         let console = vm_config(&cfg, &dir, None);
         assert_eq!(
             console.extra_cmdline.as_deref(),
-            Some("moat.share=pod moat.debug_console=1 quiet")
+            Some("moat.share=pod moat.log=info moat.debug_console=1 quiet")
         );
         assert!(vm.net_devices.is_empty() && vm.rng);
         let json = serde_json::to_string(&vm).unwrap();
@@ -245,7 +260,7 @@ mod tests {
             oom_score_adj: Some(want),
             ..ChildSetup::default()
         };
-        let status = command(&vmm, &out, child).status().unwrap();
+        let status = command(&vmm, &out, "warn", child).status().unwrap();
         assert!(status.success(), "{status}");
         assert_eq!(std::fs::read_to_string(&procs_path).unwrap(), "0");
         let got = std::fs::read_to_string(&out).unwrap();
@@ -263,7 +278,7 @@ mod tests {
             cgroup_procs: vec![std::os::fd::AsRawFd::as_raw_fd(&read_only)],
             ..ChildSetup::default()
         };
-        let e = command(Path::new("/bin/true"), Path::new("/x"), child)
+        let e = command(Path::new("/bin/true"), Path::new("/x"), "warn", child)
             .status()
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");

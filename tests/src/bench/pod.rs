@@ -120,10 +120,9 @@ fn print_report(runs: u32, moat: &RuntimeNumbers, runc: &RuntimeNumbers) {
     );
 }
 
-/// Starts an idle pod with `runtime`, lets it settle, measures the PSS of its shim and the
-/// shim's descendants (and of moat-vmm's guest RAM mapping), removes it.
-fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), String> {
-    let id = format!("idle-{}", short(runtime));
+/// Starts container `id` with `runtime` running `sleep 3600` (`ctr run -d`), waits until it
+/// runs and lets it settle for 3 s. Remove it with [`Stack::kill_and_delete`].
+pub(crate) fn start_idle_pod(stack: &Stack, runtime: &str, id: &str) -> Result<(), String> {
     let image = stack.image.as_str();
     let run = [
         "run",
@@ -132,7 +131,7 @@ fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), 
         "--runtime",
         runtime,
         image,
-        &id,
+        id,
         "sleep",
         "3600",
     ];
@@ -140,8 +139,16 @@ fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), 
         .containerd
         .ctr_ok(&run)
         .map_err(|e| format!("{runtime}: {e}"))?;
-    stack.wait_task_status(&id, "RUNNING", Duration::from_secs(60));
+    stack.wait_task_status(id, "RUNNING", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(3));
+    Ok(())
+}
+
+/// Starts an idle pod with `runtime`, lets it settle, measures the PSS of its shim and the
+/// shim's descendants (and of moat-vmm's guest RAM mapping), removes it.
+fn idle_pod(stack: &Stack, runtime: &str) -> Result<(Option<u64>, Option<u64>), String> {
+    let id = format!("idle-{}", short(runtime));
+    start_idle_pod(stack, runtime, &id)?;
     let procs = sys::list();
     let shims = sys::with_address(&procs, stack.containerd.address());
     let ours: Vec<u32> = shims

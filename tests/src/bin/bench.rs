@@ -13,13 +13,20 @@
 //! filters on, and with neither (`--no-seccomp`, no `--jail`), interleaved: spawn → first
 //! KVM_RUN, spawn → /init and the VMM's RSS without guest RAM, as on/off ratios.
 //!
+//! `moat-bench ops [SECONDS]`: the CPU the metrics path costs one idle pod
+//! (`moat_tests::bench::ops`): SECONDS idle, then SECONDS scraping its ops socket once a
+//! second; per scrape, and at a 15 s scrape interval as a fraction of one CPU and of the pod's
+//! idle use.
+//!
 //! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each),
-//! `moat-bench pod [RUNS]` (default 10), `moat-bench jail [BOOTS]` (default 10).
+//! `moat-bench pod [RUNS]` (default 10), `moat-bench jail [BOOTS]` (default 10),
+//! `moat-bench ops [SECONDS]` (default 30).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use moat_tests::bench::ops as ops_bench;
 use moat_tests::bench::pod as pod_bench;
 use moat_tests::bench::report::{self, median, ratio};
 use moat_tests::containerd::moat_stack::Stack;
@@ -27,16 +34,17 @@ use moat_tests::guest::{
     boot_moat, boot_qemu, default_image_for, AgentVm, BootRun, BootSpec, GuestImage,
 };
 
-const USAGE: &str =
-    "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0] | moat-bench jail [BOOTS>0]";
+const USAGE: &str = "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0] | \
+                     moat-bench jail [BOOTS>0] | moat-bench ops [SECONDS>0]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str);
-    let pod = matches!(mode, Some("pod" | "jail"));
-    let count: u32 = match args.get(usize::from(pod)).map(|a| a.parse()) {
+    let named = matches!(mode, Some("pod" | "jail" | "ops"));
+    let count: u32 = match args.get(usize::from(named)).map(|a| a.parse()) {
+        None if mode == Some("ops") => 30,
         None => 10,
-        Some(Ok(n)) if n > 0 && args.len() <= 1 + usize::from(pod) => n,
+        Some(Ok(n)) if n > 0 && args.len() <= 1 + usize::from(named) => n,
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -44,7 +52,13 @@ fn main() -> ExitCode {
     };
     if mode == Some("pod") {
         let budget = Duration::from_secs(300 + u64::from(count) * 40);
-        return moat_tests::main_on_kvm(&args, budget, || bench_pod(count));
+        let body = |s: &Stack| pod_bench::run(s, count).map(drop);
+        return moat_tests::main_on_kvm(&args, budget, || bench_stack("pod", body));
+    }
+    if mode == Some("ops") {
+        let budget = Duration::from_secs(600 + u64::from(count) * 3);
+        let body = |s: &Stack| ops_bench::run(s, count).map(drop);
+        return moat_tests::main_on_kvm(&args, budget, || bench_stack("ops", body));
     }
     let boots = count;
     let budget = Duration::from_secs(120 + u64::from(boots) * 30);
@@ -80,21 +94,22 @@ fn kib(v: Option<u64>) -> String {
     report::mib(v, 2)
 }
 
-/// `moat-bench pod`: a private containerd with moat and runc, [`pod_bench::run`].
-fn bench_pod(runs: u32) -> ExitCode {
+/// `moat-bench MODE` on a private containerd with moat and runc (`pod`: [`pod_bench::run`],
+/// `ops`: [`ops_bench::run`]): `body` on the stack, then nothing of its pods may be left.
+fn bench_stack(mode: &str, body: impl FnOnce(&Stack) -> Result<(), String>) -> ExitCode {
     let result = Stack::start().and_then(|stack| {
-        let r = pod_bench::run(&stack, runs);
+        let r = body(&stack);
         let left = stack.leftovers();
         stack.stop()?;
         match left {
             Some(left) => Err(format!("the pods left behind: {left}")),
-            None => r.map(drop),
+            None => r,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("moat-bench pod: {e}");
+            eprintln!("moat-bench {mode}: {e}");
             ExitCode::FAILURE
         }
     }

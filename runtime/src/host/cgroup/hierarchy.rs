@@ -213,7 +213,7 @@ fn enable(file: &Path, want: &[&str], enabled: &mut BTreeSet<String>) {
             Ok(()) => {
                 enabled.insert(c.to_string());
             }
-            Err(e) => log::warn!("pod cgroup: enabling {c} in {}: {e}", file.display()),
+            Err(e) => crate::plog!(Warn, "pod cgroup: enabling {c} in {}: {e}", file.display()),
         }
     }
 }

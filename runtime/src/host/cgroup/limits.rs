@@ -59,7 +59,7 @@ fn read(file: &Path) -> Option<String> {
     match std::fs::read_to_string(file) {
         Ok(s) => Some(s.trim().to_string()),
         Err(e) => {
-            log::debug!("pod limits: reading {}: {e}", file.display());
+            crate::plog!(Debug, "pod limits: reading {}: {e}", file.display());
             None
         }
     }

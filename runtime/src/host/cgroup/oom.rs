@@ -82,14 +82,15 @@ impl OomScoreAdj {
             .and_then(|s| s.trim().parse::<i32>().ok());
         match got {
             Some(v) if v == self.value => {
-                log::info!("moat-vmm {pid}: oom_score_adj {v} (the pod's)");
+                crate::plog!(Info, "moat-vmm {pid}: oom_score_adj {v} (the pod's)");
             }
-            Some(v) => log::warn!(
+            Some(v) => crate::plog!(
+                Warn,
                 "moat-vmm {pid}: the pod's oom_score_adj {} could not be applied (lowering it \
                  below the shim's needs CAP_SYS_RESOURCE); it runs with {v}",
                 self.value
             ),
-            None => log::debug!("moat-vmm {pid}: {file} unreadable (exited already?)"),
+            None => crate::plog!(Debug, "moat-vmm {pid}: {file} unreadable (exited already?)"),
         }
     }
 }

@@ -87,7 +87,8 @@ impl Link {
         match &r {
             Err(e) if no_reply(e) => self.unanswered(),
             Err(e) if broken(e) => {
-                log::warn!(
+                crate::plog!(
+                    Warn,
                     "the agent's {} connection broke ({}); reconnecting",
                     self.name,
                     Untrusted(e)
@@ -106,7 +107,8 @@ impl Link {
         }
         self.unanswered.store(0, Ordering::SeqCst);
         if lock(&self.slot).client.take().is_some() {
-            log::warn!(
+            crate::plog!(
+                Warn,
                 "the agent left {n} calls on its {} connection without a reply: closing it",
                 self.name
             );
@@ -138,7 +140,7 @@ impl Link {
                 let c = Arc::new(c);
                 self.unanswered.store(0, Ordering::SeqCst);
                 (slot.client, slot.paused) = (Some(c.clone()), None);
-                log::info!("the agent's {} connection was made anew", self.name);
+                crate::plog!(Info, "the agent's {} connection was made anew", self.name);
                 Ok(c)
             }
             Err(e) => {
