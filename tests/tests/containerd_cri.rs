@@ -24,7 +24,7 @@ use moat_tests::containerd::cri::{
 use moat_tests::containerd::moat_stack::{
     self, moat_processes, vm_processes, with_stack_tuned, Stack,
 };
-use moat_tests::containerd::oci_image::{build_pause_image, DEFAULT_PAUSE_IMAGE};
+use moat_tests::containerd::oci_image::DEFAULT_PAUSE_IMAGE;
 use moat_tests::containerd::ContainerdOptions;
 use moat_tests::ops::moat;
 
@@ -175,12 +175,7 @@ struct Pod<'a> {
 impl<'a> Pod<'a> {
     /// Imports the pause image, runs the pod and starts alpha and beta.
     fn run(s: &'a Stack) -> Self {
-        let pause = s.dir().join("pause.tar");
-        build_pause_image(&pause, DEFAULT_PAUSE_IMAGE).unwrap_or_else(|e| panic!("{e}"));
-        s.containerd
-            .import(&pause)
-            .unwrap_or_else(|e| panic!("importing the pause image: {e}"));
-        let c = CriClient::for_containerd(&s.containerd).unwrap_or_else(|e| panic!("{e}"));
+        let c = s.cri_client();
         let v = c.version().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.runtime_name, "containerd", "{v:?}");
         for image in [&s.image, DEFAULT_PAUSE_IMAGE] {

@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use moat_runtime::RUNTIME_ID;
+use moat_tests::containerd::cri::{self, api, CriClient, KubeletCgroup, PodIdentity};
 use moat_tests::containerd::moat_stack::{sigkill, with_stack, with_stack_mut, Stack};
+use moat_tests::containerd::oci_image::DEFAULT_PAUSE_IMAGE;
 use moat_tests::containerd::{CtrOutput, LiveCtr};
 
 /// How many fresh test hosts a flow may use when the guest crashes (see
@@ -200,21 +202,26 @@ fn shim_killed_under_ctr_run_rm() {
     });
 }
 
-/// containerd killed with SIGKILL and started again under a running pod (a crash, or an
-/// upgrade): the shim and the VM keep running, the new containerd reconnects to the shim,
-/// `ctr task ls` lists the task RUNNING, an exec works, and kill, `task delete` and `container
-/// delete` end the pod; nothing is left.
+/// containerd killed with SIGKILL and started again under running pods (a crash, or an
+/// upgrade): the shims and the VMs keep running, the new containerd reconnects to them. The
+/// ctr pod: `ctr task ls` lists the task RUNNING, an exec works, and kill, `task delete` and
+/// `container delete` end the pod. The CRI pod: CRI lists the sandbox ready and its container
+/// running, ExecSync works, and StopPodSandbox and RemovePodSandbox end it. Nothing is left.
 #[test]
 fn containerd_restarted() {
     moat_tests::on_kvm_retrying("containerd_restarted", ATTEMPTS, || {
         with_stack_mut(
-            |_| {},
+            |o| o.sandbox_image = DEFAULT_PAUSE_IMAGE.into(),
             |s| {
                 s.run_detached(VICTIM, &["sleep", "100000"]);
                 s.wait_task_status(VICTIM, "RUNNING", STARTED);
+                let cri_pod = CriPod::start(s);
                 let (shim, _) = s.shim_process(VICTIM).expect("the victim's shim");
                 let vmm = s.vmm_pid(VICTIM).expect("the victim's VMM");
+                let cri_vmm = s.vmm_pid(&cri_pod.pod).expect("the CRI pod's VMM");
                 s.restart_containerd();
+                assert_eq!(s.vmm_pid(&cri_pod.pod), Some(cri_vmm), "CRI pod's VMM");
+                cri_pod.check_and_remove(s);
                 let same = (s.shim_process(VICTIM).map(|p| p.0), s.vmm_pid(VICTIM));
                 assert_eq!(same, (Some(shim), Some(vmm)), "shim or VMM did not survive");
                 s.wait_task_status(VICTIM, "RUNNING", STARTED);
@@ -268,4 +275,89 @@ fn guest_kernel_panics() {
             assert!(!ls.contains("panicker"), "{ls}");
         })
     });
+}
+
+/// A CRI pod with one container running `sleep`, started as the kubelet starts one (its pod
+/// cgroup first), for [`containerd_restarted`].
+struct CriPod {
+    c: CriClient,
+    pod: String,
+    container: String,
+    cgroup: Option<KubeletCgroup>,
+}
+
+impl CriPod {
+    /// The CRI runtime handler of the stack's moat shim.
+    const HANDLER: &'static str = "moat";
+
+    fn start(s: &Stack) -> CriPod {
+        let c = s.cri_client();
+        let who = PodIdentity {
+            name: "restart".into(),
+            namespace: "default".into(),
+            uid: format!("uid-{}", moat_tests::unique_suffix()),
+        };
+        let logs = s.dir().join("cri-logs");
+        std::fs::create_dir_all(logs.join("sleeper")).unwrap();
+        let mut pod_cfg = cri::pod_config(&who, "restart", &logs);
+        let path = format!("/kubepods/burstable/pod{}", who.uid);
+        let cgroup = KubeletCgroup::create(&path, 1 << 30).unwrap_or_else(|e| panic!("{e}"));
+        if let (Some(cg), Some(linux)) = (&cgroup, pod_cfg.linux.as_mut()) {
+            linux.cgroup_parent = cg.cgroup_parent().into();
+        }
+        let pod = or_log(s, c.run_pod_sandbox(&pod_cfg, Self::HANDLER));
+        let sleep = ["sleep", "100000"];
+        let cfg = cri::container_config(&who, "sleeper", &s.image, &sleep, &[], &[]);
+        let container = or_log(s, c.create_container(&pod, &cfg, &pod_cfg));
+        or_log(s, c.start_container(&container));
+        CriPod {
+            c,
+            pod,
+            container,
+            cgroup,
+        }
+    }
+
+    /// After the restart: listed as before, ExecSync works; then stopped and removed, with
+    /// nothing left of it.
+    fn check_and_remove(self, s: &Stack) {
+        // A fresh connection: the old one went with the old containerd.
+        let c = CriClient::for_containerd(&s.containerd).unwrap_or_else(|e| panic!("{e}"));
+        let ready = api::PodSandboxState::SandboxReady as i32;
+        let pods = c.list_pod_sandboxes().unwrap_or_else(|e| panic!("{e}"));
+        let listed = pods.iter().any(|p| p.id == self.pod && p.state == ready);
+        assert!(listed, "the CRI pod is not listed ready: {pods:?}");
+        let running = api::ContainerState::ContainerRunning as i32;
+        let ctrs = c.list_containers(Some(&self.pod)).unwrap();
+        let listed = ctrs
+            .iter()
+            .any(|x| x.id == self.container && x.state == running);
+        assert!(listed, "the CRI container is not listed running: {ctrs:?}");
+        let out = or_log(
+            s,
+            c.exec_sync(&self.container, &["echo", "still-here"], STARTED),
+        );
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-here");
+        or_log(s, c.stop_pod_sandbox(&self.pod));
+        or_log(s, c.remove_pod_sandbox(&self.pod));
+        assert!(c.list_pod_sandboxes().unwrap().is_empty());
+        drop(self.c);
+        // The shim removes the sandbox's cgroup and CRI its netns once the VM is gone.
+        let deadline = Instant::now() + EXIT_REPORTED * 2;
+        loop {
+            let mut left = cri::leftovers(&s.containerd);
+            left.extend(self.cgroup.iter().flat_map(KubeletCgroup::children));
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left of the CRI pod: {left:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `r`'s value, or a panic with the error and the stack's log.
+fn or_log<T>(s: &Stack, r: Result<T, cri::CriError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()))
 }

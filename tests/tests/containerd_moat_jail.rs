@@ -148,8 +148,11 @@ fn a_compromised_vmm_is_refused_or_stopped() {
             s.ctr(&["container", "delete", "exe"]);
 
             // ptrace of the supervisor while a container runs: the task ends, with the reason.
-            arm(s, "ptrace@3000");
+            // 15 s after /init: a slow nested boot has its container running by then (at
+            // 3 s, one CI run's attack came during StartContainer).
+            arm(s, "ptrace@15000");
             s.run_detached("ptr", &["sleep", "600"]);
+            s.wait_task_status("ptr", "RUNNING", Duration::from_secs(60));
             s.wait_task_status("ptr", "STOPPED", Duration::from_secs(60));
             let log = s.log();
             assert!(

@@ -14,6 +14,7 @@
 //!
 //! Reports, asserts nothing.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,20 @@ pub struct OpsNumbers {
     pub scrape_us: Vec<u64>,
     /// Scrapes that flagged a source as failed (`moat_scrape_source_ok{...} 0`).
     pub degraded: usize,
+    /// Each process's busiest threads in the idle window (in [`OpsNumbers::processes`]
+    /// order): where an idle pod's CPU goes.
+    pub idle_threads: Vec<Vec<ThreadCpu>>,
+}
+
+/// One thread's CPU time over a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadCpu {
+    /// Its id.
+    pub tid: u32,
+    /// Its name and where it sleeps at the window's end (`comm`, `wchan`).
+    pub name: String,
+    /// Its CPU time over the window, µs.
+    pub cpu_us: u64,
 }
 
 impl OpsNumbers {
@@ -105,10 +120,16 @@ fn measure_pod(stack: &Stack, seconds: u32) -> Result<OpsNumbers, String> {
     let roles = pod_processes(stack)?;
     let pids: Vec<u32> = roles.iter().map(|r| r.1).collect();
     let window = Duration::from_secs(seconds.into());
+    let threads_before: Vec<_> = pids.iter().map(|p| threads_cpu(*p)).collect();
     let (idle, ()) = measure(&pids, || {
         std::thread::sleep(window);
         Ok(())
     })?;
+    let idle_threads = pids
+        .iter()
+        .zip(&threads_before)
+        .map(|(p, before)| busiest_threads(*p, before, 3))
+        .collect();
     let (scraped, (scrape_us, degraded)) =
         measure(&pids, || scrape_every_second(&socket, seconds))?;
     Ok(OpsNumbers {
@@ -117,6 +138,7 @@ fn measure_pod(stack: &Stack, seconds: u32) -> Result<OpsNumbers, String> {
         scraped,
         scrape_us,
         degraded,
+        idle_threads,
     })
 }
 
@@ -157,8 +179,44 @@ fn measure<T>(
 /// [`cpu_us`] of each of `pids`; an error once one is gone.
 fn cpu_all(pids: &[u32]) -> Result<Vec<u64>, String> {
     pids.iter()
-        .map(|p| cpu_us(*p).ok_or_else(|| format!("process {p} is gone")))
+        .map(|p| cpu_us(&p.to_string()).ok_or_else(|| format!("process {p} is gone")))
         .collect()
+}
+
+/// The CPU time of each thread of process `pid`, µs, by thread id.
+fn threads_cpu(pid: u32) -> BTreeMap<u32, u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((tid, cpu_us(&format!("{pid}/task/{tid}"))?))
+        })
+        .collect()
+}
+
+/// The `n` threads of `pid` that used the most CPU since `before` was taken, with their
+/// names and where they sleep now.
+fn busiest_threads(pid: u32, before: &BTreeMap<u32, u64>, n: usize) -> Vec<ThreadCpu> {
+    let read = |tid: u32, file: &str| {
+        let path = format!("/proc/{pid}/task/{tid}/{file}");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let mut threads: Vec<ThreadCpu> = threads_cpu(pid)
+        .into_iter()
+        .map(|(tid, now)| ThreadCpu {
+            tid,
+            name: format!("{} in {}", read(tid, "comm"), read(tid, "wchan")),
+            cpu_us: now.saturating_sub(before.get(&tid).copied().unwrap_or(0)),
+        })
+        .collect();
+    threads.sort_by_key(|t| std::cmp::Reverse(t.cpu_us));
+    threads.truncate(n);
+    threads
 }
 
 /// Scrapes `socket` `n` times, one a second from now (a late one at once), then waits out the
@@ -196,9 +254,10 @@ fn clock_ticks() -> u64 {
     u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
 }
 
-/// User plus system CPU time of process `pid`, every thread (live or exited), µs.
-fn cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// User plus system CPU time of `/proc/<of>/stat`, µs: of process `pid` (every thread, live
+/// or exited) when `of` is `"PID"`, of one thread when it is `"PID/task/TID"`.
+fn cpu_us(of: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{of}/stat")).ok()?;
     // After the `(comm)`: state is field 3, utime 14, stime 15.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
@@ -242,6 +301,13 @@ fn print_report(seconds: u32, n: &OpsNumbers) {
             secs(scraped, 2),
             n.per_scrape_us(i) / 1000.0
         );
+    }
+    for (name, threads) in n.processes.iter().zip(&n.idle_threads) {
+        let list: Vec<String> = threads
+            .iter()
+            .map(|t| format!("{} ({}) {}", t.tid, t.name, secs(t.cpu_us, 2)))
+            .collect();
+        println!("  {name}'s busiest threads while idle: {}", list.join(", "));
     }
     let mut wall = n.scrape_us.clone();
     let (median, max) = min_median_max(&mut wall).map_or((None, None), |m| (Some(m.1), Some(m.2)));
@@ -288,6 +354,7 @@ mod tests {
             scraped: window(vec![300_000, 610_000], 31),
             scrape_us: vec![1000; 30],
             degraded: 0,
+            idle_threads: vec![Vec::new(), Vec::new()],
         }
     }
 
@@ -315,8 +382,12 @@ mod tests {
     fn own_cpu_time_is_readable() {
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(50) {}
-        assert!(cpu_us(std::process::id()).is_some_and(|us| us > 0));
-        assert_eq!(cpu_us(u32::MAX), None);
+        assert!(cpu_us(&std::process::id().to_string()).is_some_and(|us| us > 0));
+        assert_eq!(cpu_us(&u32::MAX.to_string()), None);
+        let me = std::process::id();
+        let busiest = busiest_threads(me, &BTreeMap::new(), 1);
+        assert_eq!(busiest.len(), 1, "{busiest:?}");
+        assert!(busiest[0].cpu_us > 0, "{busiest:?}");
     }
 
     #[test]

@@ -166,6 +166,18 @@ impl Stack {
         self.containerd.log_tail()
     }
 
+    /// For CRI flows: builds and imports the pause image ([`oci_image::DEFAULT_PAUSE_IMAGE`],
+    /// which the stack's `sandbox_image` must name) and connects a CRI client.
+    pub fn cri_client(&self) -> super::cri::CriClient {
+        let pause = self.dir().join("pause.tar");
+        oci_image::build_pause_image(&pause, oci_image::DEFAULT_PAUSE_IMAGE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.containerd
+            .import(&pause)
+            .unwrap_or_else(|e| panic!("importing the pause image: {e}"));
+        super::cri::CriClient::for_containerd(&self.containerd).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Waits until task `id` is listed as `status` (`RUNNING`, `STOPPED`...) by `ctr task ls`.
     pub fn wait_task_status(&self, id: &str, status: &str, timeout: Duration) {
         self.containerd
