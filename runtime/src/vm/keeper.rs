@@ -93,9 +93,8 @@ impl ConsoleTail {
 pub type Started = (i32, Arc<ExitCell>, Arc<ConsoleTail>);
 
 /// Starts the keeper thread, which spawns `cmd` (the VMM binary `vmm`); returns once the VMM
-/// runs. Guest console lines reach the log when `console.forward`, and `console.file`;
-/// `on_exit` runs on the
-/// keeper thread after the VMM is reaped.
+/// runs. Guest console lines go where `console` says (the log, the pod's file); `on_exit`
+/// runs on the keeper thread after the VMM is reaped.
 pub fn start(
     cmd: Command,
     vmm: &Path,
@@ -234,13 +233,14 @@ impl Forward {
     fn line(&mut self, raw: &[u8], out: &mut impl FnMut(&str)) {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end();
+        let escaped = escape(text, MAX_CONSOLE_LINE);
         if let Some(file) = &mut self.file {
-            file.line(&escape(text, MAX_CONSOLE_LINE));
+            file.line(&escaped);
         }
         if let Some(throttle) = &mut self.throttle {
             if let Some(suppressed) = throttle.admit() {
                 self.note(suppressed, out);
-                out(&format!("{}: {}", self.who, escape(text, MAX_CONSOLE_LINE)));
+                out(&format!("{}: {escaped}", self.who));
             }
         }
         self.tail.push(text.to_string());

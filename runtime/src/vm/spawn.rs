@@ -159,11 +159,10 @@ pub struct ChildSetup {
 }
 
 /// `vmm --config <config> --log-level <log_level>`, with piped stdout (guest console) and
-/// stderr. Before exec the
-/// child joins the pod's cgroup (so the VMM is accounted there from its first instruction;
-/// a refused join fails the spawn), takes the pod's `oom_score_adj`, dies with the thread that
-/// spawns it (PDEATHSIG, see [`super::keeper`]), leaves the shim's session (a terminal's
-/// signals don't reach it) and keeps the TAP fd open across exec.
+/// stderr. Before exec the child joins the pod's cgroup (so the VMM is accounted there from
+/// its first instruction; a refused join fails the spawn), takes the pod's `oom_score_adj`,
+/// dies with the thread that spawns it (PDEATHSIG, see [`super::keeper`]), leaves the shim's
+/// session (a terminal's signals don't reach it) and keeps the TAP fd open across exec.
 pub fn command(vmm: &Path, config: &Path, log_level: &str, child: ChildSetup) -> Command {
     let mut cmd = Command::new(vmm);
     cmd.arg("--config")

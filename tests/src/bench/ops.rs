@@ -24,6 +24,7 @@ use moat_runtime::RUNTIME_ID;
 use super::pod::start_idle_pod;
 use super::report::{min_median_max, ms, ratio};
 use crate::containerd::moat_stack::Stack;
+use crate::containerd::sys;
 
 /// The idle pod's container id.
 const POD: &str = "bench-ops";
@@ -179,7 +180,7 @@ fn measure<T>(
 /// [`cpu_us`] of each of `pids`; an error once one is gone.
 fn cpu_all(pids: &[u32]) -> Result<Vec<u64>, String> {
     pids.iter()
-        .map(|p| cpu_us(&p.to_string()).ok_or_else(|| format!("process {p} is gone")))
+        .map(|p| cpu_us(*p, None).ok_or_else(|| format!("process {p} is gone")))
         .collect()
 }
 
@@ -191,7 +192,7 @@ fn threads_cpu(pid: u32) -> BTreeMap<u32, u64> {
     dir.flatten()
         .filter_map(|e| {
             let tid: u32 = e.file_name().to_str()?.parse().ok()?;
-            Some((tid, cpu_us(&format!("{pid}/task/{tid}"))?))
+            Some((tid, cpu_us(pid, Some(tid))?))
         })
         .collect()
 }
@@ -254,15 +255,9 @@ fn clock_ticks() -> u64 {
     u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
 }
 
-/// User plus system CPU time of `/proc/<of>/stat`, µs: of process `pid` (every thread, live
-/// or exited) when `of` is `"PID"`, of one thread when it is `"PID/task/TID"`.
-fn cpu_us(of: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{of}/stat")).ok()?;
-    // After the `(comm)`: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1_000_000 / clock_ticks())
+/// [`sys::cpu_ticks`] in µs.
+fn cpu_us(pid: u32, tid: Option<u32>) -> Option<u64> {
+    Some(sys::cpu_ticks(pid, tid)? * 1_000_000 / clock_ticks())
 }
 
 /// Seconds with `decimals` places.
@@ -382,8 +377,8 @@ mod tests {
     fn own_cpu_time_is_readable() {
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(50) {}
-        assert!(cpu_us(&std::process::id().to_string()).is_some_and(|us| us > 0));
-        assert_eq!(cpu_us(&u32::MAX.to_string()), None);
+        assert!(cpu_us(std::process::id(), None).is_some_and(|us| us > 0));
+        assert_eq!(cpu_us(u32::MAX, None), None);
         let me = std::process::id();
         let busiest = busiest_threads(me, &BTreeMap::new(), 1);
         assert_eq!(busiest.len(), 1, "{busiest:?}");

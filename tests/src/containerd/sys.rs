@@ -39,6 +39,22 @@ fn stat(pid: u32) -> Option<(u32, u8)> {
     ))
 }
 
+/// User plus system CPU time, in clock ticks, of process `pid` (every thread, live or
+/// exited) or, with `tid`, of its one thread; `None` once it is gone.
+pub fn cpu_ticks(pid: u32, tid: Option<u32>) -> Option<u64> {
+    let path = match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/stat"),
+        None => format!("/proc/{pid}/stat"),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // After the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     stat(pid).is_some_and(|(_, st)| st != b'Z')

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use crate::containerd::sys::cpu_ticks;
 use crate::process::KillOnDrop;
 
 /// How long qemu may use no CPU time, or L1's heartbeat stand still, before L1 counts as
@@ -98,7 +99,7 @@ pub fn wait_with(
 ) -> io::Result<Waited> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let mut cpu = Pulse::new(cpu_ticks(qemu.id()), start);
+    let mut cpu = Pulse::new(cpu_ticks(qemu.id(), None), start);
     let mut beat = Pulse::new(None, start);
     loop {
         if let Some(st) = qemu.try_wait()? {
@@ -109,7 +110,7 @@ pub fn wait_with(
             qemu.kill();
             return Ok(Waited::TimedOut);
         }
-        let freeze = if cpu.still_for(cpu_ticks(qemu.id()), now, frozen_after) {
+        let freeze = if cpu.still_for(cpu_ticks(qemu.id(), None), now, frozen_after) {
             Some(Freeze::Asleep)
         } else {
             // Only once the heartbeat has started: L1 boots before it writes one.
@@ -123,17 +124,6 @@ pub fn wait_with(
         }
         std::thread::sleep(POLL.min(deadline - now));
     }
-}
-
-/// User plus system CPU time of process `pid`, in clock ticks (`None` once it is gone).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the `(comm)`: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
 }
 
 #[cfg(test)]
@@ -218,7 +208,7 @@ mod tests {
 
     #[test]
     fn own_cpu_time_is_read() {
-        assert!(cpu_ticks(std::process::id()).is_some());
-        assert_eq!(cpu_ticks(u32::MAX), None);
+        assert!(cpu_ticks(std::process::id(), None).is_some());
+        assert_eq!(cpu_ticks(u32::MAX, None), None);
     }
 }
