@@ -359,6 +359,15 @@ mod tests {
             .all(|l| !l.contains('\n') && l.len() < 2 * MAX_CONSOLE_LINE));
         // The tail keeps every line, unescaped, for error messages (escaped there).
         assert!(tail.text().ends_with("flood 9999"));
+        // The pod's file has every line, escaped as the log's, none suppressed.
+        drop(fwd);
+        let file = std::fs::read_to_string(tmp.path().join("console.log")).unwrap();
+        let lines: Vec<&str> = file.lines().collect();
+        assert_eq!(lines.len(), 10_002);
+        assert_eq!(lines[0], r#"x\" level=error msg=\"forged"#);
+        assert_eq!(lines[1], "\\u{1b}[2J\u{fffd}");
+        assert_eq!(lines[10_001], "flood 9999");
+        assert!(!file.contains('\u{1b}'));
     }
 
     #[test]
