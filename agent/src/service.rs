@@ -15,7 +15,7 @@ use moat_agent_protocol::health::{
 use moat_agent_protocol::net::{routes_from_proto, InterfaceSpec};
 use moat_agent_protocol::protobuf;
 use moat_agent_protocol::ttrpc::{self, Code, TtrpcContext};
-use moat_agent_protocol::PROTOCOL_VERSION;
+use moat_agent_protocol::{CreateOptions, PROTOCOL_VERSION};
 
 use crate::container::pod::PodConfig;
 use crate::container::registry::{ContainerError, Containers};
@@ -185,7 +185,10 @@ impl AgentService for Services {
                 &req.container_id,
                 &req.spec_json,
                 channels(&req.stdio),
-                req.pod_pidns,
+                CreateOptions {
+                    pod_pidns: req.pod_pidns,
+                    default_seccomp: req.default_seccomp,
+                },
             )
             .map_err(|e| rpc_error("CreateContainer", e))?;
         let mut resp = CreateContainerResponse::new();

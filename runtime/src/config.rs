@@ -65,6 +65,8 @@ pub struct Config {
     pub vm: PodVmConfig,
     /// The shim itself.
     pub runtime: RuntimeConfig,
+    /// What containers get beyond their spec.
+    pub container: ContainerConfig,
     /// Debugging switches that weaken isolation; never for production.
     pub debug: DebugConfig,
 }
@@ -106,6 +108,16 @@ impl DebugConfig {
         }
         Ok(())
     }
+}
+
+/// `[container]`: what the guest gives containers beyond their OCI spec.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// Give a container whose spec has no `linux.seccomp` (CRI's `Unconfined`, Docker's
+    /// `seccomp=unconfined`) moat's default seccomp profile. Off (the default), such a
+    /// container runs unfiltered, as the spec says and runc does: the VM is the boundary.
+    pub default_seccomp: bool,
 }
 
 /// `[vm]`: the microVM of a pod.

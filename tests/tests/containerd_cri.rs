@@ -77,6 +77,7 @@ fn cri_pod_lifecycle() {
                 pod.check_own_exit();
                 pod.teardown();
                 check_annotation_over_the_limit(s);
+                check_host_namespaces_refused(s);
             },
         )
     });
@@ -148,6 +149,45 @@ fn check_annotation_over_the_limit(s: &Stack) {
         "the refused pod left a cgroup"
     );
     settle("CRI to drop the refused pod", || {
+        let left = cri::leftovers(&s.containerd);
+        left.is_empty().then_some(()).ok_or(left)
+    });
+}
+
+/// Pods asking for the host's network, PID or IPC namespace, which a VM cannot share, are
+/// refused at once by the shim with the request named (not a boot timeout); nothing is left.
+fn check_host_namespaces_refused(s: &Stack) {
+    let c = CriClient::for_containerd(&s.containerd).unwrap_or_else(|e| panic!("{e}"));
+    let node = api::NamespaceMode::Node as i32;
+    type Mode = fn(&mut api::NamespaceOption, i32);
+    let cases: [(&str, Mode); 3] = [
+        ("hostNetwork", |o, m| o.network = m),
+        ("hostPID", |o, m| o.pid = m),
+        ("hostIPC", |o, m| o.ipc = m),
+    ];
+    for (asked, set) in cases {
+        let who = PodIdentity {
+            name: format!("moat-cri-{}", asked.to_lowercase()),
+            namespace: "default".into(),
+            uid: format!("uid-{}", moat_tests::unique_suffix()),
+        };
+        let mut pod_cfg = cri::pod_config(&who, "host-ns", &s.dir().join("host-ns-logs"));
+        let linux = pod_cfg.linux.as_mut().unwrap();
+        let sc = linux.security_context.as_mut().unwrap();
+        set(sc.namespace_options.as_mut().unwrap(), node);
+        let started = Instant::now();
+        let e = c
+            .run_pod_sandbox(&pod_cfg, HANDLER)
+            .expect_err("a pod sharing a host namespace ran in a VM");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("CRI {asked}")), "{asked}: {msg}");
+        println!(
+            "{asked} refused after {:.1} s: {msg}",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    s.assert_no_leftovers();
+    settle("CRI to drop the refused pods", || {
         let left = cri::leftovers(&s.containerd);
         left.is_empty().then_some(()).ok_or(left)
     });
@@ -467,14 +507,16 @@ impl<'a> Pod<'a> {
         self.exec_ok(a, &["sh", "-c", "echo terminated > /dev/termination-log"]);
         let message = std::fs::read_to_string(&self.termination_log).unwrap();
         assert_eq!(message, "terminated\n");
-        // Filter mode (2) for beta's init and, as runc does, for what is exec'd in it. (alpha's
-        // `Unconfined` means no profile in its spec, and the agent then installs moat's
-        // default: filter mode there too, unlike runc.)
-        for proc in ["1", "self"] {
-            let status = format!("/proc/{proc}/status");
-            let mode = self.exec_ok(b, &["grep", "^Seccomp:", &status]);
-            let mode_of = mode.split_whitespace().nth(1);
-            assert_eq!(mode_of, Some("2"), "beta's {proc}: {mode}");
+        // Filter mode (2) for beta's init (RuntimeDefault) and, as runc does, for what is
+        // exec'd in it; none (0) for alpha's (`Unconfined`: no profile in its spec), as under
+        // runc, since `[container] default_seccomp` is off by default.
+        for (cid, want) in [(a, "0"), (b, "2")] {
+            for proc in ["1", "self"] {
+                let status = format!("/proc/{proc}/status");
+                let mode = self.exec_ok(cid, &["grep", "^Seccomp:", &status]);
+                let mode_of = mode.split_whitespace().nth(1);
+                assert_eq!(mode_of, Some(want), "{cid}'s {proc}: {mode}");
+            }
         }
     }
 

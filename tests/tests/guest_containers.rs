@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use moat_agent_protocol::agent::{CopyFileRequest, CreatePodRequest};
 use moat_agent_protocol::stdio::Channels;
-use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use moat_agent_protocol::{AgentClient, CreateOptions, AGENT_VSOCK_PORT};
 use moat_tests::agent::container_suite::{self, Suite};
 use moat_tests::agent::containers::{self, WAIT};
 use moat_tests::agent::oci;
@@ -215,7 +215,7 @@ fn guest_flows(suite: &Suite) {
     let mut s = rootfs_spec(suite, &["sh", "-c", "while :; do :; done"]);
     s["linux"]["resources"] =
         json!({"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}});
-    c.create_container("busy", &s.to_string(), Channels::default(), false)
+    c.create_container("busy", &s.to_string(), Channels::default(), CreateOptions::default())
         .unwrap();
     c.start_container("busy").unwrap();
     let cpu = || c.stats_container("busy").unwrap().cpu.usage_usec;
@@ -265,7 +265,10 @@ fn guest_flows(suite: &Suite) {
             stdout: true,
             stderr: true,
         },
-        true,
+        CreateOptions {
+            pod_pidns: true,
+            ..CreateOptions::default()
+        },
     )
     .unwrap();
     let att = containers::Attached::open(

@@ -15,6 +15,8 @@
 mod net_rpcs;
 mod rpcs;
 
+pub use rpcs::CreateOptions;
+
 use std::io;
 use std::os::unix::io::IntoRawFd;
 use std::os::unix::net::UnixStream;

@@ -37,7 +37,7 @@ pub mod net;
 pub mod stdio;
 mod util;
 
-pub use client::{AgentClient, ClientError};
+pub use client::{AgentClient, ClientError, CreateOptions};
 pub use guest::GuestStats;
 
 /// Version of the protocol defined by `protos/`: bumped on every incompatible change.

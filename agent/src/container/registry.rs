@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use moat_agent_protocol::CreateOptions;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{Linux, LinuxNamespaceType, LinuxResources, Process, Spec};
@@ -169,9 +170,9 @@ impl Containers {
         id: &str,
         spec_json: &str,
         channels: Channels,
-        pod_pidns: bool,
+        options: CreateOptions,
     ) -> Result<u32, ContainerError> {
-        let plan = self.plan_container(id, spec_json, pod_pidns)?;
+        let plan = self.plan_container(id, spec_json, options)?;
         let cgroup = self.container_cgroup(id, plan.linux.resources().as_ref())?;
         let terminal = plan.process.terminal().unwrap_or(false);
         let cfg = InitConfig {
@@ -217,7 +218,7 @@ impl Containers {
         &self,
         id: &str,
         spec_json: &str,
-        pod_pidns: bool,
+        options: CreateOptions,
     ) -> Result<ContainerPlan, ContainerError> {
         validate_id("container", id)?;
         let spec: Spec = serde_json::from_str(spec_json)
@@ -232,9 +233,9 @@ impl Containers {
         })?;
         validate_process(&process)?;
         let linux = spec.linux().clone().unwrap_or_default();
-        let seccomp = seccomp::compile(linux.seccomp().as_ref())
+        let seccomp = seccomp::compile(linux.seccomp().as_ref(), options.default_seccomp)
             .map_err(|e| ContainerError::Invalid(format!("container {id}: seccomp: {e}")))?;
-        let (namespaces, id_maps) = self.container_namespaces(&spec, pod_pidns)?;
+        let (namespaces, id_maps) = self.container_namespaces(&spec, options.pod_pidns)?;
         let rootfs = spec
             .root()
             .as_ref()

@@ -3,8 +3,9 @@
 //! The agent compiles a container's profile at CreateContainer time ([`compile`]), so a bad
 //! profile is an RPC error before anything is spawned; the [`SeccompProgram`] travels
 //! (serde) to the container's init process, which installs it right before `execve`
-//! ([`apply`]). Without a `linux.seccomp` in the spec, moat applies its built-in
-//! [default profile](default_profile). A profile with `defaultAction: SCMP_ACT_ALLOW` and no
+//! ([`apply`]). Without a `linux.seccomp` in the spec a container runs unfiltered, as the
+//! spec says and runc does (the VM is the boundary), unless the shim asks for moat's
+//! built-in [default profile](default_profile) for such specs. A profile with `defaultAction: SCMP_ACT_ALLOW` and no
 //! rule that does anything else compiles to nothing: that is how "unconfined" is spelt.
 //!
 //! # Semantics
@@ -225,12 +226,20 @@ pub enum SeccompError {
 
 /// Compiles a container's `linux.seccomp` into BPF.
 ///
-/// `None` (the spec has no seccomp) compiles moat's default profile. `Ok(None)` means there
-/// is nothing to install (an unconfined profile).
-pub fn compile(profile: Option<&LinuxSeccomp>) -> Result<Option<SeccompProgram>, SeccompError> {
+/// `None` (the spec has no seccomp) means no filter, as the spec says and runc does, unless
+/// `default_for_none` asks for moat's default profile then (the shim's `[container]
+/// default_seccomp`). `Ok(None)` means there is nothing to install (an unconfined profile).
+pub fn compile(
+    profile: Option<&LinuxSeccomp>,
+    default_for_none: bool,
+) -> Result<Option<SeccompProgram>, SeccompError> {
     let profile = match profile {
         Some(oci) => from_oci(oci)?,
-        None => default_profile::profile(),
+        None if default_for_none => default_profile::profile(),
+        None => {
+            debug!("the spec has no seccomp profile: no filter to install");
+            return Ok(None);
+        }
     };
     let filters = filters::build(&profile)?;
     if filters.is_empty() {

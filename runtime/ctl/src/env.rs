@@ -21,7 +21,7 @@ use crate::Globals;
 pub struct Args {}
 
 /// The sections of the configuration, in the order people read them.
-const SECTIONS: [&str; 3] = ["vm", "runtime", "debug"];
+const SECTIONS: [&str; 4] = ["vm", "runtime", "container", "debug"];
 
 /// What `moat env` shows.
 #[derive(Debug, Serialize)]

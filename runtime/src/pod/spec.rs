@@ -132,6 +132,7 @@ pub fn netns_path(spec: &Value) -> Option<PathBuf> {
 /// container's under runc. A bind of `/dev/shm` (CRI's pod shm) becomes the guest's pod
 /// `/dev/shm` ([`POD_SHM_DIR`]), shared by the pod's containers.
 pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<GuestSpec, SpecError> {
+    check_vm_namespaces(host)?;
     let mut spec = host.clone();
     let obj = spec
         .as_object_mut()
@@ -172,6 +173,39 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
         binds,
         notes,
     })
+}
+
+/// The namespaces a container's spec must list (new, or the pod's by path), with the request
+/// that leaving one out spells. Without one a container shares the host's, which a container
+/// in a VM cannot: it would get the VM's instead, silently.
+const VM_NAMESPACES: [(&str, &str); 5] = [
+    ("network", "host network (CRI hostNetwork, --net=host)"),
+    ("pid", "host PID namespace (CRI hostPID, --pid=host)"),
+    ("ipc", "host IPC namespace (CRI hostIPC, --ipc=host)"),
+    ("uts", "host UTS namespace (--uts=host)"),
+    ("mount", "host mount namespace"),
+];
+
+/// Refuses a spec that asks to share a host namespace ([`VM_NAMESPACES`]), naming it.
+fn check_vm_namespaces(host: &Value) -> Result<(), SpecError> {
+    let listed = host
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let has = |kind: &str| {
+        listed
+            .iter()
+            .any(|ns| ns.get("type").and_then(Value::as_str) == Some(kind))
+    };
+    match VM_NAMESPACES.iter().find(|(kind, _)| !has(kind)) {
+        Some((kind, what)) => Err(SpecError::Invalid(format!(
+            "the spec shares the {what}: it has no {kind} namespace, and a moat container \
+             runs in its pod's VM, which cannot share the host's; run this pod with a \
+             runtime that shares host namespaces (runc)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Rewrites the spec's namespaces for the VM: joining the pod's network/IPC/UTS namespaces
@@ -299,6 +333,16 @@ mod tests {
         })
     }
 
+    /// A lone container's new namespaces (ctr's default spec), plus `extra`.
+    fn lone_namespaces(extra: &[Value]) -> Value {
+        let mut nss: Vec<Value> = ["pid", "ipc", "uts", "mount", "network"]
+            .iter()
+            .map(|t| json!({"type": t}))
+            .collect();
+        nss.extend_from_slice(extra);
+        Value::Array(nss)
+    }
+
     #[test]
     fn netns_paths() {
         assert_eq!(
@@ -357,7 +401,7 @@ mod tests {
     #[test]
     fn lone_container_keeps_new_namespaces() {
         let s = json!({"root": {"path": "/abs/rootfs"},
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
+            "linux": {"namespaces": lone_namespaces(&[])}});
         assert_eq!(pod_of(&s, "c1"), "c1");
         let g = translate(&s, "c1", None).unwrap();
         assert!(!g.pod_pidns);
@@ -368,14 +412,37 @@ mod tests {
     #[test]
     fn bad_specs_are_refused() {
         assert!(translate(&json!([1]), "c", None).is_err());
-        let s = json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/1/ns/user"}]}});
+        let user = json!({"type": "user", "path": "/proc/1/ns/user"});
+        let s = json!({"linux": {"namespaces": lone_namespaces(&[user])}});
         let e = translate(&s, "c", None).unwrap_err().to_string();
         assert!(e.contains("user") && e.contains("not possible"), "{e}");
-        let s = json!({"mounts": [{"destination": "/x", "type": "bind", "source": "rel"}]});
+        let s = json!({"mounts": [{"destination": "/x", "type": "bind", "source": "rel"}],
+            "linux": {"namespaces": lone_namespaces(&[])}});
         assert!(translate(&s, "c", None)
             .unwrap_err()
             .to_string()
             .contains("absolute"));
         assert!(root_path(&json!({})).is_err());
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_name() {
+        for (left_out, named) in [
+            ("network", "CRI hostNetwork"),
+            ("pid", "CRI hostPID"),
+            ("ipc", "CRI hostIPC"),
+            ("uts", "--uts=host"),
+            ("mount", "host mount namespace"),
+        ] {
+            let mut s = cri_spec();
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|ns| ns["type"] != left_out);
+            let e = translate(&s, "c1", None).unwrap_err().to_string();
+            assert!(e.contains(named) && e.contains("VM"), "{left_out}: {e}");
+        }
+        let e = translate(&json!({"root": {"path": "r"}}), "c1", None).unwrap_err();
+        assert!(e.to_string().contains("hostNetwork"), "{e}");
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use containerd_shim::protos::events::task::{TaskCreate, TaskIO};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::mount::Mount as ApiMount;
+use moat_agent_protocol::CreateOptions;
 use serde_json::Value;
 
 use super::process::Process;
@@ -196,8 +197,12 @@ impl Tasks {
             .map_err(|e| TaskError::HostSetup(Box::new(e)))?;
         let client = &pod.vm.client;
         let spec_json = plan.guest.spec.to_string();
+        let options = CreateOptions {
+            pod_pidns: plan.guest.pod_pidns,
+            default_seccomp: plan.cfg.container.default_seccomp,
+        };
         let pid = client
-            .create_container(&c.id, &spec_json, c.stdio.channels(), plan.guest.pod_pidns)
+            .create_container(&c.id, &spec_json, c.stdio.channels(), options)
             .map_err(TaskError::agent("CreateContainer"))?;
         let io = ProcessIo::attach(client, &c.id, "", &c.stdio).inspect_err(|_| {
             let _ = client.remove_container(&c.id, Some(REMOVE_TIMEOUT));

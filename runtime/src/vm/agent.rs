@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 use moat_agent_protocol::agent::{CreatePodRequest, StatsContainerResponse, WaitProcessResponse};
 use moat_agent_protocol::net::{InterfaceSpec, RouteSpec};
 use moat_agent_protocol::stdio::{Channel, Channels};
-use moat_agent_protocol::{AgentClient, ClientError, GuestStats, AGENT_VSOCK_PORT};
+use moat_agent_protocol::{
+    AgentClient, ClientError, CreateOptions, GuestStats, AGENT_VSOCK_PORT,
+};
 
 use crate::guard::limits;
 
@@ -211,10 +213,10 @@ impl Agent {
         container_id: &str,
         spec_json: &str,
         channels: Channels,
-        pod_pidns: bool,
+        options: CreateOptions,
     ) -> Result<u32, ClientError> {
         self.control.call("CreateContainer", |c| {
-            c.create_container(container_id, spec_json, channels, pod_pidns)
+            c.create_container(container_id, spec_json, channels, options)
         })
     }
 

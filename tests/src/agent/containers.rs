@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use moat_agent_protocol::stdio::{Channel, Channels};
-use moat_agent_protocol::{AgentClient, ClientError};
+use moat_agent_protocol::{AgentClient, ClientError, CreateOptions};
 use serde_json::Value;
 
 /// How long a test waits for a process.
@@ -136,12 +136,23 @@ pub fn run(
     spec: &Value,
     input: Option<Vec<u8>>,
 ) -> Result<Outcome, ClientError> {
+    run_with(client, id, spec, input, CreateOptions::default())
+}
+
+/// [`run`] with the agent's create options.
+pub fn run_with(
+    client: &AgentClient,
+    id: &str,
+    spec: &Value,
+    input: Option<Vec<u8>>,
+    options: CreateOptions,
+) -> Result<Outcome, ClientError> {
     let channels = Channels {
         stdin: input.is_some(),
         stdout: true,
         stderr: !spec["process"]["terminal"].as_bool().unwrap_or(false),
     };
-    client.create_container(id, &spec.to_string(), channels, false)?;
+    client.create_container(id, &spec.to_string(), channels, options)?;
     let mut att = Attached::open(client, id, "", channels)?;
     let feeder = input.and_then(|data| att.feed(data));
     client.start_container(id)?;

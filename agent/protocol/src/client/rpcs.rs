@@ -32,6 +32,16 @@ fn process_request(container_id: &str, exec_id: &str) -> ProcessRequest {
     req
 }
 
+/// How the agent creates a container, beyond its spec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Join the pod's PID namespace (made by `CreatePod` with `pod_pidns`) instead of the
+    /// spec's.
+    pub pod_pidns: bool,
+    /// Give a spec without `linux.seccomp` moat's default seccomp profile instead of none.
+    pub default_seccomp: bool,
+}
+
 impl AgentClient {
     /// `GetGuestStats`: the guest's memory, load averages, runnable/total tasks and uptime, as
     /// the guest reports them (see [`GuestStats`]).
@@ -68,13 +78,14 @@ impl AgentClient {
         container_id: &str,
         spec_json: &str,
         channels: Channels,
-        pod_pidns: bool,
+        options: CreateOptions,
     ) -> Result<u32, ClientError> {
         let mut req = CreateContainerRequest::new();
         req.container_id = container_id.to_string();
         req.spec_json = spec_json.to_string();
         req.stdio = Some(channels.to_proto()).into();
-        req.pod_pidns = pod_pidns;
+        req.pod_pidns = options.pod_pidns;
+        req.default_seccomp = options.default_seccomp;
         self.call("AgentService.CreateContainer", |ctx| {
             self.agent.create_container(ctx, &req)
         })

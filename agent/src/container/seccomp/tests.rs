@@ -12,7 +12,7 @@ fn oci(value: serde_json::Value) -> LinuxSeccomp {
 }
 
 fn compile_json(value: serde_json::Value) -> Result<Option<SeccompProgram>, SeccompError> {
-    compile(Some(&oci(value)))
+    compile(Some(&oci(value)), false)
 }
 
 fn err(value: serde_json::Value) -> SeccompError {
@@ -29,8 +29,13 @@ fn unconfined_compiles_to_nothing() {
 }
 
 #[test]
-fn no_profile_compiles_the_default() {
-    let prog = compile(None).unwrap().expect("default profile is a filter");
+fn no_profile_is_no_filter_as_the_spec_says() {
+    assert!(compile(None, false).unwrap().is_none());
+}
+
+#[test]
+fn no_profile_compiles_the_default_when_asked() {
+    let prog = compile(None, true).unwrap().expect("default profile is a filter");
     assert_eq!(prog.filters().len(), 1);
     assert_eq!(prog.flags(), 0);
     let json = serde_json::to_string(&prog).unwrap();
@@ -332,7 +337,7 @@ fn kill_body() -> i32 {
 
 #[test]
 fn behaviour_in_forked_children() {
-    let default = compile(None).unwrap().unwrap();
+    let default = compile(None, true).unwrap().unwrap();
     assert_exit_ok(
         run_confined(&default, default_profile_body),
         "default profile",
