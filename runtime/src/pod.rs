@@ -89,6 +89,8 @@ pub struct ContainerSetup<'a> {
     pub rootfs: &'a [ApiMount],
     /// The spec's `root.path`.
     pub spec_root: &'a Path,
+    /// The spec's `root.readonly`: a bound `root.path` is read-only on the host too.
+    pub root_readonly: bool,
     /// Host paths the spec shares into the container.
     pub binds: &'a [HostBind],
     /// Whether it is the pod's own (first, CRI sandbox) container, whose delete ends the pod.
@@ -117,6 +119,7 @@ impl Pod {
                     rootfs: c.rootfs,
                     bundle: c.bundle,
                     spec_root: c.spec_root,
+                    root_readonly: c.root_readonly,
                     binds: c.binds,
                 };
                 Ok(self.share.add_container(&mounts)?)

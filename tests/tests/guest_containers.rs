@@ -215,8 +215,13 @@ fn guest_flows(suite: &Suite) {
     let mut s = rootfs_spec(suite, &["sh", "-c", "while :; do :; done"]);
     s["linux"]["resources"] =
         json!({"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}});
-    c.create_container("busy", &s.to_string(), Channels::default(), CreateOptions::default())
-        .unwrap();
+    c.create_container(
+        "busy",
+        &s.to_string(),
+        Channels::default(),
+        CreateOptions::default(),
+    )
+    .unwrap();
     c.start_container("busy").unwrap();
     let cpu = || c.stats_container("busy").unwrap().cpu.usage_usec;
     let t1 = cpu();

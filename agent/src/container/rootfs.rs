@@ -7,7 +7,8 @@
 //! 1. `/` becomes recursively `MS_SLAVE` (or `linux.rootfsPropagation`), so nothing done here
 //!    propagates back to the agent's namespace; the mount holding the rootfs is made private
 //!    if it is shared (`pivot_root` needs that).
-//! 2. The rootfs is bind-mounted onto itself (`MS_BIND|MS_REC`) to be a mount point.
+//! 2. The rootfs is bind-mounted onto itself (`MS_BIND|MS_REC`) to be a mount point, and
+//!    that bind drops the share's `nosuid` (setuid binaries of the image work, as under runc).
 //! 3. When the spec mounts nothing on `/dev`, a tmpfs is mounted there (what containerd's
 //!    default spec does; runc would use the image's `/dev`).
 //! 4. The spec's mounts, in order, each destination resolved inside the rootfs
@@ -178,6 +179,7 @@ pub(crate) fn setup_rootfs_with(
     }
     let propagation = rootfs_propagation(cfg.spec)?;
     make_rootfs_mount(&rootfs, propagation)?;
+    allow_setuid(&rootfs)?;
     let mut ctx = Ctx {
         cfg,
         rootfs: rootfs.clone(),
@@ -208,6 +210,29 @@ fn make_rootfs_mount(rootfs: &Path, propagation: Option<c_ulong>) -> Result<(), 
         None,
     )
     .map_err(|e| mount_err("bind-mount the rootfs", rootfs, "bind", rootfs, e))
+}
+
+/// Step 2, continued: the share holding the rootfs is `nosuid` in the guest (its other files
+/// must not elevate), but a container's root is not under runc, so its bind gets setuid and
+/// setgid back: the image's `ping`, `su` or `sudo` work for a non-root user (the kernel
+/// ignores them anyway for a process with `noNewPrivileges`). Where the share's `nosuid` is
+/// locked (the init runs in a user namespace) it stays, as it would for runc.
+fn allow_setuid(rootfs: &Path) -> Result<(), RootfsError> {
+    let have = sys::statfs(rootfs)
+        .map_err(path_err("statfs", rootfs))?
+        .mount_flags;
+    if have & libc::MS_NOSUID == 0 {
+        return Ok(());
+    }
+    let flags = (have & !libc::MS_NOSUID) | libc::MS_BIND | libc::MS_REMOUNT;
+    match sys::mount(None, rootfs, None, flags, None) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            debug!("rootfs {}: nosuid is locked; kept", rootfs.display());
+            Ok(())
+        }
+        Err(e) => Err(mount_err("allow setuid on", rootfs, "bind", rootfs, e)),
+    }
 }
 
 /// Steps 3 to 6: the default `/dev` tmpfs, the spec's mounts, `/dev` entries, `process.cwd`.

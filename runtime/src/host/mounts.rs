@@ -54,20 +54,23 @@ pub enum MountError {
 /// Mounts a container's root filesystem on `target` (an empty directory of the pod's staging
 /// tree, mounted on through its fd, never by path): containerd's `mounts` (an overlay of
 /// snapshots, usually one) in order, each `nosuid,nodev` on the host, or — when containerd
-/// passed none — a bind of the spec's `root.path` (relative to `bundle`).
+/// passed none (Docker, which mounts its graph driver itself; `ctr run --rootfs`) — a bind
+/// of the spec's `root.path` (relative to `bundle`), read-only when `root.readonly` says so
+/// (`root` is both).
 pub fn mount_rootfs(
     mounts: &[ApiMount],
     bundle: &Path,
-    spec_root: &Path,
+    root: (&Path, bool),
     target: &ConfinedDir,
 ) -> Result<(), MountError> {
+    let (spec_root, readonly) = root;
     if mounts.is_empty() {
         let source = if spec_root.is_absolute() {
             spec_root.to_path_buf()
         } else {
             bundle.join(spec_root)
         };
-        let tree = DetachedTree::clone_of(&source, false)?;
+        let tree = DetachedTree::clone_of(&source, readonly)?;
         if !tree.is_dir()? {
             return Err(MountError::Source {
                 path: source,
@@ -370,7 +373,12 @@ mod tests {
         unmount_under(share).unwrap();
         assert!(mounts_under(share).unwrap().is_empty());
         let c2 = tree.create_dir_all(Path::new("c2/rootfs"), 0o700).unwrap();
-        let e = mount_rootfs(&[], base, Path::new("missing"), &c2).unwrap_err();
+        let e = mount_rootfs(&[], base, (Path::new("missing"), false), &c2).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
+        // A root.path bound read-only (root.readonly) is read-only on the host too.
+        mount_rootfs(&[], base, (Path::new("src"), true), &c2).unwrap();
+        let err = std::fs::write(share.join("c2/rootfs/f"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        unmount_under(share).unwrap();
     }
 }

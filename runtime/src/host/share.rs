@@ -64,6 +64,8 @@ pub struct ContainerMounts<'a> {
     pub bundle: &'a Path,
     /// The spec's `root.path`.
     pub spec_root: &'a Path,
+    /// The spec's `root.readonly`: a bound `root.path` is bound read-only.
+    pub root_readonly: bool,
     /// Host paths the spec shares into the container.
     pub binds: &'a [HostBind],
 }
@@ -121,7 +123,7 @@ impl PodShare {
     pub fn add_container(&self, c: &ContainerMounts<'_>) -> Result<(), MountError> {
         let dir = self.staging.create_dir(Path::new(c.id), 0o700)?;
         let rootfs = dir.create_dir(Path::new("rootfs"), 0o700)?;
-        mounts::mount_rootfs(c.rootfs, c.bundle, c.spec_root, &rootfs)?;
+        mounts::mount_rootfs(c.rootfs, c.bundle, (c.spec_root, c.root_readonly), &rootfs)?;
         for b in c.binds {
             let rel = Path::new("mounts").join(&b.share_name);
             mounts::bind(&b.source, &dir, &rel, b.readonly)?;

@@ -91,6 +91,13 @@ pub fn root_path(spec: &Value) -> Result<PathBuf, SpecError> {
         .ok_or_else(|| SpecError::Invalid("root.path is missing".into()))
 }
 
+/// The spec's `root.readonly`.
+pub fn root_readonly(spec: &Value) -> bool {
+    spec.pointer("/root/readonly")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 /// A CRI annotation.
 pub fn annotation<'a>(spec: &'a Value, key: &str) -> Option<&'a str> {
     spec.get("annotations")?.get(key)?.as_str()
@@ -141,10 +148,7 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
     let guest_dir = guest_container_dir(id);
 
     // Root: the container's rootfs in the share.
-    let readonly = host
-        .pointer("/root/readonly")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let readonly = root_readonly(host);
     obj.insert(
         "root".into(),
         json!({"path": guest_dir.join("rootfs"), "readonly": readonly}),

@@ -190,6 +190,7 @@ impl Tasks {
             bundle: &c.bundle,
             rootfs: &c.rootfs,
             spec_root: &plan.spec_root,
+            root_readonly: spec::root_readonly(&plan.host_spec),
             binds: &plan.guest.binds,
             is_sandbox: plan.is_sandbox(&c.id),
         };

@@ -21,9 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use moat_agent_protocol::agent::{CreatePodRequest, StatsContainerResponse, WaitProcessResponse};
 use moat_agent_protocol::net::{InterfaceSpec, RouteSpec};
 use moat_agent_protocol::stdio::{Channel, Channels};
-use moat_agent_protocol::{
-    AgentClient, ClientError, CreateOptions, GuestStats, AGENT_VSOCK_PORT,
-};
+use moat_agent_protocol::{AgentClient, ClientError, CreateOptions, GuestStats, AGENT_VSOCK_PORT};
 
 use crate::guard::limits;
 

@@ -238,8 +238,14 @@ pub fn seccomp_capabilities_readonly_and_masked_paths(s: &Suite) {
         default_seccomp: true,
         ..CreateOptions::default()
     };
-    let o = containers::run_with(s.client, "sc2", &s.spec(&["sh", "-c", probe]), None, default)
-        .unwrap_or_else(|e| panic!("sc2: {e}\n{}", (s.context)()));
+    let o = containers::run_with(
+        s.client,
+        "sc2",
+        &s.spec(&["sh", "-c", probe]),
+        None,
+        default,
+    )
+    .unwrap_or_else(|e| panic!("sc2: {e}\n{}", (s.context)()));
     assert_eq!(o.out(), "Seccomp:\t2\ndenied\n", "{}", o.err());
     // A profile that denies mkdir with EACCES.
     let mut spec = s.spec(&["sh", "-c", "mkdir /tmp/d 2>&1; echo rc=$?"]);
@@ -300,7 +306,12 @@ pub fn bad_specs_get_clear_errors_and_leave_nothing(s: &Suite) {
     let c = s.client;
     let bad = |id: &str, spec: Value, want: &str| {
         let e = c
-            .create_container(id, &spec.to_string(), Channels::default(), CreateOptions::default())
+            .create_container(
+                id,
+                &spec.to_string(),
+                Channels::default(),
+                CreateOptions::default(),
+            )
             .expect_err(id);
         assert_eq!(e.rpc_code(), Some(Code::INVALID_ARGUMENT), "{id}: {e}");
         assert!(e.to_string().contains(want), "{id}: {e}");
@@ -319,7 +330,12 @@ pub fn bad_specs_get_clear_errors_and_leave_nothing(s: &Suite) {
         json!([{"type": "RLIMIT_NOFILE", "soft": 1u64 << 40, "hard": 1u64 << 40}]);
     bad("b4", sp, "nr_open");
     let e = c
-        .create_container("b5", "{not json", Channels::default(), CreateOptions::default())
+        .create_container(
+            "b5",
+            "{not json",
+            Channels::default(),
+            CreateOptions::default(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("bad OCI spec"), "{e}");
     let e = c
@@ -392,8 +408,13 @@ pub fn user_namespace_with_id_maps(s: &Suite) {
     };
     let c = s.client;
     let fail = |e: &dyn std::fmt::Display| -> ! { panic!("userns: {e}\n{}", (s.context)()) };
-    c.create_container("userns", &sp.to_string(), Channels::default(), CreateOptions::default())
-        .unwrap_or_else(|e| fail(&e));
+    c.create_container(
+        "userns",
+        &sp.to_string(),
+        Channels::default(),
+        CreateOptions::default(),
+    )
+    .unwrap_or_else(|e| fail(&e));
     c.start_container("userns").unwrap_or_else(|e| fail(&e));
     let p = oci::default_process(&["sh", "-c", show]);
     let o = containers::exec(c, "userns", "maps", &p).unwrap_or_else(|e| fail(&e));

@@ -35,7 +35,9 @@ fn no_profile_is_no_filter_as_the_spec_says() {
 
 #[test]
 fn no_profile_compiles_the_default_when_asked() {
-    let prog = compile(None, true).unwrap().expect("default profile is a filter");
+    let prog = compile(None, true)
+        .unwrap()
+        .expect("default profile is a filter");
     assert_eq!(prog.filters().len(), 1);
     assert_eq!(prog.flags(), 0);
     let json = serde_json::to_string(&prog).unwrap();

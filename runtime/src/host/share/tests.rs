@@ -49,6 +49,7 @@ fn container<'a>(id: &'a str, f: &'a Fixture, binds: &'a [HostBind]) -> Containe
         rootfs: &[],
         bundle: &f.pod.root,
         spec_root: &f.src,
+        root_readonly: false,
         binds,
     }
 }
