@@ -14,6 +14,8 @@ use moat_agent_protocol::ClientError;
 use crate::config::ConfigError;
 use crate::guard::limits::MAX_ERROR_MESSAGE;
 use crate::guard::text::{escape_message, Untrusted};
+use crate::host::hooks::HookError;
+use crate::host::netns::NetnsError;
 use crate::host::sizing::SizingError;
 use crate::pod::io::IoError;
 use crate::pod::layout::InvalidId;
@@ -32,6 +34,13 @@ pub enum TaskError {
     /// The bundle's OCI spec cannot be read or run in a VM.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// The spec's hooks are malformed or ask for what a VM cannot do, or a
+    /// `createRuntime`/`prestart` hook failed.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    /// No thread could be lent to the hooks in the container's network namespace.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// The shim's configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -150,7 +159,9 @@ impl TaskError {
             InvalidId(_) | BadRequest(_) | Spec(_) | Config(_) | Sizing(_) | OtherPod { .. } => {
                 Code::INVALID_ARGUMENT
             }
-            Stdio(IoError::Unsupported { .. }) => Code::INVALID_ARGUMENT,
+            Stdio(IoError::Unsupported { .. }) | Hook(HookError::Invalid { .. }) => {
+                Code::INVALID_ARGUMENT
+            }
             Stdio(IoError::Deadline { .. }) | NoStats { .. } => Code::DEADLINE_EXCEEDED,
             NoContainer(_) | NoExec(_) | Finished => Code::NOT_FOUND,
             ContainerExists(_) | ExecExists(_) => Code::ALREADY_EXISTS,
@@ -167,7 +178,7 @@ impl TaskError {
             Agent { source, .. } if source.is_timeout() => Code::DEADLINE_EXCEEDED,
             Agent { source, .. } => agent_code(source).unwrap_or(Code::UNKNOWN),
             Internal(_) => Code::INTERNAL,
-            Stdio(_) | Boot { .. } | HostSetup(_) => Code::UNKNOWN,
+            Stdio(_) | Boot { .. } | HostSetup(_) | Hook(_) | Netns(_) => Code::UNKNOWN,
         }
     }
 

@@ -2,12 +2,15 @@
 //! staging tmpfs and its read-only bind for the guest) filled with mounts ([`mounts`]) made
 //! through symlink-free, confined paths ([`confined`]), its network namespace bridged to a TAP
 //! of the VM ([`network`]), the host cgroup and OOM score its VMM is accounted with
-//! ([`cgroup`]), and the size of its VM ([`sizing`]). Each records what it changes and undoes
+//! ([`cgroup`]), the size of its VM ([`sizing`]), and the spec's host-side OCI hooks
+//! ([`hooks`]). Each records what it changes and undoes
 //! it at teardown.
 
 pub mod cgroup;
 pub mod confined;
+pub mod hooks;
 pub mod mounts;
+pub mod netns;
 pub mod network;
 pub mod share;
 pub mod sizing;

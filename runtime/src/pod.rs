@@ -5,7 +5,8 @@
 //! [`boot`] brings a pod up; [`spec`] turns a container's OCI spec into the guest's; [`io`]
 //! bridges a process's stdio between containerd and the agent.
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,13 +39,13 @@ pub enum PodError {
     #[error("creating pod directory {path}: {source}")]
     Dir {
         /// The directory.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
     /// A pod with this id already has a directory (another shim runs it).
     #[error("pod directory {0} already exists: is another shim running this pod?")]
-    Exists(std::path::PathBuf),
+    Exists(PathBuf),
     /// The pod's share could not be made.
     #[error("the pod's share: {0}")]
     Share(#[from] ShareError),
@@ -77,6 +78,9 @@ pub struct Pod {
     share: PodShare,
     /// Its network namespace's changes, undone at teardown.
     network: Mutex<Option<PodNetwork>>,
+    /// The network namespace the shim made for the pod (for its hooks, see
+    /// [`crate::host::netns`]), kept until teardown.
+    own_netns: Mutex<Option<OwnedFd>>,
 }
 
 /// What the host prepares for one container before the agent creates it.
@@ -134,6 +138,18 @@ impl Pod {
         result
     }
 
+    /// Keeps `fd`, the network namespace the shim made for the pod, until teardown.
+    pub fn keep_netns(&self, fd: OwnedFd) {
+        *lock(&self.own_netns) = Some(fd);
+    }
+
+    /// A path naming the pod's own network namespace, if the shim made one.
+    pub fn own_netns_path(&self) -> Option<PathBuf> {
+        lock(&self.own_netns)
+            .as_ref()
+            .map(crate::host::netns::fd_path)
+    }
+
     /// Removes container `cid`'s host side: its share directory and the bundle's marker.
     pub fn remove_container(&self, cid: &str, bundle: &Path) {
         cleanup::remove_container(&self.dir, cid, bundle);
@@ -161,6 +177,7 @@ impl Pod {
         if let Some(n) = lock(&self.network).take() {
             n.teardown();
         }
+        drop(lock(&self.own_netns).take());
         cleanup::remove_pod_dir(&self.dir);
     }
 }

@@ -17,11 +17,13 @@ disk
 step "host packages"
 tests/scripts/setup-host.sh
 
-step "kernels and guest image"
+step "kernels, guest image, Debian 13's Docker"
 guest-kernel/build.sh guest >/dev/null
 guest-kernel/build.sh test-host >/dev/null
 agent/build-image.sh >/dev/null
 tests/scripts/build-guest-tools.sh >/dev/null
+# Docker Engine 26 + containerd 1.7 from Debian 13, unpacked privately (docker_moat.rs).
+tests/scripts/fetch-trixie.sh >/dev/null
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -59,12 +59,34 @@ pub fn share_attack_bin_path() -> Result<PathBuf, String> {
     )
 }
 
+/// The prefix holding Debian 13's Docker Engine 26 and containerd 1.7 (`usr/sbin/dockerd`,
+/// `usr/bin/{docker,containerd,ctr}`...): `$MOAT_TRIXIE_PREFIX` if set, else what
+/// `tests/scripts/fetch-trixie.sh --print-path` prints (fetch it with that script).
+pub fn trixie_prefix() -> Result<PathBuf, String> {
+    cached(
+        "MOAT_TRIXIE_PREFIX",
+        "tests/scripts/fetch-trixie.sh",
+        &[],
+        Path::is_dir,
+    )
+}
+
 /// A build output cached outside the clone: the file in `$env_var` if set, else the path
 /// `<workspace>/<script> --print-path <args>` prints (such scripts never build in that mode).
 fn cached_artifact(env_var: &str, script: &str, args: &[&str]) -> Result<PathBuf, String> {
+    cached(env_var, script, args, Path::is_file)
+}
+
+/// [`cached_artifact`] for a path that passes `exists` (a file, a directory).
+fn cached(
+    env_var: &str,
+    script: &str,
+    args: &[&str],
+    exists: fn(&Path) -> bool,
+) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
-        return match p.is_file() {
+        return match exists(&p) {
             true => Ok(p),
             false => Err(format!("{env_var}={} does not exist", p.display())),
         };
@@ -80,7 +102,7 @@ fn cached_artifact(env_var: &str, script: &str, args: &[&str]) -> Result<PathBuf
     let stdout = String::from_utf8_lossy(&out.stdout);
     let path = stdout.lines().rev().map(str::trim).find(|l| !l.is_empty());
     match path {
-        Some(p) if out.status.success() && Path::new(p).is_file() => Ok(PathBuf::from(p)),
+        Some(p) if out.status.success() && exists(Path::new(p)) => Ok(PathBuf::from(p)),
         _ => Err(format!(
             "`{shown}` exited {} (stdout {:?}, stderr {:?}); build it by running the script \
              without --print-path",

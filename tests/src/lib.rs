@@ -21,6 +21,7 @@ pub mod agent;
 pub mod artifacts;
 pub mod bench;
 pub mod containerd;
+pub mod docker;
 pub mod guest;
 pub mod hostile;
 pub mod jail;

@@ -59,14 +59,35 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// One pod, two containers, the whole CRI lifecycle.
 #[test]
 fn cri_pod_lifecycle() {
-    moat_tests::on_kvm_retrying("cri_pod_lifecycle", ATTEMPTS, || {
+    lifecycle("cri_pod_lifecycle", None);
+}
+
+/// The same on containerd 1.7 (Debian 13's, `tests/scripts/fetch-trixie.sh`).
+#[test]
+fn cri_pod_lifecycle_on_containerd_1_7() {
+    lifecycle("cri_pod_lifecycle_on_containerd_1_7", Some(TRIXIE_CONTAINERD));
+}
+
+/// Where containerd 1.7 and its ctr are in the trixie prefix.
+const TRIXIE_CONTAINERD: &str = "usr/bin";
+
+/// The CRI flow on the host's containerd, or on the one in `trixie` under the trixie prefix.
+fn lifecycle(name: &str, trixie: Option<&str>) {
+    moat_tests::on_kvm_retrying(name, ATTEMPTS, || {
         let scratch = tempfile::TempDir::new().unwrap();
+        let containerd_dir = trixie.map(|dir| {
+            let prefix = moat_tests::artifacts::trixie_prefix().unwrap_or_else(|e| panic!("{e}"));
+            prefix.join(dir)
+        });
         with_stack_tuned(
             |o| {
                 o.sandbox_image = DEFAULT_PAUSE_IMAGE.into();
                 add_sized_handler(o, scratch.path());
+                o.extra_path.splice(0..0, containerd_dir.clone());
             },
             |s| {
+                let version = s.ctr_ok(&["version"]).stdout_str();
+                println!("{name}: {}", version.replace('\n', " "));
                 let pod = Pod::run(s);
                 pod.check_one_vm();
                 pod.check_moat_ps();

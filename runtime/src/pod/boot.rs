@@ -71,6 +71,7 @@ impl Pod {
                 vm,
                 share,
                 network: Mutex::new(network),
+                own_netns: Mutex::new(None),
             }),
             Err(e) => {
                 if let Some(n) = network {

@@ -1,6 +1,6 @@
 //! Turns the OCI spec containerd wrote for a host runtime into the spec the guest agent runs:
 //! the root filesystem at its place in the pod's share, host files the spec binds shared
-//! into the guest, and namespace paths of the host (the CRI pause process's
+//! into the guest (hooks stay on the host), and namespace paths of the host (the CRI pause process's
 //! `/proc/<pid>/ns/*`) replaced by what they mean in a VM.
 //!
 //! In a moat pod the VM is the pod: its network, IPC and UTS namespaces are the pod's, so a
@@ -153,9 +153,9 @@ pub fn translate(host: &Value, id: &str, sandbox_pid: Option<u32>) -> Result<Gue
         "root".into(),
         json!({"path": guest_dir.join("rootfs"), "readonly": readonly}),
     );
-    // Hooks run on the host for runc; inside a VM there is nowhere to run them.
+    // Hooks run on the host, by the shim (crate::host::hooks), never in the guest.
     if obj.remove("hooks").is_some_and(|h| !h.is_null()) {
-        notes.push("OCI hooks are not supported in a moat VM; dropped".into());
+        notes.push("OCI hooks: run on the host by the shim".into());
     }
     let mut pod_pidns = false;
     if let Some(nss) = obj

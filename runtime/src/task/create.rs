@@ -4,6 +4,7 @@
 //! leaves nothing behind (and a pod booted for it is torn down).
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ use super::REMOVE_TIMEOUT;
 use crate::config::Config;
 use crate::error::TaskError;
 use crate::host::cgroup::{self, CgroupError, OomScoreAdj, PodAccounting};
+use crate::host::hooks::{self, PostHooks, SpecHooks};
+use crate::host::netns;
 use crate::host::sizing;
 use crate::pod::boot::PodSpec;
 use crate::pod::cleanup::remove_container_dir;
@@ -55,6 +58,8 @@ struct Plan {
     cfg: Config,
     /// Where a pod's first container's VMM is accounted on the host.
     accounting: PodAccounting,
+    /// The spec's host-side hooks.
+    hooks: SpecHooks,
 }
 
 impl Plan {
@@ -73,7 +78,7 @@ impl Tasks {
         }
         c.stdio.check()?;
         let plan = self.plan(&c)?;
-        let (pod, booted) = self.pod_for(&plan, &c.id)?;
+        let (pod, booted) = self.pod_for(&plan, &c)?;
         let (pid, io) = self.create_in_pod(&pod, &c, &plan).inspect_err(|_| {
             remove_container_dir(&pod.dir, &c.id);
             if booted {
@@ -88,6 +93,7 @@ impl Tasks {
             is_sandbox: plan.is_sandbox(&c.id),
             init,
             execs: HashMap::new(),
+            post_hooks: PostHooks::of(&plan.host_spec, &plan.hooks),
         };
         self.lock().containers.insert(c.id.clone(), container);
         crate::plog!(Info, container = c.id.as_str(); "{}: created in pod {}, guest pid {pid}", c.id, plan.pod_id);
@@ -108,6 +114,7 @@ impl Tasks {
             .then(|| self.with_container(&pod_id, |s| Ok(s.init.pid)).ok())
             .flatten();
         let guest = spec::translate(&host_spec, &c.id, sandbox_pid)?;
+        let hooks = SpecHooks::from_spec(&host_spec)?;
         for n in &guest.notes {
             crate::plog!(Info, container = c.id.as_str(); "{}: {n}", c.id);
         }
@@ -124,12 +131,14 @@ impl Tasks {
             guest,
             cfg,
             accounting,
+            hooks,
         })
     }
 
     /// The pod for a new container: the existing one, or a freshly booted one when this is
     /// the pod's first container (then `true`).
-    fn pod_for(&self, plan: &Plan, cid: &str) -> Result<(Arc<Pod>, bool), TaskError> {
+    fn pod_for(&self, plan: &Plan, c: &NewContainer) -> Result<(Arc<Pod>, bool), TaskError> {
+        let cid = c.id.as_str();
         let _boot = crate::util::lock(&self.boot);
         if let Some(pod) = self.lock().pod.clone() {
             if pod.id != plan.pod_id {
@@ -139,6 +148,8 @@ impl Tasks {
                     running: pod.id.clone(),
                 });
             }
+            // A namespace made for a later container's hooks alone is dropped with them.
+            self.run_before_start(c, plan, pod.own_netns_path().as_deref())?;
             return Ok((pod, false));
         }
         if !plan.is_sandbox(cid) {
@@ -147,13 +158,30 @@ impl Tasks {
                 pod: plan.pod_id.clone(),
             });
         }
+        let own_netns = self.run_before_start(c, plan, None)?;
+        let pod = Arc::new(self.boot_pod(plan, own_netns)?);
+        crate::plog!(
+            Info,
+            "pod {}: VM up (moat-vmm pid {})",
+            pod.id,
+            pod.vm.pid()
+        );
+        self.lock().pod = Some(pod.clone());
+        self.start_ops(&pod);
+        self.watch_oom(pod.clone());
+        Ok((pod, true))
+    }
+
+    /// Boots the pod of `plan` on the network namespace its spec names, else on `own_netns`
+    /// (made for its hooks, see [`Tasks::run_before_start`]), which the pod then keeps.
+    fn boot_pod(&self, plan: &Plan, own_netns: Option<OwnedFd>) -> Result<Pod, TaskError> {
         let weak = self.this.clone();
         let on_exit = Box::new(move |status| {
             if let Some(s) = weak.upgrade() {
                 s.vm_died(status);
             }
         });
-        let netns = spec::netns_path(&plan.host_spec);
+        let netns = spec::netns_path(&plan.host_spec).or(own_netns.as_ref().map(netns::fd_path));
         let pod_spec = PodSpec {
             namespace: &self.namespace,
             id: &plan.pod_id,
@@ -165,17 +193,37 @@ impl Tasks {
             pod: plan.pod_id.clone(),
             source: Box::new(source),
         })?;
-        let pod = Arc::new(pod);
-        crate::plog!(
-            Info,
-            "pod {}: VM up (moat-vmm pid {})",
-            pod.id,
-            pod.vm.pid()
-        );
-        self.lock().pod = Some(pod.clone());
-        self.start_ops(&pod);
-        self.watch_oom(pod.clone());
-        Ok((pod, true))
+        if let Some(fd) = own_netns {
+            pod.keep_netns(fd);
+        }
+        Ok(pod)
+    }
+
+    /// Runs container `c`'s `createRuntime` and `prestart` hooks ([`crate::host::hooks`])
+    /// with the tid of a shim thread in its network namespace: the one its spec names, else
+    /// `pod_netns`, else a new one, whose descriptor is returned (Docker's hook moves the
+    /// container's interface into it; the pod boots on it).
+    fn run_before_start(
+        &self,
+        c: &NewContainer,
+        plan: &Plan,
+        pod_netns: Option<&Path>,
+    ) -> Result<Option<OwnedFd>, TaskError> {
+        if plan.hooks.before_start.is_empty() {
+            return Ok(None);
+        }
+        let spec_netns = spec::netns_path(&plan.host_spec);
+        let join = spec_netns.as_deref().or(pod_netns);
+        let (ran, own) = netns::with_thread_in(join, |tid| {
+            let state = hooks::state(&plan.host_spec, &c.id, "created", Some(tid), &c.bundle);
+            plan.hooks
+                .before_start
+                .iter()
+                .try_for_each(|(phase, i, h)| hooks::run((phase, *i), h, &state, &c.bundle))
+        })?;
+        ran?;
+        crate::plog!(Info, container = c.id.as_str(); "{}: {} createRuntime/prestart hooks ran", c.id, plan.hooks.before_start.len());
+        Ok(own)
     }
 
     /// The host side, then the agent's container, then its stdio streams.

@@ -6,6 +6,8 @@
 //! the agent's answers are bounded by [`crate::vm::agent`] (deadlines, `ListProcesses` cap) and
 //! `Stats` serves the last good value while the agent is slow.
 
+use std::path::Path;
+
 use containerd_shim::api::Status;
 use containerd_shim::protos::events::task::{
     TaskDelete, TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed, TaskStart,
@@ -78,6 +80,9 @@ impl Tasks {
         self.set_init_status(id, Status::RUNNING)?;
         self.watch(pod, id.into(), String::new());
         let pid = self.host_pid();
+        let (hooks, bundle) =
+            self.with_container(id, |c| Ok((c.post_hooks.clone(), c.bundle.clone())))?;
+        hooks.poststart(id, pid, Path::new(&bundle));
         let ev = TaskStart {
             container_id: id.into(),
             pid,
@@ -351,7 +356,7 @@ impl Tasks {
             io.shutdown();
         }
         if let Some(pod) = &pod {
-            pod.remove_container(id, std::path::Path::new(&c.bundle));
+            pod.remove_container(id, Path::new(&c.bundle));
         }
         if c.init.exit.is_none() {
             c.init.set_exit(Exit::now(128 + 9));
@@ -361,6 +366,7 @@ impl Tasks {
         if is_sandbox || last {
             self.end_pod();
         }
+        c.post_hooks.poststop(id, Path::new(&c.bundle));
         self.publish_delete(id, info);
         self.exited.notify_all();
         Ok(info)

@@ -19,6 +19,7 @@ use moat_vmm_config::status::describe;
 use super::events::Events;
 use super::process::Process;
 use crate::error::TaskError;
+use crate::host::hooks::PostHooks;
 use crate::ops::server::OpsServer;
 use crate::pod::Pod;
 use crate::util::lock;
@@ -33,6 +34,8 @@ pub struct Container {
     pub init: Process,
     /// Its exec processes by exec id.
     pub execs: HashMap<String, Process>,
+    /// Its spec's `poststart` and `poststop` hooks.
+    pub post_hooks: PostHooks,
 }
 
 impl Container {
@@ -203,6 +206,7 @@ mod tests {
                 is_sandbox: true,
                 init,
                 execs: HashMap::new(),
+                post_hooks: PostHooks::default(),
             };
             st.containers.insert("c".into(), c);
         }
@@ -225,6 +229,7 @@ mod tests {
             // Never reported exited: the VM went away under it.
             init: Process::new(StdioPaths::default()),
             execs: HashMap::new(),
+            post_hooks: PostHooks::default(),
         };
         tasks.lock().containers.insert("victim".into(), container);
         let info = tasks.delete("victim", "").unwrap();

@@ -4,7 +4,8 @@
 //! test's attack tool): there is no registry, so images are built locally and imported.
 //!
 //! The archive holds `oci-layout`, `index.json` (one manifest, named by the
-//! `io.containerd.image.name` and `org.opencontainers.image.ref.name` annotations) and
+//! `io.containerd.image.name` and `org.opencontainers.image.ref.name` annotations), `docker
+//! save`'s `manifest.json` (the name as its `RepoTags`) and
 //! `blobs/sha256/<digest>` for the config, the manifest and one uncompressed layer (gzip
 //! costs seconds in the TCG test host). Every entry has mtime 0 and uid/gid 0, so the same
 //! tree always gives the same digests.
@@ -297,6 +298,13 @@ pub fn build_image(
     let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
     tar.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     tar.file("index.json", 0o644, &index)?;
+    // `docker save`'s own index too, as Docker 25+ writes both: `docker load` reads it.
+    let docker_manifest = json!([{
+        "Config": blob(&image.config_digest),
+        "RepoTags": [name],
+        "Layers": [blob(&image.layer_digest)],
+    }]);
+    tar.file("manifest.json", 0o644, &to_json(&docker_manifest)?)?;
     tar.dir("blobs/", 0o755)?;
     tar.dir("blobs/sha256/", 0o755)?;
     tar.file(&blob(&image.config_digest), 0o644, &config)?;
