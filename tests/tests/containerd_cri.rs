@@ -65,7 +65,10 @@ fn cri_pod_lifecycle() {
 /// The same on containerd 1.7 (Debian 13's, `tests/scripts/fetch-trixie.sh`).
 #[test]
 fn cri_pod_lifecycle_on_containerd_1_7() {
-    lifecycle("cri_pod_lifecycle_on_containerd_1_7", Some(TRIXIE_CONTAINERD));
+    lifecycle(
+        "cri_pod_lifecycle_on_containerd_1_7",
+        Some(TRIXIE_CONTAINERD),
+    );
 }
 
 /// Where containerd 1.7 and its ctr are in the trixie prefix.

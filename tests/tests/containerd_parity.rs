@@ -77,8 +77,13 @@ true
 "#;
 
 /// Probes whose outputs may differ between runc and moat, and why: each is a property of the
-/// kernel, which in a VM is the guest's, not the host's.
-const VM_INHERENT: [(&str, &str); 0] = [];
+/// kernel or its cgroup hierarchy, which in a VM are the guest's, not the host's.
+const VM_INHERENT: [(&str, &str); 1] = [(
+    "cgroup",
+    "without a cgroup namespace (ctr's default spec) /proc/self/cgroup names the container's \
+     cgroup in the guest's hierarchy (/moat/<id>), not the host's linux.cgroupsPath; with one \
+     (CRI, Docker on cgroup v2) both show 0::/",
+)];
 
 /// One runtime's outputs: probe name -> output.
 type Outputs = BTreeMap<String, String>;

@@ -433,6 +433,32 @@ fn close_fds_on_exec() -> Result<(), InitError> {
     Ok(())
 }
 
+/// The most of the container's `/etc/passwd` read for [`with_home`].
+const MAX_PASSWD_BYTES: u64 = 1 << 20;
+
+/// `env` with `HOME` added when it has none, as runc does: the home directory of user `uid`
+/// in the container's `/etc/passwd` (read after the pivot, at most [`MAX_PASSWD_BYTES`]),
+/// else `/`.
+fn with_home(mut env: Vec<String>, uid: u32) -> Vec<String> {
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return env;
+    }
+    let mut passwd = String::new();
+    let _ = std::fs::File::open("/etc/passwd")
+        .and_then(|f| f.take(MAX_PASSWD_BYTES).read_to_string(&mut passwd));
+    let home = home_of(&passwd, uid).unwrap_or("/");
+    env.push(format!("HOME={home}"));
+    env
+}
+
+/// User `uid`'s home directory in a passwd file's text (`name:pw:uid:gid:gecos:home:shell`).
+fn home_of(passwd: &str, uid: u32) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5])
+    })
+}
+
 /// Privileges, cwd, seccomp and `execve` (see the module docs for the order).
 fn exec_process(cfg: &InitConfig) -> Result<Never, InitError> {
     close_fds_on_exec()?;
@@ -440,7 +466,7 @@ fn exec_process(cfg: &InitConfig) -> Result<Never, InitError> {
     let user = p.user();
     let nnp = p.no_new_privileges().unwrap_or(false);
     let caps = CapabilitySets::from_spec(p.capabilities().as_ref())?;
-    let env: Vec<String> = p.env().clone().unwrap_or_default();
+    let env = with_home(p.env().clone().unwrap_or_default(), user.uid());
     let args = p.args().clone().unwrap_or_default();
     let Some(arg0) = args.first() else {
         return Err(InitError::Other("process.args is empty".into()));
@@ -576,6 +602,18 @@ mod tests {
         assert_eq!(find_program("./x", &env).unwrap(), PathBuf::from("./x"));
         let e = find_program("no-such-program-moat", &env).unwrap_err();
         assert!(e.to_string().contains("not found in $PATH"), "{e}");
+    }
+
+    #[test]
+    fn home_comes_from_passwd_as_under_runc() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nbad line\nweb:x:33:33::/var/www:/bin/sh\n\
+                      nohome:x:44:44:::/bin/sh\n";
+        assert_eq!(home_of(passwd, 0), Some("/root"));
+        assert_eq!(home_of(passwd, 33), Some("/var/www"));
+        assert_eq!(home_of(passwd, 44), None);
+        assert_eq!(home_of(passwd, 1000), None);
+        let kept = with_home(vec!["HOME=/x".into()], 0);
+        assert_eq!(kept, ["HOME=/x"]);
     }
 
     #[test]

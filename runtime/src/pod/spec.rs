@@ -212,6 +212,23 @@ fn check_vm_namespaces(host: &Value) -> Result<(), SpecError> {
     }
 }
 
+/// Gives the spec's process `inherited` (the shim's own `oom_score_adj`) when it names no
+/// `oomScoreAdj`: what a runc container inherits from its shim.
+pub fn fill_oom_score_adj(spec: &mut Value, inherited: i32) {
+    if let Some(process) = spec.get_mut("process").and_then(Value::as_object_mut) {
+        process
+            .entry("oomScoreAdj")
+            .or_insert_with(|| json!(inherited));
+    }
+}
+
+/// The hostname of a pod whose spec names none: the host's, which a runc container in a new
+/// UTS namespace starts with (`None` if unreadable).
+pub fn host_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim_end().to_string()).filter(|n| !n.is_empty())
+}
+
 /// Rewrites the spec's namespaces for the VM: joining the pod's network/IPC/UTS namespaces
 /// means the VM's own (or the sandbox's IPC/UTS for an app container), the pod's PID
 /// namespace the agent's pod PID namespace (returns `true`), a cgroup namespace a new one;
@@ -427,6 +444,16 @@ mod tests {
             .to_string()
             .contains("absolute"));
         assert!(root_path(&json!({})).is_err());
+    }
+
+    #[test]
+    fn an_unset_oom_score_adj_is_inherited() {
+        let mut s = json!({"process": {"args": ["sh"]}});
+        fill_oom_score_adj(&mut s, 1);
+        assert_eq!(s["process"]["oomScoreAdj"], 1);
+        let mut s = json!({"process": {"oomScoreAdj": -5}});
+        fill_oom_score_adj(&mut s, 1);
+        assert_eq!(s["process"]["oomScoreAdj"], -5);
     }
 
     #[test]

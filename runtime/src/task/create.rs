@@ -113,7 +113,10 @@ impl Tasks {
         let sandbox_pid = (pod_id != c.id)
             .then(|| self.with_container(&pod_id, |s| Ok(s.init.pid)).ok())
             .flatten();
-        let guest = spec::translate(&host_spec, &c.id, sandbox_pid)?;
+        let mut guest = spec::translate(&host_spec, &c.id, sandbox_pid)?;
+        if let Some(own) = OomScoreAdj::of_self() {
+            spec::fill_oom_score_adj(&mut guest.spec, own);
+        }
         let hooks = SpecHooks::from_spec(&host_spec)?;
         for n in &guest.notes {
             crate::plog!(Info, container = c.id.as_str(); "{}: {n}", c.id);
@@ -182,10 +185,14 @@ impl Tasks {
             }
         });
         let netns = spec::netns_path(&plan.host_spec).or(own_netns.as_ref().map(netns::fd_path));
+        let hostname = match plan.host_spec["hostname"].as_str() {
+            Some(h) if !h.is_empty() => h.to_string(),
+            _ => spec::host_hostname().unwrap_or_default(),
+        };
         let pod_spec = PodSpec {
             namespace: &self.namespace,
             id: &plan.pod_id,
-            hostname: plan.host_spec["hostname"].as_str().unwrap_or(""),
+            hostname: &hostname,
             netns: netns.as_deref(),
             accounting: &plan.accounting,
         };

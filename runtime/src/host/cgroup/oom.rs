@@ -51,6 +51,13 @@ impl OomScoreAdj {
             .ok_or_else(|| CgroupError::BadOomScoreAdj(v.to_string()))
     }
 
+    /// The shim's own value (what its children inherit), if readable.
+    pub fn of_self() -> Option<i32> {
+        let text = std::fs::read_to_string("/proc/self/oom_score_adj").ok()?;
+        let value = text.trim().parse().ok()?;
+        OomScoreAdj::new(value).map(|o| o.value)
+    }
+
     /// The value.
     pub fn value(&self) -> i32 {
         self.value
