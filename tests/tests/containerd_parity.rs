@@ -100,6 +100,10 @@ fn containers_behave_as_under_runc() {
                 "the baseline makes no bridge: {netdev}"
             );
             let moat = run_probes(s, RUNTIME_ID);
+            println!(
+                "moat, netdev:\n{}moat, setuid:\n{}",
+                moat["netdev"], moat["setuid"]
+            );
             let failed = compare(&runc, &moat);
             assert!(failed.is_empty(), "moat differs from runc in: {failed:?}");
         })

@@ -241,6 +241,7 @@ impl Docker {
                         0,
                         &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name],
                     );
+                    self.network_report(&name, ip.trim());
                     panic!(
                         "{runtime}: port {port} (container {}) gave {other:?}",
                         ip.trim()
@@ -256,6 +257,30 @@ impl Docker {
         );
         self.expect(0, &["rm", "-f", &name]);
         self.check_no_leftovers(runtime);
+    }
+
+    /// Prints what the container and the host see of the container's network.
+    fn network_report(&self, name: &str, ip: &str) {
+        let inside = "ip addr; ip route; netstat -ltn; cat /proc/net/arp";
+        let o = self.d.docker(&["exec", name, "sh", "-c", inside]);
+        println!(
+            "in {name}: {}",
+            o.map(|o| show(&o)).unwrap_or_else(|e| e.to_string())
+        );
+        let host = format!(
+            "ip addr show docker0; ip neigh; ping -c 2 -W 2 {ip}; \
+             iptables -t nat -S 2>&1 | head -30"
+        );
+        let o = std::process::Command::new("sh")
+            .args(["-c", &host])
+            .output();
+        if let Ok(o) = o {
+            println!(
+                "host: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 
     /// Nothing of moat is left: no shim or VMM, no pod directory, no mount under the state

@@ -69,6 +69,11 @@ pub const DEBUG_BUSYBOX: &str = "busybox";
 /// `/dev/shm` to it, so they share POSIX shared memory as CRI pods do.
 pub const POD_SHM_DIR: &str = "/run/moat/pod/shm";
 
+/// The pod's network namespace in the guest, as a spec names it: the agent's (PID 1's), the
+/// VM's own, where the pod's NIC is. A container that joins it may set `net.*` sysctls, as a
+/// runc container that joins its pod's namespace may.
+pub const POD_NETNS_PATH: &str = "/proc/1/ns/net";
+
 /// The size of [`POD_SHM_DIR`] (Docker's and Kubernetes' default `/dev/shm`).
 pub const POD_SHM_SIZE: &str = "64m";
 

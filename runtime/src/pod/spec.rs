@@ -4,13 +4,14 @@
 //! `/proc/<pid>/ns/*`) replaced by what they mean in a VM.
 //!
 //! In a moat pod the VM is the pod: its network, IPC and UTS namespaces are the pod's, so a
-//! container that joins the pod's (by path) stays in the agent's; one that asks for a new one
-//! gets a new one inside the guest. A pod-shared PID namespace becomes the agent's pod PID
+//! container that joins the pod's (by path) stays in the agent's (the network namespace by
+//! the agent's path, [`POD_NETNS_PATH`], so that `net.*` sysctls are allowed as in a joined
+//! namespace under runc); one that asks for a new one gets a new one inside the guest. A pod-shared PID namespace becomes the agent's pod PID
 //! namespace (`pod_pidns`).
 
 use std::path::{Path, PathBuf};
 
-use moat_agent_protocol::POD_SHM_DIR;
+use moat_agent_protocol::{POD_NETNS_PATH, POD_SHM_DIR};
 use serde_json::{json, Value};
 
 use crate::pod::layout::guest_container_dir;
@@ -212,6 +213,20 @@ fn check_vm_namespaces(host: &Value) -> Result<(), SpecError> {
     }
 }
 
+/// Makes the guest spec join the VM's network namespace ([`POD_NETNS_PATH`]) instead of a
+/// new one: for a container whose new namespace the shim made on the host for its hooks
+/// (Docker), which filled it with the interface that moved into the VM.
+pub fn join_vm_netns(spec: &mut Value) {
+    let nss = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(Value::as_array_mut);
+    for ns in nss.into_iter().flatten() {
+        if ns.get("type").and_then(Value::as_str) == Some("network") {
+            *ns = json!({"type": "network", "path": POD_NETNS_PATH});
+        }
+    }
+}
+
 /// Gives the spec's process `inherited` (the shim's own `oom_score_adj`) when it names no
 /// `oomScoreAdj`: what a runc container inherits from its shim.
 pub fn fill_oom_score_adj(spec: &mut Value, inherited: i32) {
@@ -252,7 +267,11 @@ fn guest_namespaces(
                 notes.push(format!("{kind} namespace {path}: the pod sandbox's"));
                 kept.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{kind}")}));
             }
-            ("network" | "ipc" | "uts", _) => {
+            ("network", _) => {
+                notes.push(format!("network namespace {path}: the pod's, the VM's own"));
+                kept.push(json!({"type": "network", "path": POD_NETNS_PATH}));
+            }
+            ("ipc" | "uts", _) => {
                 notes.push(format!(
                     "{kind} namespace {path}: the pod's, i.e. the VM's own"
                 ));
@@ -386,7 +405,10 @@ mod tests {
             json!({"path": "/run/moat/shares/pod/c1/rootfs", "readonly": true})
         );
         assert!(g.spec.get("hooks").is_none());
-        assert_eq!(g.spec["linux"]["namespaces"], json!([{"type": "mount"}]));
+        assert_eq!(
+            g.spec["linux"]["namespaces"],
+            json!([{"type": "network", "path": POD_NETNS_PATH}, {"type": "mount"}])
+        );
         assert_eq!(
             g.binds,
             vec![HostBind {
@@ -409,6 +431,7 @@ mod tests {
         assert_eq!(
             g.spec["linux"]["namespaces"],
             json!([
+                {"type": "network", "path": POD_NETNS_PATH},
                 {"type": "ipc", "path": "/proc/7/ns/ipc"},
                 {"type": "uts", "path": "/proc/7/ns/uts"},
                 {"type": "mount"}
@@ -444,6 +467,20 @@ mod tests {
             .to_string()
             .contains("absolute"));
         assert!(root_path(&json!({})).is_err());
+    }
+
+    #[test]
+    fn a_hooked_new_netns_is_the_vms() {
+        let mut s = json!({"linux": {"namespaces": lone_namespaces(&[])}});
+        join_vm_netns(&mut s);
+        let kinds: Vec<&str> = s["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(s["linux"]["namespaces"][4]["path"], POD_NETNS_PATH);
     }
 
     #[test]

@@ -118,6 +118,10 @@ impl Tasks {
             spec::fill_oom_score_adj(&mut guest.spec, own);
         }
         let hooks = SpecHooks::from_spec(&host_spec)?;
+        if !hooks.before_start.is_empty() && spec::netns_path(&host_spec).is_none() {
+            // Its hooks fill the namespace the shim makes (or the pod's): the VM's network.
+            spec::join_vm_netns(&mut guest.spec);
+        }
         for n in &guest.notes {
             crate::plog!(Info, container = c.id.as_str(); "{}: {n}", c.id);
         }
