@@ -7,6 +7,7 @@ use std::sync::Arc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config as ShimConfig, DeleteResponse, ExitSignal, Flags, StartOpts};
 
+use crate::host::cgroup::OomScoreAdj;
 use crate::pod::{cleanup, spec};
 use crate::task::events::Events;
 use crate::task::TaskService;
@@ -78,7 +79,14 @@ impl containerd_shim::Shim for Shim {
         let bundle =
             std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         let group = grouping(&bundle, &opts.id);
-        let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())?;
+        let (pid, address) = containerd_shim::spawn(opts, &group, Vec::new())?;
+        // A pod's later containers reach its running shim: the child spawned then is gone.
+        match OomScoreAdj::adjust_shim(pid) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("{RUNTIME_ID}: oom_score_adj of shim {pid}: {e}");
+            }
+            _ => {}
+        }
         containerd_shim::util::write_address(&address)?;
         Ok(address)
     }

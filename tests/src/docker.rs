@@ -302,7 +302,7 @@ impl Dockerd {
         }
     }
 
-    /// Stops dockerd (SIGTERM, then SIGKILL after [`TERM_GRACE`]) and removes its directory;
+    /// Stops dockerd (SIGTERM, then SIGKILL after 30 s) and removes its directory;
     /// returns what could not be cleaned up.
     pub fn stop(mut self) -> Vec<String> {
         self.cleanup()

@@ -142,15 +142,7 @@ fn run_probes(s: &Stack, runtime: &str) -> Outputs {
             }
         }
     }
-    for (probe, script) in [
-        ("exit-7", "exit 7"),
-        ("sigterm", "kill -TERM $$"),
-        ("sigkill", "kill -KILL $$"),
-        ("sigsegv", "kill -SEGV $$"),
-    ] {
-        let (code, _) = ctr_run(s, runtime, probe, &[], &["sh", "-c", script]);
-        out.insert(probe.into(), format!("exit code {code}\n"));
-    }
+    exits(s, runtime, &mut out);
     let (code, text) = ctr_run(
         s,
         runtime,
@@ -168,6 +160,30 @@ fn run_probes(s: &Stack, runtime: &str) -> Outputs {
     );
     out.insert("setuid".into(), format!("{text}exit code {code}\n"));
     out
+}
+
+/// Exit codes: the init process's own (`exit 7`), and of exec'd processes, as statuses and
+/// signals (one container, so one VM, for all of them).
+fn exits(s: &Stack, runtime: &str, out: &mut Outputs) {
+    let (code, _) = ctr_run(s, runtime, "exit", &[], &["sh", "-c", "exit 7"]);
+    out.insert("exit-7".into(), format!("exit code {code}\n"));
+    let id = "parity-execs";
+    let mut run = vec!["run", "-d", "--null-io", "--runtime", runtime];
+    run.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
+    s.ctr_ok(&run);
+    for (probe, script) in [
+        ("exec-exit-3", "exit 3"),
+        ("sigterm", "kill -TERM $$"),
+        ("sigkill", "kill -KILL $$"),
+        ("sigsegv", "kill -SEGV $$"),
+    ] {
+        let o = s.ctr(&["task", "exec", "--exec-id", probe, id, "sh", "-c", script]);
+        let code = o
+            .code()
+            .unwrap_or_else(|| panic!("ctr task exec {probe} was killed"));
+        out.insert(probe.into(), format!("exit code {code}\n"));
+    }
+    s.kill_and_delete(id, std::time::Duration::from_secs(60));
 }
 
 /// `ctr run --rm --runtime RUNTIME FLAGS EXTRA IMAGE ID ARGS`: its exit code and stdout

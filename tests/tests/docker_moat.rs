@@ -137,11 +137,15 @@ impl Docker {
     /// `docker run --rm`: output and exit code, stdin, a terminal.
     fn run_rm(&self, runtime: &str) {
         let rt = format!("--runtime={runtime}");
+        let started = Instant::now();
         let out = self.expect(
             7,
             &["run", "--rm", &rt, IMAGE, "sh", "-c", "echo hi; exit 7"],
         );
         assert_eq!(out, "hi\n", "{runtime}");
+        // One sample, for the log (the benchmark is `moat-bench docker`).
+        let took = started.elapsed().as_secs_f64();
+        println!("{runtime}: docker run --rm took {took:.2} s");
         let data = b"stdin reaches the container\n".repeat(1000);
         let out = self.expect_with(
             0,

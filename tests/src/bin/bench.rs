@@ -18,14 +18,18 @@
 //! second; per scrape, and at a 15 s scrape interval as a fraction of one CPU and of the pod's
 //! idle use.
 //!
+//! `moat-bench docker [RUNS]`: `docker run --rm busybox true` through Docker Engine 26 with
+//! moat against runc, in the same run (`moat_tests::bench::docker`), as a moat/runc ratio.
+//!
 //! Usage: `moat-bench [BOOTS]` (default 10 of each, after one warm-up of each),
 //! `moat-bench pod [RUNS]` (default 10), `moat-bench jail [BOOTS]` (default 10),
-//! `moat-bench ops [SECONDS]` (default 30).
+//! `moat-bench ops [SECONDS]` (default 30), `moat-bench docker [RUNS]` (default 10).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use moat_agent_protocol::{AgentClient, AGENT_VSOCK_PORT};
+use moat_tests::bench::docker as docker_bench;
 use moat_tests::bench::ops as ops_bench;
 use moat_tests::bench::pod as pod_bench;
 use moat_tests::bench::report::{self, median, ratio};
@@ -35,12 +39,13 @@ use moat_tests::guest::{
 };
 
 const USAGE: &str = "usage: moat-bench [BOOTS>0] | moat-bench pod [RUNS>0] | \
-                     moat-bench jail [BOOTS>0] | moat-bench ops [SECONDS>0]";
+                     moat-bench jail [BOOTS>0] | moat-bench ops [SECONDS>0] | \
+                     moat-bench docker [RUNS>0]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str);
-    let named = matches!(mode, Some("pod" | "jail" | "ops"));
+    let named = matches!(mode, Some("pod" | "jail" | "ops" | "docker"));
     let count: u32 = match args.get(usize::from(named)).map(|a| a.parse()) {
         None if mode == Some("ops") => 30,
         None => 10,
@@ -54,6 +59,16 @@ fn main() -> ExitCode {
         let budget = Duration::from_secs(300 + u64::from(count) * 40);
         let body = |s: &Stack| pod_bench::run(s, count).map(drop);
         return moat_tests::main_on_kvm(&args, budget, || bench_stack("pod", body));
+    }
+    if mode == Some("docker") {
+        let budget = Duration::from_secs(600 + u64::from(count) * 60);
+        return moat_tests::main_on_kvm(&args, budget, || match docker_bench::run(count) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("moat-bench docker: {e}");
+                ExitCode::FAILURE
+            }
+        });
     }
     if mode == Some("ops") {
         let budget = Duration::from_secs(600 + u64::from(count) * 3);

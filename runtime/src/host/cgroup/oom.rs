@@ -51,6 +51,22 @@ impl OomScoreAdj {
             .ok_or_else(|| CgroupError::BadOomScoreAdj(v.to_string()))
     }
 
+    /// Gives the serving shim `pid` containerd's value plus one (at most 1000), as
+    /// containerd's own shims do: the node's OOM killer takes a shim before containerd, and
+    /// what the shim's containers inherit (see [`OomScoreAdj::of_self`]) is what a runc
+    /// container gets. Runs in `start`, whose parent is containerd; a failure is returned for
+    /// the log.
+    pub fn adjust_shim(pid: u32) -> std::io::Result<()> {
+        let parent = std::os::unix::process::parent_id();
+        let text = std::fs::read_to_string(format!("/proc/{parent}/oom_score_adj"))?;
+        let containerd: i64 = text
+            .trim()
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let shim = (containerd + 1).min(*RANGE.end());
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), shim.to_string())
+    }
+
     /// The shim's own value (what its children inherit), if readable.
     pub fn of_self() -> Option<i32> {
         let text = std::fs::read_to_string("/proc/self/oom_score_adj").ok()?;
