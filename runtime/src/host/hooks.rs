@@ -215,27 +215,12 @@ pub fn run(
     state: &Value,
     dir: &Path,
 ) -> Result<(), HookError> {
-    let spawn_err = |source| HookError::Spawn {
+    let mut child = spawn(hook, dir).map_err(|source| HookError::Spawn {
         phase,
         index,
         path: hook.path.clone(),
         source,
-    };
-    let mut child = Command::new(&hook.path)
-        .arg0(&hook.args[0])
-        .args(&hook.args[1..])
-        .env_clear()
-        .envs(
-            hook.env
-                .iter()
-                .map(|kv| kv.split_once('=').unwrap_or((kv, ""))),
-        )
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
+    })?;
     let input = state.to_string();
     let stdin = child.stdin.take();
     // A hook that does not read its stdin must not block the shim: written from a thread
@@ -269,6 +254,24 @@ pub fn run(
             output,
         }),
     }
+}
+
+/// Starts `hook` in `dir` with its argv and environment only, its stdio piped.
+fn spawn(hook: &Hook, dir: &Path) -> std::io::Result<Child> {
+    let env = hook
+        .env
+        .iter()
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")));
+    Command::new(&hook.path)
+        .arg0(&hook.args[0])
+        .args(&hook.args[1..])
+        .env_clear()
+        .envs(env)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
 }
 
 /// Waits for `child` at most `timeout`; kills it then (`Err` says so).

@@ -229,6 +229,12 @@ pub fn tty_with_resize(s: &Suite) {
 
 /// seccomp capabilities readonly and masked paths.
 pub fn seccomp_capabilities_readonly_and_masked_paths(s: &Suite) {
+    seccomp_profiles(s);
+    capabilities_readonly_and_masked_paths(s);
+}
+
+/// No profile (unfiltered, or moat's default when asked), and a profile of the spec's.
+fn seccomp_profiles(s: &Suite) {
     // No seccomp in the spec: no filter, as under runc; creating a user namespace works ...
     let probe = "grep ^Seccomp: /proc/self/status; unshare -U true && echo allowed || echo denied";
     let o = s.sh("sc1", probe);
@@ -256,7 +262,10 @@ pub fn seccomp_capabilities_readonly_and_masked_paths(s: &Suite) {
         out.contains("Permission denied") && out.contains("rc=1"),
         "{out}"
     );
+}
 
+/// Dropped capabilities, read-only and masked paths.
+fn capabilities_readonly_and_masked_paths(s: &Suite) {
     // A dropped capability is gone: without CAP_DAC_OVERRIDE root cannot read a 000 file;
     // with it, it can.
     let script = "echo x > /tmp/f; chmod 000 /tmp/f; cat /tmp/f >/dev/null 2>&1 && echo read || echo refused; \
