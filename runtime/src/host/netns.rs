@@ -112,6 +112,14 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     ))
 }
 
+/// Whether `path` is of [`fd_path`]'s form (`/proc/<pid>/fd/<n>`): a namespace a shim made,
+/// which dies with that shim's descriptor (nothing of it to restore after the shim is gone).
+pub fn is_fd_path(path: &Path) -> bool {
+    let parts: Vec<&str> = path.to_str().unwrap_or("").split('/').collect();
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    matches!(parts.as_slice(), ["", "proc", pid, "fd", fd] if number(pid) && number(fd))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +152,20 @@ mod tests {
         assert!(none.is_none());
         assert_eq!(joined, seen);
         assert_eq!(ns_id(Path::new("/proc/self/ns/net")), own);
+    }
+
+    #[test]
+    fn fd_paths_are_told_from_namespace_paths() {
+        let fd = std::fs::File::open("/proc/self/ns/net").unwrap();
+        assert!(is_fd_path(&fd_path(&fd.into())));
+        for other in [
+            "/proc/12/ns/net",
+            "/var/run/netns/cni-1",
+            "/proc/self/fd/3",
+            "/proc/1/fd/",
+        ] {
+            assert!(!is_fd_path(Path::new(other)), "{other}");
+        }
     }
 
     #[test]

@@ -369,6 +369,15 @@ pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
         Ok(r) => r,
         Err(e) => return Some(format!("unreadable {}: {e}", record_path.display())),
     };
+    if crate::host::netns::is_fd_path(&record.netns) {
+        // The dead shim's own namespace (Docker's): gone with it, or soon with dockerd's
+        // mount; its path may name another process's descriptor by now.
+        let _ = std::fs::remove_file(record_path);
+        return Some(format!(
+            "network namespace {} was the dead shim's own: nothing to restore",
+            record.netns.display()
+        ));
+    }
     undo(&record);
     let _ = std::fs::remove_file(record_path);
     Some(format!(
