@@ -111,12 +111,19 @@ pub fn on_kvm_with(test_name: &str, host: TestHostBuilder, body: impl FnOnce()) 
 /// [`on_kvm_retrying`]).
 pub const GUEST_CRASH_STATUS: i32 = 75;
 
+/// What L1's kernel prints when its clocksource watchdog rejects the TSC (seen under a
+/// loaded TCG host: the jiffies it is checked against lag); a test that then fails, typically
+/// on a nested guest's `sleep` that never returns, is run again in a fresh test host.
+const L1_CLOCK_BROKEN: &str = "Marking TSC unstable";
+
 /// [`on_kvm`] for tests whose guest may crash for reasons outside the test (the nested TCG
 /// test host's L2 triple faults; at times the whole L1 dies with them): `body` returns
 /// `Err(why)` when the guest crashed, and is run again — in a fresh test host — up to
 /// `attempts` times. Every retry is counted ([`super::retries`]); any other failure fails at
-/// once. Only the nested test host retries: on hardware KVM a guest crash is a dead pod, so
-/// it fails the test.
+/// once, except in a test host whose TSC was found unstable at boot (its console says
+/// "Marking TSC unstable"). Only the
+/// nested test host retries: on hardware KVM a guest crash is a dead pod, so it fails the
+/// test.
 pub fn on_kvm_retrying(test_name: &str, attempts: usize, body: impl Fn() -> Result<(), String>) {
     if !needs_test_host() {
         match body() {
@@ -138,6 +145,16 @@ pub fn on_kvm_retrying(test_name: &str, attempts: usize, body: impl Fn() -> Resu
                 eprint!("{}", out.stderr_str());
                 retries::relay(&out.stdout_str());
                 "the guest crashed (see above)".to_owned()
+            }
+            Ok(out) if out.status != 0 && out.console.contains(L1_CLOCK_BROKEN) => {
+                print!("{}", out.stdout_str());
+                eprint!("{}", out.stderr_str());
+                retries::relay(&out.stdout_str());
+                format!(
+                    "the test failed in a test host whose kernel found its TSC unstable at \
+                     boot (\"{L1_CLOCK_BROKEN}\": L1's timekeeping fell back to jiffies, and \
+                     nested guests' timers stall)"
+                )
             }
             Ok(out) => return check_test_host_output(test_name, &out),
             Err(e @ (TestHostError::NoStatus { .. } | TestHostError::Frozen { .. })) => {
