@@ -299,12 +299,7 @@ pub fn build_image(
     tar.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     tar.file("index.json", 0o644, &index)?;
     // `docker save`'s own index too, as Docker 25+ writes both: `docker load` reads it.
-    let docker_manifest = json!([{
-        "Config": blob(&image.config_digest),
-        "RepoTags": [name],
-        "Layers": [blob(&image.layer_digest)],
-    }]);
-    tar.file("manifest.json", 0o644, &to_json(&docker_manifest)?)?;
+    tar.file("manifest.json", 0o644, &docker_manifest(&image, blob)?)?;
     tar.dir("blobs/", 0o755)?;
     tar.dir("blobs/sha256/", 0o755)?;
     tar.file(&blob(&image.config_digest), 0o644, &config)?;
@@ -314,6 +309,18 @@ pub fn build_image(
         .and_then(|mut w| w.flush())
         .map_err(io_err(what))?;
     Ok(image)
+}
+
+/// `docker save`'s `manifest.json` for `image`, whose blobs are at `blob(digest)`.
+fn docker_manifest(
+    image: &ImageRef,
+    blob: impl Fn(&str) -> String,
+) -> Result<Vec<u8>, OciImageError> {
+    to_json(&json!([{
+        "Config": blob(&image.config_digest),
+        "RepoTags": [image.name],
+        "Layers": [blob(&image.layer_digest)],
+    }]))
 }
 
 /// `sha256:<hex>` of `data`.
