@@ -7,6 +7,7 @@ set -euo pipefail
 
 PACKAGES=(linux-source-6.12 qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev
           cpio xz-utils gzip kmod binutils libc6-dev containerd runc containernetworking-plugins
+          iptables
           prometheus)
 
 missing=()
