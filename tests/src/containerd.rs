@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use moat_runtime::RUNTIME_ID;
 
 use crate::process::{die_with_parent, KillOnDrop};
-use ctr::{ctr_error, reader, show};
+pub(crate) use ctr::reader;
+use ctr::{ctr_error, show};
 pub use ctr::{CtrChild, CtrOutput, LiveCtr};
 
 /// Where `ContainerdOptions::default()` puts harness directories: on `/run` (a plain tmpfs in

@@ -12,14 +12,14 @@
 //! iptables rules are the host's: run one at a time (the test host is fresh for each test).
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::containerd::{sys, CtrOutput};
+use crate::containerd::{reader, sys, CtrOutput};
 use crate::process::{die_with_parent, KillOnDrop, WaitOutcome};
 
 /// The runtime name `daemon.json` gives moat (`docker run --runtime moat`).
@@ -248,8 +248,8 @@ impl Dockerd {
             })),
             _ => None,
         };
-        let out = read_all(child.stdout.take());
-        let err = read_all(child.stderr.take());
+        let out = reader(child.stdout.take());
+        let err = reader(child.stderr.take());
         let mut child = KillOnDrop::new(child);
         let outcome = child
             .wait_timeout(timeout)
@@ -357,15 +357,4 @@ impl Drop for Dockerd {
             }
         }
     }
-}
-
-/// Reads a pipe to its end on a thread.
-fn read_all<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut buf);
-        }
-        buf
-    })
 }

@@ -14,13 +14,12 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use moat_runtime::DEFAULT_STATE_DIR;
-use moat_tests::containerd::moat_stack::{self, mount_table, mounts_since, pod_dirs};
+use moat_tests::containerd::moat_stack::{self, leftovers_since, mount_table};
 use moat_tests::containerd::oci_image::{build_busybox_image, DEFAULT_BUSYBOX_IMAGE};
-use moat_tests::containerd::{sys, CtrOutput};
+use moat_tests::containerd::CtrOutput;
 use moat_tests::docker::{Dockerd, DockerdOptions, MOAT_RUNTIME};
 
 /// Fresh test hosts the flow may use when the guest crashes (`moat_tests::on_kvm_retrying`).
@@ -290,19 +289,8 @@ impl Docker {
     /// Nothing of moat is left: no shim or VMM, no pod directory, no mount under the state
     /// dir or anywhere else that was not there when dockerd was up.
     fn check_no_leftovers(&self, runtime: &str) {
-        let deadline = Instant::now() + LEFTOVER_WAIT;
-        loop {
-            let procs = moat_stack::moat_processes();
-            let mut mounts = sys::mounts_under(Path::new(DEFAULT_STATE_DIR));
-            mounts.extend(mounts_since(&self.baseline));
-            let dirs = pod_dirs();
-            if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("after the {runtime} flow: processes {procs:?}, mounts {mounts:?}, pod dirs {dirs:?}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        if let Some(left) = leftovers_since(&self.baseline, None, LEFTOVER_WAIT) {
+            panic!("after the {runtime} flow: {left}");
         }
     }
 }

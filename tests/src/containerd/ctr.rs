@@ -114,7 +114,7 @@ pub(super) fn show(args: &[impl AsRef<OsStr>]) -> String {
 }
 
 /// Reads a pipe to its end on a thread.
-pub(super) fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+pub(crate) fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         if let Some(mut p) = pipe {

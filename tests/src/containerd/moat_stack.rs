@@ -202,28 +202,11 @@ impl Stack {
     /// anywhere on the host: any under moat's state dir, and any not in [`Self::mount_baseline`];
     /// so do cgroups (a pod's VMM runs in one the shim makes): any not there at the start.
     pub fn leftovers(&self) -> Option<String> {
-        let deadline = Instant::now() + LEFTOVER_WAIT;
-        loop {
-            let procs = moat_processes();
-            let mut mounts = sys::mounts_under(Path::new(DEFAULT_STATE_DIR));
-            for m in mounts_since(&self.mount_baseline) {
-                if !mounts.contains(&m) {
-                    mounts.push(m);
-                }
-            }
-            let dirs = pod_dirs();
-            let cgroups = cgroups_since(&self.cgroup_baseline);
-            if procs.is_empty() && mounts.is_empty() && dirs.is_empty() && cgroups.is_empty() {
-                return None;
-            }
-            if Instant::now() > deadline {
-                return Some(format!(
-                    "processes {procs:?}, mounts {mounts:?}, pod dirs {dirs:?}, \
-                     cgroups {cgroups:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        leftovers_since(
+            &self.mount_baseline,
+            Some(&self.cgroup_baseline),
+            LEFTOVER_WAIT,
+        )
     }
 
     /// Panics unless no moat process, pod directory or new mount (see [`Self::leftovers`]) is
@@ -407,6 +390,38 @@ impl Stack {
             .filter(|l| l.contains("guest crashed") || l.contains("triple fault"))
             .map(String::from)
             .collect()
+    }
+}
+
+/// What moat left behind, waiting up to `wait` for teardown: `None` when nothing. Live moat
+/// processes, pod directories, mounts under moat's state dir and any not in
+/// `mount_baseline` (a [`mount_table`]), and, given a `cgroup_baseline` (a [`cgroup_table`]),
+/// cgroups not in it.
+pub fn leftovers_since(
+    mount_baseline: &[PathBuf],
+    cgroup_baseline: Option<&[PathBuf]>,
+    wait: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let procs = moat_processes();
+        let mut mounts = sys::mounts_under(Path::new(DEFAULT_STATE_DIR));
+        for m in mounts_since(mount_baseline) {
+            if !mounts.contains(&m) {
+                mounts.push(m);
+            }
+        }
+        let dirs = pod_dirs();
+        let cgroups = cgroup_baseline.map(cgroups_since).unwrap_or_default();
+        if procs.is_empty() && mounts.is_empty() && dirs.is_empty() && cgroups.is_empty() {
+            return None;
+        }
+        if Instant::now() > deadline {
+            return Some(format!(
+                "processes {procs:?}, mounts {mounts:?}, pod dirs {dirs:?}, cgroups {cgroups:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
