@@ -13,6 +13,7 @@ guest-kernel/build.sh guest >/dev/null
 agent/build-image.sh >/dev/null
 if ! grep -qwE 'vmx|svm' /proc/cpuinfo || [ -d /sys/module/kvm_pvm ]; then
     guest-kernel/build.sh test-host >/dev/null
+    tests/scripts/fetch-qemu.sh >/dev/null   # the test host's qemu 10 (bookworm-backports)
 fi
 cargo build --release --locked --bin moat-vmm --bin containerd-shim-moat-v2 --bin moat-demo
 exec target/release/moat-demo

@@ -17,13 +17,16 @@ disk
 step "host packages"
 tests/scripts/setup-host.sh
 
-step "kernels, guest image, Debian 13's Docker"
+step "kernels, guest image, Debian 13's Docker, the test host's qemu"
 guest-kernel/build.sh guest >/dev/null
 guest-kernel/build.sh test-host >/dev/null
 agent/build-image.sh >/dev/null
 tests/scripts/build-guest-tools.sh >/dev/null
 # Docker Engine 26 + containerd 1.7 from Debian 13, unpacked privately (docker_moat.rs).
 tests/scripts/fetch-trixie.sh >/dev/null
+# qemu 10 from bookworm-backports, unpacked privately: the test host's (its TCG runs nested
+# guests far more reliably than Debian 12's 7.2; ARCHITECTURE.md, issue 13).
+echo "test host qemu: $(tests/scripts/fetch-qemu.sh)"
 
 step "format and lints"
 cargo fmt --all -- --check

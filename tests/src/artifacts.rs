@@ -59,6 +59,18 @@ pub fn share_attack_bin_path() -> Result<PathBuf, String> {
     )
 }
 
+/// The prefix holding the test host's qemu 10 (`usr/bin/qemu-system-x86_64`, firmware in
+/// `usr/share/qemu`): `$MOAT_QEMU_PREFIX` if set, else what `tests/scripts/fetch-qemu.sh
+/// --print-path` prints (fetch it with that script).
+pub fn qemu_prefix() -> Result<PathBuf, String> {
+    cached(
+        "MOAT_QEMU_PREFIX",
+        "tests/scripts/fetch-qemu.sh",
+        &[],
+        Path::is_dir,
+    )
+}
+
 /// The prefix holding Debian 13's Docker Engine 26 and containerd 1.7 (`usr/sbin/dockerd`,
 /// `usr/bin/{docker,containerd,ctr}`...): `$MOAT_TRIXIE_PREFIX` if set, else what
 /// `tests/scripts/fetch-trixie.sh --print-path` prints (fetch it with that script).

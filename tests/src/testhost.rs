@@ -30,8 +30,12 @@ use crate::artifacts::find_on_path;
 use crate::process::{die_with_parent, KillOnDrop};
 use watchdog::Waited;
 
-/// The qemu binary the test host runs (looked up on `PATH`).
+/// The qemu binary's name: in the prefix `tests/scripts/fetch-qemu.sh` makes (qemu 10, the
+/// test host's), or on `PATH` when [`QEMU_ENV`] says `path`.
 pub const QEMU: &str = "qemu-system-x86_64";
+/// Overrides the test host's qemu: a path to a qemu binary, or `path` for the one on `PATH`
+/// (Debian 12's 7.2, whose TCG crashes nested guests far more often: for A/B runs).
+pub const QEMU_ENV: &str = "MOAT_TESTHOST_QEMU";
 /// Overrides qemu's `-accel` value for L1 (default [`DEFAULT_ACCEL`]), e.g. `tcg,thread=single`
 /// to compare TCG's threading modes; it must name TCG.
 pub const ACCEL_ENV: &str = "MOAT_TESTHOST_ACCEL";
@@ -60,12 +64,9 @@ const RW_9P_OPTS: &str = "msize=512000,cache=mmap";
 /// Why a test-host run could not produce the script's exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum TestHostError {
-    /// qemu is not installed.
-    #[error(
-        "`{QEMU}` not found on PATH: the moat test host (nested-SVM qemu TCG guest that runs \
-         the real-VM tests) needs it; install it with `apt-get install qemu-system-x86`"
-    )]
-    QemuMissing,
+    /// qemu is not there (the reason says what was looked for, and how to get it).
+    #[error("the test host's qemu (a nested-SVM qemu TCG guest runs the real-VM tests): {0}")]
+    QemuMissing(String),
     /// The L1 kernel is not built (or the given path does not exist).
     #[error(
         "the moat test-host (L1) kernel is missing: {reason}\nbuild it with \
@@ -275,9 +276,9 @@ impl TestHostBuilder {
 
     /// Checks the configuration and finds qemu, the kernel and the initramfs.
     pub fn build(self) -> Result<TestHost, TestHostError> {
-        let qemu = match self.qemu {
-            Some(q) => q,
-            None => find_on_path(QEMU).ok_or(TestHostError::QemuMissing)?,
+        let (qemu, qemu_data) = match self.qemu {
+            Some(q) => (q, None),
+            None => default_qemu()?,
         };
         let kernel = match self.kernel {
             Some(k) if k.is_file() => k,
@@ -323,6 +324,7 @@ impl TestHostBuilder {
         Ok(TestHost {
             accel: accel_from_env()?,
             qemu,
+            qemu_data,
             kernel,
             initramfs,
             memory_mib: self.memory_mib,
@@ -341,6 +343,8 @@ impl TestHostBuilder {
 pub struct TestHost {
     accel: String,
     qemu: PathBuf,
+    /// qemu's firmware directory (`-L`), for a qemu from a prefix.
+    qemu_data: Option<PathBuf>,
     kernel: PathBuf,
     initramfs: PathBuf,
     memory_mib: u64,
@@ -528,6 +532,9 @@ impl TestHost {
             append.push_str(a);
         }
         let mut cmd = Command::new(&self.qemu);
+        if let Some(data) = &self.qemu_data {
+            cmd.arg("-L").arg(data);
+        }
         cmd.args([
             "-accel",
             &self.accel,
@@ -567,6 +574,33 @@ impl TestHost {
             fs9p(&format!("rw{i}"), d, ",multidevs=remap");
         }
         cmd
+    }
+}
+
+/// The test host's qemu and its firmware directory (`-L`): [`QEMU_ENV`]'s, else the cached
+/// qemu 10 prefix (`tests/scripts/fetch-qemu.sh`).
+fn default_qemu() -> Result<(PathBuf, Option<PathBuf>), TestHostError> {
+    match std::env::var_os(QEMU_ENV) {
+        Some(v) if v == "path" => find_on_path(QEMU).map(|q| (q, None)).ok_or_else(|| {
+            TestHostError::QemuMissing(format!(
+                "{QEMU_ENV}=path but `{QEMU}` is not on PATH (apt-get install qemu-system-x86)"
+            ))
+        }),
+        Some(v) => {
+            let q = PathBuf::from(v);
+            match q.is_file() {
+                true => Ok((q, None)),
+                false => Err(TestHostError::QemuMissing(format!(
+                    "{QEMU_ENV}={} does not exist",
+                    q.display()
+                ))),
+            }
+        }
+        None => {
+            let prefix = crate::artifacts::qemu_prefix().map_err(TestHostError::QemuMissing)?;
+            let q = prefix.join("usr/bin").join(QEMU);
+            Ok((q, Some(prefix.join("usr/share/qemu"))))
+        }
     }
 }
 
