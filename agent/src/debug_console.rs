@@ -21,7 +21,7 @@ mod tests;
 use std::io;
 use std::os::unix::io::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +31,7 @@ use moat_agent_protocol::console::{self as wire, ConsoleError, Frame, MAX_SESSIO
 use crate::listener::{self, Conn};
 use crate::pty::PtyError;
 use crate::reaper::{ExitStatus, Reaper};
+use crate::util::Gate;
 
 /// Longest wait for the request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,18 +99,8 @@ impl ExitWaiter for Reaper {
 pub struct DebugConsole {
     busybox: PathBuf,
     waiter: Arc<dyn ExitWaiter>,
-    max_sessions: usize,
-    active: AtomicUsize,
+    sessions: Arc<Gate>,
     next_id: AtomicU64,
-}
-
-/// A counted session; dropping it frees its place.
-struct SessionSlot(Arc<DebugConsole>);
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl DebugConsole {
@@ -123,8 +114,7 @@ impl DebugConsole {
         DebugConsole {
             busybox,
             waiter,
-            max_sessions,
-            active: AtomicUsize::new(0),
+            sessions: Gate::new(max_sessions),
             next_id: AtomicU64::new(1),
         }
     }
@@ -138,27 +128,21 @@ impl DebugConsole {
     /// Counts a new connection and starts its session thread, or refuses it when
     /// `max_sessions` already run.
     fn accept(self: &Arc<Self>, conn: Conn) {
-        let admitted = self
-            .active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_sessions).then_some(n + 1)
-            })
-            .is_ok();
-        if !admitted {
+        let Some(pass) = self.sessions.enter() else {
             let msg = format!(
                 "too many debug console sessions (at most {} at once)",
-                self.max_sessions
+                self.sessions.max()
             );
             tracing::warn!("debug console: refusing a connection: {msg}");
             refuse(conn, &msg, Some(REFUSE_TIMEOUT));
             return;
-        }
-        let slot = SessionSlot(Arc::clone(self));
+        };
+        let console = Arc::clone(self);
         if let Err(e) = std::thread::Builder::new()
             .name("debug-console".into())
             .spawn(move || {
-                slot.0.handle(conn);
-                drop(slot);
+                console.handle(conn);
+                drop(pass);
             })
         {
             tracing::error!("debug console: spawning a session thread: {e}; dropping it");

@@ -50,6 +50,18 @@ impl ListenAddr {
         }
     }
 
+    /// Where port-forward streams are served when the agent serves ttrpc here: vsock
+    /// [`moat_agent_protocol::PORT_FORWARD_VSOCK_PORT`], or `PATH.portfwd` next to a unix
+    /// socket.
+    pub fn port_forward_default(&self) -> ListenAddr {
+        match self {
+            ListenAddr::Vsock(_) => ListenAddr::Vsock(moat_agent_protocol::PORT_FORWARD_VSOCK_PORT),
+            ListenAddr::Unix(path) => ListenAddr::Unix(
+                moat_agent_protocol::port_forward::port_forward_socket_path(path),
+            ),
+        }
+    }
+
     /// Where the debug console listens (`moat.debug_console=1`): vsock
     /// [`moat_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT`].
     pub fn debug_console_default() -> ListenAddr {

@@ -16,6 +16,7 @@ mod listener;
 mod logging;
 mod network;
 mod pid1;
+mod port_forward;
 mod pty;
 mod reaper;
 mod service;
@@ -301,6 +302,16 @@ fn start_debug_console(addr: &ListenAddr, reaper: &Arc<Reaper>) {
     }
 }
 
+/// Serves port-forward streams on `addr`; a failure is logged (the pod works without them).
+fn start_port_forward(addr: &ListenAddr) {
+    let started = listener::bind(addr)
+        .and_then(|fd| Arc::new(port_forward::PortForwarder::default()).serve(fd));
+    match started {
+        Ok(_) => info!("serving port-forward streams on {addr}"),
+        Err(e) => error!("cannot serve port-forward streams on {addr}: {e}"),
+    }
+}
+
 /// Serves ttrpc until a stop signal (not PID 1) or an error.
 fn run(cli: &Cli, pid1: bool, console: Option<ListenAddr>) -> anyhow::Result<()> {
     let reaper = Arc::new(Reaper::new());
@@ -324,6 +335,8 @@ fn run(cli: &Cli, pid1: bool, console: Option<ListenAddr>) -> anyhow::Result<()>
     hub.serve(stdio_fd)
         .context("starting the stdio stream listener")?;
     info!("serving process stdio streams on {stdio_addr}");
+    let port_forward_addr = cli.listen.port_forward_default();
+    start_port_forward(&port_forward_addr);
     if let Some(addr) = &console {
         start_debug_console(addr, &reaper);
     }
@@ -338,10 +351,8 @@ fn run(cli: &Cli, pid1: bool, console: Option<ListenAddr>) -> anyhow::Result<()>
     let stop = signals::run_loop(&reaper, pid1).context("signal loop")?;
     info!("{stop}: shutting down");
     server.shutdown();
-    for addr in [Some(&cli.listen), Some(&stdio_addr), console.as_ref()]
-        .into_iter()
-        .flatten()
-    {
+    let own = [&cli.listen, &stdio_addr, &port_forward_addr];
+    for addr in own.into_iter().chain(console.as_ref()) {
         if let ListenAddr::Unix(path) = addr {
             if let Err(e) = std::fs::remove_file(path) {
                 warn!("removing {}: {e}", path.display());

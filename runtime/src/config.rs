@@ -214,6 +214,11 @@ pub struct RuntimeConfig {
     /// node's accounting cover the VM (see [`crate::host::cgroup`]); off: it runs in the
     /// shim's cgroup.
     pub sandbox_cgroup: bool,
+    /// Serve CRI `PortForward` (`kubectl port-forward`) into pods: in each pod's network
+    /// namespace on the host, TCP connections to `127.0.0.1` are redirected (an iptables
+    /// `nat OUTPUT REDIRECT` rule; needs `iptables`) to the shim, which carries them to the
+    /// port on the guest's loopback (see [`crate::host::port_forward`]).
+    pub port_forward: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -228,6 +233,7 @@ impl Default for RuntimeConfig {
             share_size_kib: 1024,
             share_inodes: 16384,
             sandbox_cgroup: true,
+            port_forward: true,
         }
     }
 }

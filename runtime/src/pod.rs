@@ -16,6 +16,7 @@ use crate::guard::text::Untrusted;
 use crate::host::confined::PathError;
 use crate::host::mounts::MountError;
 use crate::host::network::{NetworkError, PodNetwork};
+use crate::host::port_forward::PortForward;
 use crate::host::share::{ContainerMounts, PodShare, ShareError};
 use crate::util::lock;
 use crate::vm::{Vm, VmError};
@@ -81,6 +82,8 @@ pub struct Pod {
     /// The network namespace the shim made for the pod (for its hooks, see
     /// [`crate::host::netns`]), kept until teardown.
     own_netns: Mutex<Option<OwnedFd>>,
+    /// CRI `PortForward`'s way into the guest, stopped at teardown.
+    port_forward: Mutex<Option<PortForward>>,
 }
 
 /// What the host prepares for one container before the agent creates it.
@@ -157,6 +160,9 @@ impl Pod {
 
     /// Stops the VM and removes the pod's directory with every mount under it.
     pub fn teardown(&self) {
+        if let Some(f) = lock(&self.port_forward).take() {
+            f.stop();
+        }
         if self.vm.exited().is_none() {
             if let Err(e) = self.vm.client.destroy_pod(&self.id) {
                 crate::plog!(

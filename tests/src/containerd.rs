@@ -26,6 +26,7 @@ pub mod cri;
 mod ctr;
 pub mod moat_stack;
 pub mod oci_image;
+pub mod portforward;
 pub mod sys;
 
 use std::ffi::{OsStr, OsString};

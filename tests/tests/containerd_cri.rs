@@ -3,7 +3,8 @@
 //! (`moat_tests::containerd::cri`): RunPodSandbox with the locally built pause image, two busybox
 //! containers in the one VM of the pod, ExecSync, ContainerStatus/Stats, ListContainers,
 //! UpdateContainerResources, a container exiting on its own, StopContainer, RemoveContainer,
-//! the pod's CNI address reaching a container in the VM, pod accounting (the pod's moat-vmm
+//! the pod's CNI address reaching a container in the VM, PortForward to a container's port
+//! through containerd's streaming server, pod accounting (the pod's moat-vmm
 //! in its sandbox cgroup under a kubelet-style pod cgroup, charged there, with the pod's
 //! `oom_score_adj`), `moat ps` listing the pod with its containers, StopPodSandbox and
 //! RemovePodSandbox; then nothing of moat or of the pod may be left, its cgroup included, and
@@ -25,6 +26,7 @@ use moat_tests::containerd::moat_stack::{
     self, moat_processes, vm_processes, with_stack_tuned, Stack,
 };
 use moat_tests::containerd::oci_image::DEFAULT_PAUSE_IMAGE;
+use moat_tests::containerd::portforward;
 use moat_tests::containerd::ContainerdOptions;
 use moat_tests::ops::moat;
 
@@ -96,6 +98,7 @@ fn lifecycle(name: &str, trixie: Option<&str>) {
                 pod.check_moat_ps();
                 pod.check_accounting();
                 pod.check_network();
+                pod.check_port_forward();
                 pod.check_pod_files();
                 pod.check_exec_stats_update();
                 pod.check_own_exit();
@@ -421,6 +424,57 @@ impl<'a> Pod<'a> {
             server.join().unwrap();
         });
         println!("pod IP {ip}: reached from the test host");
+    }
+
+    /// CRI `PortForward` (`kubectl port-forward`): containerd dials `localhost:PORT` in the
+    /// pod's network namespace on the host; the shim's redirect carries it to busybox httpd in
+    /// alpha, in the VM, and the page comes back through containerd's streaming server. A port
+    /// nothing listens on in the guest ends at once, without a byte.
+    fn check_port_forward(&self) {
+        const PORT: u16 = 8081;
+        let page = "pong via port-forward";
+        let serve = format!(
+            "mkdir -p /tmp/www && echo {page} > /tmp/www/index.html && httpd -p {PORT} -h /tmp/www"
+        );
+        self.exec_ok(&self.a, &["sh", "-c", &serve]);
+        let request = b"GET /index.html HTTP/1.0\r\n\r\n";
+        let forward = |port: u16| {
+            let url = self
+                .c
+                .port_forward(&self.id, &[i32::from(port)])
+                .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", self.s.log()));
+            let t = Instant::now();
+            let got = portforward::exchange(&url, port, request, SETTLE)
+                .unwrap_or_else(|e| panic!("port-forward to {port} ({url}): {e}"));
+            (got, t.elapsed())
+        };
+        let deadline = Instant::now() + SETTLE;
+        let (got, took) = loop {
+            let (got, took) = forward(PORT);
+            if !got.data.is_empty() || Instant::now() >= deadline {
+                break (got, took);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let text = String::from_utf8_lossy(&got.data);
+        assert!(
+            text.starts_with("HTTP/1.") && text.contains(page),
+            "port-forward to {PORT}: {got:?}\n--- log ---\n{}",
+            self.s.log()
+        );
+        assert_eq!(got.end, portforward::End::Closed, "{got:?}");
+        println!(
+            "port-forward to {PORT}: {} bytes of httpd's answer in {took:?}",
+            got.data.len()
+        );
+        let (closed, took) = forward(PORT + 1);
+        assert!(
+            closed.data.is_empty(),
+            "nothing listens on {}: {closed:?}",
+            PORT + 1
+        );
+        assert_eq!(closed.end, portforward::End::Closed, "{closed:?}");
+        println!("port-forward to a closed port: ended in {took:?}");
     }
 
     /// ExecSync of `cmd` in container `cid`.

@@ -7,6 +7,8 @@
 //! - [`client`]: the host-side [`AgentClient`] over the VMM's hybrid vsock socket (or a plain unix
 //!   socket in tests).
 //! - [`net`]: typed, validated forms of the network RPCs (`UpdateInterface`, `UpdateRoutes`).
+//! - [`port_forward`]: streams to the pod's guest ports on [`PORT_FORWARD_VSOCK_PORT`]
+//!   (request line, `OK`/`ERR`, raw bytes) and their copy loop.
 //! - [`stdio`]: the process stdio streams on [`STDIO_VSOCK_PORT`] (header line, `OK`/`ERR`).
 //! - [`console`]: the debug console on [`DEBUG_CONSOLE_VSOCK_PORT`] (request line, frames) and
 //!   its host client.
@@ -34,6 +36,7 @@ pub mod console;
 pub mod guest;
 pub mod handshake;
 pub mod net;
+pub mod port_forward;
 pub mod stdio;
 mod util;
 
@@ -52,6 +55,10 @@ pub const STDIO_VSOCK_PORT: u32 = 1025;
 /// The vsock port of the agent's debug console ([`console`]); the agent listens on it only
 /// when the guest kernel command line has `moat.debug_console=1`.
 pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
+
+/// The vsock port of the agent's port-forward streams ([`port_forward`]): connections to a
+/// port of the pod's guest network namespace, for CRI `PortForward`.
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1027;
 
 /// Where the guest sees the pod's virtio-fs share (tag `pod`, mounted by the agent for
 /// `moat.share=pod`; the shim's `GUEST_SHARE_DIR` has the same value).

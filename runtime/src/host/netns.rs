@@ -1,4 +1,6 @@
-//! A pid for a container's network namespace, for the hooks that run on the host.
+//! Shim threads in a pod's network namespace: a pid for the container's namespace, for the
+//! hooks that run on the host ([`with_thread_in`]), and work done inside it ([`run_in`]).
+//!
 //!
 //! A hook finds the container's namespaces through the state's `pid` (`/proc/<pid>/ns/net`).
 //! Under runc that is the container's init; a moat container's init is in the VM, so the
@@ -100,6 +102,29 @@ fn enter(
             Ok((tid, Some(ns.into())))
         }
     }
+}
+
+/// Runs `f` on a fresh thread that joined network namespace `netns` and returns its result
+/// (the thread ends with `f`, so no other work ever runs in that namespace by accident).
+pub fn run_in<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let join_err = |source| NetnsError::Join {
+        path: netns.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(netns).map_err(join_err)?;
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("pod-netns".into())
+            .spawn_scoped(s, move || {
+                nix::sched::setns(file.as_raw_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| join_err(e.into()))?;
+                Ok(f())
+            })
+            .map_err(NetnsError::Thread)?;
+        worker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 /// A path naming namespace descriptor `fd` of this process, for code that opens namespaces

@@ -17,13 +17,14 @@
 
 mod tap;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use moat_agent_protocol::net::{self as pnet, InterfaceSpec, IpNet, RouteSpec};
 use moat_netlink::{Address, Link, LinkChange, Netlink, NetlinkError, Route, RouteScope};
 use serde::{Deserialize, Serialize};
 
+use crate::host::netns::{self, NetnsError};
 use crate::vm::VmNic;
 
 pub use tap::inheritable;
@@ -133,30 +134,15 @@ pub struct PodNetwork {
     record_path: PathBuf,
 }
 
-/// Runs `f` on a fresh thread that joined network namespace `netns` (the thread ends with
-/// it, so no other work ever runs in that namespace by accident).
+/// Runs `f` on a fresh thread that joined network namespace `netns` ([`netns::run_in`]).
 fn in_netns<T: Send>(
     netns: &Path,
     f: impl FnOnce() -> Result<T, NetworkError> + Send,
 ) -> Result<T, NetworkError> {
-    let ns_err = |source| NetworkError::Netns {
-        path: netns.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(netns).map_err(ns_err)?;
-    std::thread::scope(|s| {
-        let worker = std::thread::Builder::new()
-            .name("pod-netns".into())
-            .spawn_scoped(s, move || {
-                nix::sched::setns(file.as_raw_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| ns_err(std::io::Error::from(e)))?;
-                f()
-            })
-            .map_err(NetworkError::Thread)?;
-        worker
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+    netns::run_in(netns, f).map_err(|e| match e {
+        NetnsError::Join { path, source } => NetworkError::Netns { path, source },
+        NetnsError::Thread(e) | NetnsError::Unshare(e) => NetworkError::Thread(e),
+    })?
 }
 
 /// Whether `netns` is the network namespace the shim itself runs in.
@@ -369,7 +355,7 @@ pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
         Ok(r) => r,
         Err(e) => return Some(format!("unreadable {}: {e}", record_path.display())),
     };
-    if crate::host::netns::is_fd_path(&record.netns) {
+    if netns::is_fd_path(&record.netns) {
         // The dead shim's own namespace (Docker's): gone with it, or soon with dockerd's
         // mount; its path may name another process's descriptor by now.
         let _ = std::fs::remove_file(record_path);

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::host::cgroup::PodAccounting;
 use crate::host::confined::ConfinedDir;
 use crate::host::network::{self, PodNetwork};
+use crate::host::port_forward::PortForward;
 use crate::host::share::{PodShare, ShareError};
 use crate::vm::{Vm, VmmStatus};
 
@@ -65,14 +66,18 @@ impl Pod {
                 }
             });
         match booted {
-            Ok(vm) => Ok(Pod {
-                id: spec.id.into(),
-                dir,
-                vm,
-                share,
-                network: Mutex::new(network),
-                own_netns: Mutex::new(None),
-            }),
+            Ok(vm) => {
+                let port_forward = start_port_forward(cfg, &dir, spec, &vm);
+                Ok(Pod {
+                    id: spec.id.into(),
+                    dir,
+                    vm,
+                    share,
+                    network: Mutex::new(network),
+                    own_netns: Mutex::new(None),
+                    port_forward: Mutex::new(port_forward),
+                })
+            }
             Err(e) => {
                 if let Some(n) = network {
                     n.teardown();
@@ -148,6 +153,40 @@ fn connect_network(dir: &PodDir, spec: &PodSpec<'_>) -> Result<Option<PodNetwork
         ),
     }
     Ok(network)
+}
+
+/// CRI `PortForward` into the guest, for a pod with a network namespace (unless
+/// `[runtime] port_forward` is off); a failure is logged: the pod runs without it.
+fn start_port_forward(
+    cfg: &Config,
+    dir: &PodDir,
+    spec: &PodSpec<'_>,
+    vm: &Vm,
+) -> Option<PortForward> {
+    let netns = spec.netns.filter(|_| cfg.runtime.port_forward)?;
+    let t = Instant::now();
+    let record = dir.port_forward_record();
+    match PortForward::start(spec.id, netns, &record, vm.client.port_forward_opener()) {
+        Ok(f) => {
+            crate::plog!(
+                Info,
+                "pod {}: port forward: 127.0.0.1 in {} goes to the guest (via 127.0.0.1:{}, {:?})",
+                spec.id,
+                netns.display(),
+                f.listen_port(),
+                t.elapsed()
+            );
+            Some(f)
+        }
+        Err(e) => {
+            crate::plog!(
+                Warn,
+                "pod {}: no port forwarding (CRI PortForward will not reach the guest): {e}",
+                spec.id
+            );
+            None
+        }
+    }
 }
 
 /// The guest's clock and pod, then its NIC: addresses and routes of the pod's network.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::layout::{BundleMarker, PodDir, BUNDLE_MARKER};
-use crate::host::{cgroup, mounts, network};
+use crate::host::{cgroup, mounts, network, port_forward};
 use crate::vm;
 
 /// Unmounts container `cid`'s mounts (their copies in the share too) and removes its
@@ -68,6 +68,9 @@ pub fn after_dead_shim(bundle: &Path, cid: &str) -> String {
     }
     if let Some(net) = network::cleanup_recorded(&marker.pod.network_record()) {
         what.push_str(&format!("; {net}"));
+    }
+    if let Some(pf) = port_forward::cleanup_recorded(&marker.pod.port_forward_record()) {
+        what.push_str(&format!("; {pf}"));
     }
     if let Some(cg) = cgroup::cleanup_recorded(&cgroup::record_path(&marker.pod)) {
         what.push_str(&format!("; {cg}"));

@@ -78,6 +78,12 @@ impl PodDir {
         self.root.join(crate::host::network::RECORD_FILE)
     }
 
+    /// The port-forward rule the shim added in the pod's network namespace
+    /// ([`crate::host::port_forward`]).
+    pub fn port_forward_record(&self) -> PathBuf {
+        self.root.join(crate::host::port_forward::RECORD_FILE)
+    }
+
     /// The directory shared with the guest (read-only bind of [`PodDir::staging`]).
     pub fn share(&self) -> PathBuf {
         self.root.join(SHARE_DIR)

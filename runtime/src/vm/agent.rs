@@ -370,6 +370,15 @@ impl Agent {
         stdio::open(&self.address, container_id, exec_id, channel, deadline)
     }
 
+    /// Opens streams to TCP ports on the guest's loopback, through the agent's port
+    /// forwarder ([`moat_agent_protocol::port_forward`]), each before its deadline: blocking,
+    /// no timeouts, raw bytes. It holds only the agent's address, so the threads that use it
+    /// may outlive the client.
+    pub fn port_forward_opener(&self) -> Box<crate::host::port_forward::Opener> {
+        let address = self.address.clone();
+        Box::new(move |port, deadline| stdio::open_port_forward(&address, port, deadline))
+    }
+
     /// A raw stream to the guest's debug console (vsock port
     /// [`moat_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT`]), connected before `deadline`. The
     /// agent listens there only when the pod was started with the console on; otherwise the

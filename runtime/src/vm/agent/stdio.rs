@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moat_agent_protocol::handshake::{self, HandshakeError};
+use moat_agent_protocol::port_forward::{self, port_forward_socket_path};
 use moat_agent_protocol::stdio::{self, stdio_socket_path, Channel, StdioError, StreamHeader};
-use moat_agent_protocol::STDIO_VSOCK_PORT;
+use moat_agent_protocol::{PORT_FORWARD_VSOCK_PORT, STDIO_VSOCK_PORT};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
@@ -44,6 +45,15 @@ pub enum StdioOpenError {
     /// The agent refused the stream or garbled its reply.
     #[error(transparent)]
     Stream(StdioError),
+    /// The agent refused a port-forward stream (`ERR <message>`: nothing listens on the port
+    /// in the guest, too many streams, ...).
+    #[error("the guest refused port-forward to port {port}: {message:?}")]
+    PortRefused {
+        /// The guest TCP port.
+        port: u16,
+        /// The agent's message (guest input: printed escaped).
+        message: String,
+    },
 }
 
 /// Opens the `channel` stream of (`container_id`, `exec_id`) at `address` before `deadline`.
@@ -59,24 +69,63 @@ pub(super) fn open(
         exec_id: exec_id.to_string(),
         channel,
     };
-    let budget = deadline.saturating_duration_since(Instant::now());
+    let line = header.encode().map_err(StdioOpenError::Stream)?;
     let (path, port) = match address {
         AgentAddress::HybridVsock(path) => (path.clone(), Some(STDIO_VSOCK_PORT)),
         AgentAddress::Unix(path) => (stdio_socket_path(path), None),
     };
-    let stream = connect_port(&path, port, deadline)?;
+    open_line_stream(&path, port, &line, deadline)?.map_err(|message| {
+        StdioOpenError::Stream(StdioError::Refused {
+            container_id: header.container_id.clone(),
+            exec_id: header.exec_id.clone(),
+            channel: header.channel,
+            message,
+        })
+    })
+}
+
+/// Opens a port-forward stream to guest TCP `port` at `address` before `deadline`
+/// ([`moat_agent_protocol::port_forward`]).
+pub(super) fn open_port_forward(
+    address: &AgentAddress,
+    port: u16,
+    deadline: Instant,
+) -> Result<UnixStream, StdioOpenError> {
+    let (path, vsock_port) = match address {
+        AgentAddress::HybridVsock(path) => (path.clone(), Some(PORT_FORWARD_VSOCK_PORT)),
+        AgentAddress::Unix(path) => (port_forward_socket_path(path), None),
+    };
+    let line = port_forward::request_line(port);
+    open_line_stream(&path, vsock_port, &line, deadline)?
+        .map_err(|message| StdioOpenError::PortRefused { port, message })
+}
+
+/// Connects to `path` (guest `port` through it, for a hybrid vsock socket), sends the
+/// `header` line and reads the agent's `OK` (`Ok(Ok(stream))`, blocking, no timeouts) or
+/// `ERR <message>` (`Ok(Err(message))`), all before `deadline`.
+fn open_line_stream(
+    path: &Path,
+    port: Option<u32>,
+    header: &[u8],
+    deadline: Instant,
+) -> Result<Result<UnixStream, String>, StdioOpenError> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let stream = connect_port(path, port, deadline)?;
     let mut io = Before {
         stream: &stream,
         deadline,
     };
-    exchange_header(&mut io, &header).map_err(|e| match e {
+    let reply = exchange_header(&mut io, header).map_err(|e| match e {
         StdioError::Io(e) if timed_out(&e) => StdioOpenError::Deadline(budget),
         e => StdioOpenError::Stream(e),
     })?;
+    if let Err(message) = reply {
+        return Ok(Err(message));
+    }
     let clear = |r: io::Result<()>| r.map_err(|e| StdioOpenError::Stream(StdioError::Io(e)));
     clear(stream.set_read_timeout(None))?;
     clear(stream.set_write_timeout(None))?;
-    Ok(stream)
+    Ok(Ok(stream))
 }
 
 /// Connects to the unix socket `path` and, for a hybrid vsock socket, to guest `port` through
@@ -114,9 +163,10 @@ fn vsock_handshake(io: &mut Before<'_>, port: u32) -> Result<(), HandshakeError>
     handshake::parse_reply(&line).map(drop)
 }
 
-/// The header line, then the agent's `OK` (or its `ERR <message>` as a refusal).
-fn exchange_header(io: &mut Before<'_>, header: &StreamHeader) -> Result<(), StdioError> {
-    io.write_all(&header.encode()?)?;
+/// The header line, then the agent's `OK` (`Ok(Ok(()))`) or its `ERR <message>`
+/// (`Ok(Err(message))`, a refusal).
+fn exchange_header(io: &mut Before<'_>, header: &[u8]) -> Result<Result<(), String>, StdioError> {
+    io.write_all(header)?;
     let reply = match stdio::read_line(io, stdio::MAX_REPLY_LEN) {
         Ok(reply) => reply,
         Err(StdioError::HeaderTooLong { len }) => {
@@ -126,12 +176,7 @@ fn exchange_header(io: &mut Before<'_>, header: &StreamHeader) -> Result<(), Std
         }
         Err(e) => return Err(e),
     };
-    stdio::parse_reply(&reply)?.map_err(|message| StdioError::Refused {
-        container_id: header.container_id.clone(),
-        exec_id: header.exec_id.clone(),
-        channel: header.channel,
-        message,
-    })
+    stdio::parse_reply(&reply)
 }
 
 /// Whether an I/O error is the deadline passing.

@@ -4,12 +4,13 @@
 //! replaced.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moat_agent_protocol::handshake;
 use moat_agent_protocol::health::{CheckResponse, ServingStatus};
+use moat_agent_protocol::port_forward;
 use moat_agent_protocol::protobuf::Message;
 use moat_agent_protocol::stdio::Channel;
 use moat_agent_protocol::ttrpc;
@@ -256,4 +257,74 @@ fn a_drip_fed_vsock_handshake_fails_at_its_deadline() {
     assert!(took >= budget - Duration::from_millis(50), "{took:?}");
     assert_within(start, budget);
     vmm.join().unwrap();
+}
+
+/// A hostile agent's port-forward listener at `<tmp>/a.sock.portfwd`: reads the request line,
+/// then `answer` plays the guest; returns the agent's address.
+fn hostile_port_forwarder(
+    tmp: &tempfile::TempDir,
+    answer: impl FnOnce(UnixStream) + Send + 'static,
+) -> (AgentAddress, std::thread::JoinHandle<()>) {
+    let path = tmp.path().join("a.sock");
+    let listener = UnixListener::bind(port_forward::port_forward_socket_path(&path)).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let line = moat_agent_protocol::stdio::read_line(&mut s, 64).unwrap();
+        assert_eq!(port_forward::parse_request(&line), Ok(8080));
+        answer(s);
+    });
+    (AgentAddress::Unix(path), t)
+}
+
+#[test]
+fn a_port_forward_reply_drip_fed_or_endless_fails_within_its_deadline() {
+    let budget = Duration::from_secs(1);
+    let drip = |mut s: UnixStream| {
+        for b in b"OK".iter().cycle().take(20) {
+            std::thread::sleep(Duration::from_millis(150));
+            if s.write_all(&[*b]).is_err() {
+                return;
+            }
+        }
+    };
+    let endless = |mut s: UnixStream| {
+        let junk = [b'E'; 4096];
+        while s.write_all(&junk).is_ok() {}
+    };
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (address, t) = hostile_port_forwarder(&tmp, drip);
+    let start = Instant::now();
+    let e = stdio::open_port_forward(&address, 8080, start + budget).unwrap_err();
+    assert!(matches!(e, StdioOpenError::Deadline(_)), "{e}");
+    assert_within(start, budget);
+    t.join().unwrap();
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (address, t) = hostile_port_forwarder(&tmp, endless);
+    let start = Instant::now();
+    let e = stdio::open_port_forward(&address, 8080, start + budget).unwrap_err();
+    assert!(e.to_string().contains("without a newline"), "{e}");
+    assert_within(start, budget);
+    drop(e);
+    t.join().unwrap();
+}
+
+#[test]
+fn a_port_forward_refusal_is_quoted_escaped() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (address, t) = hostile_port_forwarder(&tmp, |mut s| {
+        s.write_all(b"ERR \x1b[2Jgone\x07\n").unwrap();
+    });
+    let e = stdio::open_port_forward(&address, 8080, Instant::now() + Duration::from_secs(5))
+        .unwrap_err();
+    assert!(
+        matches!(e, StdioOpenError::PortRefused { port: 8080, .. }),
+        "{e}"
+    );
+    let shown = e.to_string();
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("gone"), "{shown}");
+    t.join().unwrap();
 }
