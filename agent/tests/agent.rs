@@ -179,7 +179,15 @@ fn the_debug_console_serves_only_where_asked_and_needs_its_busybox() {
         .collect();
     let mut files = files;
     files.sort();
-    assert_eq!(files, ["agent.log", "agent.sock", "agent.sock.stdio"]);
+    assert_eq!(
+        files,
+        [
+            "agent.log",
+            "agent.sock",
+            "agent.sock.portfwd",
+            "agent.sock.stdio"
+        ]
+    );
 }
 
 #[test]
@@ -403,4 +411,34 @@ fn bad_listen_address_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither vsock:PORT nor unix:PATH"));
+}
+
+/// The agent binary serves port-forward streams next to its socket (`PATH.portfwd`): a
+/// stream names a port, the agent connects to it on loopback and carries bytes both ways.
+#[test]
+fn port_forward_streams_reach_a_loopback_port() {
+    let dir = tempdir("portfwd");
+    let sock = dir.path().join("agent.sock");
+    let _agent = Agent::spawn(&sock);
+    AgentClient::connect_unix(&sock, CONNECT_TIMEOUT).unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let echo = thread::spawn(move || {
+        let (mut c, _) = server.accept().unwrap();
+        let mut req = Vec::new();
+        c.read_to_end(&mut req).unwrap();
+        c.write_all(&req.to_ascii_uppercase()).unwrap();
+    });
+    let path = moat_agent_protocol::port_forward::port_forward_socket_path(&sock);
+    let mut s = UnixStream::connect(path).unwrap();
+    s.write_all(&moat_agent_protocol::port_forward::request_line(port))
+        .unwrap();
+    let line = moat_agent_protocol::stdio::read_line(&mut s, 1024).unwrap();
+    assert_eq!(line, b"OK\n");
+    s.write_all(b"through the agent").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "THROUGH THE AGENT");
+    echo.join().unwrap();
 }

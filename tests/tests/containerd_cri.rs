@@ -43,6 +43,8 @@ const POD_MEMORY_MAX: u64 = 1 << 30;
 /// The refused pod's `memory.max`, and what its annotation asks for, MiB.
 const SMALL_POD_MIB: u64 = 512;
 const ASKED_MIB: u64 = 1024;
+/// The memory limit of the pod [`check_sandbox_sizing`] runs, MiB.
+const SIZED_POD_MIB: u64 = 256;
 /// The pod's hostname.
 const HOSTNAME: &str = "moat-cri-pod";
 /// Container `alpha`: prints a line, then sleeps forever (ignoring SIGTERM as PID 1).
@@ -105,6 +107,9 @@ fn lifecycle(name: &str, trixie: Option<&str>) {
                 pod.teardown();
                 check_annotation_over_the_limit(s);
                 check_host_namespaces_refused(s);
+                if trixie.is_some() {
+                    check_sandbox_sizing(s);
+                }
             },
         )
     });
@@ -142,6 +147,49 @@ fn pod_cgroup(who: &PodIdentity, max: u64) -> Option<KubeletCgroup> {
         println!("/sys/fs/cgroup is not cgroup v2: pod accounting checks skipped");
     }
     cg
+}
+
+/// containerd 1.7 passes the pod's summed limits (`linux.resources` of RunPodSandbox, as the
+/// kubelet sends them) to the runtime as `io.kubernetes.cri.sandbox-*` annotations: the VM is
+/// the configured base plus those limits (`runtime/src/host/sizing.rs`).
+fn check_sandbox_sizing(s: &Stack) {
+    let who = PodIdentity {
+        name: "moat-cri-sized".into(),
+        namespace: "default".into(),
+        uid: format!("uid-{}", moat_tests::unique_suffix()),
+    };
+    let base = moat_runtime::config::Config::load(&s.config)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .vm;
+    let c = CriClient::for_containerd(&s.containerd).unwrap_or_else(|e| panic!("{e}"));
+    let pod_cfg = cri::pod_config(&who, "sized", &s.dir().join("sized-logs"));
+    let limits = api::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 100_000,
+        cpu_shares: 1024,
+        memory_limit_in_bytes: (SIZED_POD_MIB << 20) as i64,
+        ..Default::default()
+    };
+    let id = c
+        .run_pod_sandbox_with_resources(&pod_cfg, HANDLER, &limits)
+        .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", s.log()));
+    let rows = moat_ps(s);
+    let row = rows.iter().find(|r| r.pod_id == id);
+    let status = row.and_then(|r| r.status.as_ref());
+    let status = status.unwrap_or_else(|| panic!("moat ps has no status of {id}: {rows:?}"));
+    println!(
+        "sized pod: {} vCPUs, {} MiB (base {} vCPUs, {} MiB; limits 1 CPU, {SIZED_POD_MIB} MiB)",
+        status.vcpus, status.memory_mib, base.vcpus, base.memory_mib
+    );
+    assert_eq!(status.vcpus, base.vcpus + 1, "{status:?}");
+    assert_eq!(
+        status.memory_mib,
+        base.memory_mib + SIZED_POD_MIB,
+        "{status:?}"
+    );
+    c.stop_pod_sandbox(&id).unwrap_or_else(|e| panic!("{e}"));
+    c.remove_pod_sandbox(&id).unwrap_or_else(|e| panic!("{e}"));
+    s.assert_no_leftovers();
 }
 
 /// A pod asking (`moat.vm.memory_mib`) for more memory than its pod cgroup's `memory.max` is
@@ -475,6 +523,55 @@ impl<'a> Pod<'a> {
         );
         assert_eq!(closed.end, portforward::End::Closed, "{closed:?}");
         println!("port-forward to a closed port: ended in {took:?}");
+        self.check_port_forward_flood();
+    }
+
+    /// A port in the guest that sends without end (`yes`): the client reads some, goes away,
+    /// and the shim lets the stream go (its thread count comes back) rather than buffer what
+    /// the guest still sends.
+    fn check_port_forward_flood(&self) {
+        const PORT: u16 = 8083;
+        const READ: usize = 512 << 10;
+        let shim = moat_ps(self.s)
+            .into_iter()
+            .find(|r| r.pod_id == self.id)
+            .and_then(|r| r.status)
+            .map(|st| st.shim_pid)
+            .expect("moat ps shows the pod's shim");
+        let threads = || moat_tests::containerd::sys::thread_count(shim);
+        let before = threads();
+        let flood = format!("yes flood | nc -l -p {PORT}");
+        std::thread::scope(|sc| {
+            sc.spawn(|| self.exec(&self.a, &["sh", "-c", &flood]));
+            let deadline = Instant::now() + SETTLE;
+            let got = loop {
+                let url = self.c.port_forward(&self.id, &[i32::from(PORT)]).unwrap();
+                let mut pf = portforward::PortForward::connect(&url, &[PORT], SETTLE)
+                    .unwrap_or_else(|e| panic!("port-forward to {PORT}: {e}"));
+                let mut got = 0;
+                while got < READ {
+                    match pf.recv() {
+                        Ok(Some(portforward::Event::Data { bytes, .. })) => got += bytes.len(),
+                        Ok(Some(portforward::Event::Error { text, .. })) => panic!("{text}"),
+                        Ok(None) => break,
+                        Err(e) => panic!("port-forward to {PORT}: {e}"),
+                    }
+                }
+                pf.close();
+                if got >= READ || Instant::now() >= deadline {
+                    break got;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            assert!(got >= READ, "the flood gave {got} bytes");
+            settle("the shim to let the flooded stream go", || {
+                let now = threads();
+                (now <= before).then_some(()).ok_or((before, now))
+            });
+        });
+        println!(
+            "port-forward flood: {READ} bytes read, then let go; shim threads back to {before}"
+        );
     }
 
     /// ExecSync of `cmd` in container `cid`.

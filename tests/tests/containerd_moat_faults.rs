@@ -243,6 +243,40 @@ fn containerd_restarted() {
     });
 }
 
+/// `kill -9` of a CRI pod's moat-vmm (what a guest crash does to it): its container is
+/// reported exited, StopPodSandbox and RemovePodSandbox end the pod, and nothing is left, the
+/// shim included (its teardown of the pod network and port forwarding after a dead VM).
+#[test]
+fn vmm_killed_under_a_cri_pod() {
+    moat_tests::on_kvm_retrying("vmm_killed_under_a_cri_pod", ATTEMPTS, || {
+        with_stack_mut(
+            |o| o.sandbox_image = DEFAULT_PAUSE_IMAGE.into(),
+            |s| {
+                let pod = CriPod::start(s);
+                let vmm = s.vmm_pid(&pod.pod).expect("the CRI pod's VMM");
+                let killed = Instant::now();
+                sigkill(vmm);
+                let exited = api::ContainerState::ContainerExited;
+                or_log(
+                    s,
+                    pod.c
+                        .wait_container_state(&pod.container, exited, EXIT_REPORTED),
+                );
+                println!(
+                    "CRI pod's VMM killed: container exited after {:?}",
+                    killed.elapsed()
+                );
+                let c = CriClient::for_containerd(&s.containerd).unwrap();
+                pod.remove(s, &c);
+                println!(
+                    "CRI pod's VMM killed: cleaned up after {:?}",
+                    time_to_clean(s, killed)
+                );
+            },
+        )
+    });
+}
+
 /// What the panicking container runs as guest root: a fresh proc mount (the spec's /proc/sys
 /// is read-only), `vm.panic_on_oom = 2`, then more memory than the guest has.
 const PANIC_SCRIPT: &str =
@@ -339,6 +373,12 @@ impl CriPod {
         );
         assert_eq!(out.exit_code, 0, "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-here");
+        self.remove(s, &c);
+    }
+
+    /// StopPodSandbox and RemovePodSandbox through `c`; then nothing may be left of the pod in
+    /// CRI.
+    fn remove(self, s: &Stack, c: &CriClient) {
         or_log(s, c.stop_pod_sandbox(&self.pod));
         or_log(s, c.remove_pod_sandbox(&self.pod));
         assert!(c.list_pod_sandboxes().unwrap().is_empty());

@@ -24,7 +24,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use pump::{pump, PumpEnd, PUMP_BUFFER};
+pub use pump::{pump, PumpEnd, LINGER, PUMP_BUFFER};
 
 /// Longest request line, newline included (`PORT 65535\n` is 11 bytes).
 pub const MAX_REQUEST_LEN: usize = 16;

@@ -74,6 +74,7 @@ pub enum CriError {
 /// A connected CRI client (runtime and image services); every call blocks.
 pub struct CriClient {
     rt: tokio::runtime::Runtime,
+    channel: Channel,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     timeout: Duration,
@@ -103,6 +104,7 @@ impl CriClient {
             .map_err(connect_err)?;
         Ok(Self {
             rt,
+            channel: channel.clone(),
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             timeout: DEFAULT_CALL_TIMEOUT,
@@ -746,6 +748,8 @@ pub fn leftovers(containerd: &Containerd) -> Vec<String> {
     }
     left
 }
+
+mod sized;
 
 #[cfg(test)]
 mod tests;

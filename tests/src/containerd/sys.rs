@@ -55,6 +55,11 @@ pub fn cpu_ticks(pid: u32, tid: Option<u32>) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// How many threads process `pid` has (0 once it is gone).
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     stat(pid).is_some_and(|(_, st)| st != b'Z')

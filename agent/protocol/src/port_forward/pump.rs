@@ -3,12 +3,16 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{send, shutdown, MsgFlags, Shutdown};
+
+/// How long the other direction may go on once one has ended (containerd's own port
+/// forwarder waits 1 s, then closes both).
+pub const LINGER: Duration = Duration::from_secs(10);
 
 /// The buffer of each direction: what one side may have in flight that the other has not
 /// taken yet.
@@ -112,8 +116,11 @@ impl Direction {
 
 /// Copies bytes both ways between the connected stream sockets `a` and `b` until both
 /// directions have ended (a half-close on one side is passed on to the other), or until
-/// nothing moved either way for `idle` (`None`: no limit). Both sockets are made
-/// non-blocking; the caller closes them afterwards. Errors only when `poll` itself fails.
+/// nothing moved either way for `idle` (`None`: no limit). Once one direction has ended, the
+/// other gets at most [`LINGER`] more: a peer that closed its socket entirely looks like one
+/// that only half-closed until something is written to it, so a silent other side would
+/// otherwise hold the stream until `idle`. Both sockets are made non-blocking; the caller
+/// closes them afterwards. Errors only when `poll` itself fails.
 pub fn pump(a: BorrowedFd<'_>, b: BorrowedFd<'_>, idle: Option<Duration>) -> io::Result<PumpEnd> {
     for fd in [a.as_raw_fd(), b.as_raw_fd()] {
         let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -123,33 +130,53 @@ pub fn pump(a: BorrowedFd<'_>, b: BorrowedFd<'_>, idle: Option<Duration>) -> io:
         Direction::new(a.as_raw_fd(), b.as_raw_fd()),
         Direction::new(b.as_raw_fd(), a.as_raw_fd()),
     ];
-    let timeout = idle.map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX));
+    let mut linger_until: Option<Instant> = None;
     loop {
         dirs.iter_mut().for_each(Direction::settle);
         let (a_to_b, b_to_a) = (dirs[0].moved, dirs[1].moved);
-        if dirs.iter().all(|d| d.finished) {
+        let ended = dirs.iter().filter(|d| d.finished).count();
+        let now = Instant::now();
+        if ended == 1 && linger_until.is_none() {
+            linger_until = Some(now + LINGER);
+        }
+        if ended == 2 || linger_until.is_some_and(|t| t <= now) {
             return Ok(PumpEnd::Closed { a_to_b, b_to_a });
         }
         let mut fds = poll_set(&dirs);
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, poll_timeout(idle, linger_until, now)) {
+            Ok(0) if linger_until.is_some() => continue,
             Ok(0) => return Ok(PumpEnd::Idle { a_to_b, b_to_a }),
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
         let ready = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
-        let (ready_a, ready_b) = (ready(0), ready(1));
-        let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-        let writable = PollFlags::POLLOUT | PollFlags::POLLHUP | PollFlags::POLLERR;
-        for (d, (src_ready, dst_ready)) in dirs
-            .iter_mut()
-            .zip([(ready_a, ready_b), (ready_b, ready_a)])
-        {
-            if d.wants_write() && dst_ready.intersects(writable) {
-                d.write();
-            } else if d.wants_read() && src_ready.intersects(readable) {
-                d.read();
-            }
+        step(&mut dirs, ready(0), ready(1));
+    }
+}
+
+/// `poll`'s timeout in ms: the idle limit, or less when the linger ends first; -1: none.
+fn poll_timeout(idle: Option<Duration>, linger_until: Option<Instant>, now: Instant) -> i32 {
+    let left = linger_until.map(|t| t.saturating_duration_since(now));
+    let wait = match (idle, left) {
+        (Some(i), Some(l)) => Some(i.min(l)),
+        (i, l) => i.or(l),
+    };
+    wait.map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX))
+}
+
+/// One move of each direction that `poll` found ready (`ready_a`, `ready_b`: the revents).
+fn step(dirs: &mut [Direction; 2], ready_a: PollFlags, ready_b: PollFlags) {
+    let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+    let writable = PollFlags::POLLOUT | PollFlags::POLLHUP | PollFlags::POLLERR;
+    for (d, (src_ready, dst_ready)) in dirs
+        .iter_mut()
+        .zip([(ready_a, ready_b), (ready_b, ready_a)])
+    {
+        if d.wants_write() && dst_ready.intersects(writable) {
+            d.write();
+        } else if d.wants_read() && src_ready.intersects(readable) {
+            d.read();
         }
     }
 }

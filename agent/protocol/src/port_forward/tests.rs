@@ -112,3 +112,14 @@ fn the_pump_ends_when_one_side_vanishes_while_the_other_floods() {
     assert!(matches!(t.join().unwrap().unwrap(), PumpEnd::Closed { .. }));
     flood.join().unwrap();
 }
+
+#[test]
+fn a_silent_side_is_let_go_once_the_other_has_ended() {
+    let (a, _b, t) = pumped(None);
+    // `a` is gone entirely; `b` stays open and silent: the stream must not wait for it forever.
+    let start = std::time::Instant::now();
+    drop(a);
+    assert!(matches!(t.join().unwrap().unwrap(), PumpEnd::Closed { .. }));
+    let took = start.elapsed();
+    assert!(took >= LINGER - Duration::from_millis(100), "{took:?}");
+}
