@@ -34,8 +34,9 @@ use moat_tests::hostile::{self, AttackLine, Canary, Reach};
 /// Fresh test hosts the flow may use when the guest crashes (`moat_tests::on_kvm_retrying`).
 const ATTEMPTS: usize = 3;
 /// How many containers are created (each started and deleted) while the race runs, over
-/// [`ROUNDS`] pods.
-const CREATES: usize = 200;
+/// [`ROUNDS`] pods: 30 a round (~100 s under TCG), so that every round and all [`REDOS`] fit
+/// in [`TEST_HOST_SECS`] (with 50 a round, two redos already ran past it).
+const CREATES: usize = 120;
 /// The race runs in this many pods in turn (a fresh attacker and VM each), [`CREATES`] /
 /// `ROUNDS` creates in each: a guest crash in the nested test host (issue: L2 triple faults
 /// under container-heavy load) costs one round, which is redone, not the whole run.
@@ -46,8 +47,8 @@ const REDOS: usize = 4;
 const CREATES_ENV: &str = "MOAT_HOSTILE_CREATES";
 /// How many `ctr run`s go on at once.
 const LANES: usize = 2;
-/// The test host's time limit this test needs (200 creates under TCG), unless the
-/// environment sets one.
+/// The test host's time limit this test needs ([`ROUNDS`] + [`REDOS`] rounds under TCG),
+/// unless the environment sets one.
 const TEST_HOST_SECS: &str = "1200";
 /// The attack tool in the image.
 const TOOL: &str = "/bin/moat-share-attack";
