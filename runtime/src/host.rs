@@ -13,6 +13,7 @@ pub mod mounts;
 pub mod netns;
 pub mod network;
 pub mod port_forward;
+pub mod record;
 pub mod share;
 pub mod sizing;
 

@@ -33,7 +33,7 @@ log() { printf '[moat-trixie] %s\n' "$*" >&2; }
 die() { printf '[moat-trixie] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,18p' "$SCRIPT" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,16p' "$SCRIPT" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::host::record;
 use crate::pod::layout::PodDir;
 use hierarchy::Layout;
 
@@ -254,8 +255,7 @@ impl PodCgroup {
     }
 
     fn write_record(&self) -> Result<(), CgroupError> {
-        let json = serde_json::to_vec(&self.record).map_err(std::io::Error::other);
-        json.and_then(|j| std::fs::write(&self.record_path, j))
+        record::write(&self.record_path, &self.record)
             .map_err(|e| hierarchy::io("writing", &self.record_path, e))
     }
 }
@@ -263,10 +263,9 @@ impl PodCgroup {
 /// `delete` after a dead shim: removes what the record at `record_path` says was made, if
 /// there is a record. Returns what it did, for the log.
 pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
-    let bytes = std::fs::read(record_path).ok()?;
-    let record: CgroupRecord = match serde_json::from_slice(&bytes) {
+    let record: CgroupRecord = match record::read(record_path)? {
         Ok(r) => r,
-        Err(e) => return Some(format!("unreadable {}: {e}", record_path.display())),
+        Err(why) => return Some(why),
     };
     remove_dirs(&record);
     let _ = std::fs::remove_file(record_path);

@@ -25,6 +25,7 @@ use moat_netlink::{Address, Link, LinkChange, Netlink, NetlinkError, Route, Rout
 use serde::{Deserialize, Serialize};
 
 use crate::host::netns::{self, NetnsError};
+use crate::host::record;
 use crate::vm::VmNic;
 
 pub use tap::inheritable;
@@ -350,10 +351,9 @@ fn undo(record: &NetRecord) {
 /// `delete` after a dead shim: undoes the record in pod directory `pod_dir`, if any.
 /// Returns what it did, for the log.
 pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
-    let bytes = std::fs::read(record_path).ok()?;
-    let record: NetRecord = match serde_json::from_slice(&bytes) {
+    let record: NetRecord = match record::read(record_path)? {
         Ok(r) => r,
-        Err(e) => return Some(format!("unreadable {}: {e}", record_path.display())),
+        Err(why) => return Some(why),
     };
     if netns::is_fd_path(&record.netns) {
         // The dead shim's own namespace (Docker's): gone with it, or soon with dockerd's
@@ -374,12 +374,10 @@ pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
 }
 
 fn write_record(path: &Path, record: &NetRecord) -> Result<(), NetworkError> {
-    let json = serde_json::to_vec(record).map_err(std::io::Error::other);
-    json.and_then(|j| std::fs::write(path, j))
-        .map_err(|source| NetworkError::Record {
-            path: path.to_path_buf(),
-            source,
-        })
+    record::write(path, record).map_err(|source| NetworkError::Record {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The changes: TAP, bridge, the interface's MAC and addresses, both ports up.

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::guard::text::Untrusted;
 use crate::host::netns;
+use crate::host::record;
 use crate::util::lock;
 use crate::vm::agent::StdioOpenError;
 
@@ -304,10 +305,9 @@ fn undo(record: &ForwardRecord) {
 /// `delete` after a dead shim: removes the rule recorded in `record_path`, if any. Returns
 /// what it did, for the log.
 pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
-    let bytes = std::fs::read(record_path).ok()?;
-    let record: ForwardRecord = match serde_json::from_slice(&bytes) {
+    let record: ForwardRecord = match record::read(record_path)? {
         Ok(r) => r,
-        Err(e) => return Some(format!("unreadable {}: {e}", record_path.display())),
+        Err(why) => return Some(why),
     };
     if netns::is_fd_path(&record.netns) {
         let _ = std::fs::remove_file(record_path);
@@ -322,12 +322,10 @@ pub fn cleanup_recorded(record_path: &Path) -> Option<String> {
 }
 
 fn write_record(path: &Path, record: &ForwardRecord) -> Result<(), ForwardError> {
-    let json = serde_json::to_vec(record).map_err(std::io::Error::other);
-    json.and_then(|j| std::fs::write(path, j))
-        .map_err(|source| ForwardError::Record {
-            path: path.to_path_buf(),
-            source,
-        })
+    record::write(path, record).map_err(|source| ForwardError::Record {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

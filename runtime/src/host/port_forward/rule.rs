@@ -44,12 +44,13 @@ pub fn add(netns: &Path, listen_port: u16) -> Result<(), String> {
     iptables(netns, "-A", listen_port)
 }
 
-/// Deletes the rule from network namespace `netns`; a rule already gone is not an error.
+/// Deletes the rule from network namespace `netns`; a rule already gone is not an error
+/// (only a failed delete costs the second run, `-C`, that tells the two apart).
 pub fn delete(netns: &Path, listen_port: u16) -> Result<(), String> {
-    if iptables(netns, "-C", listen_port).is_err() {
-        return Ok(());
+    match iptables(netns, "-D", listen_port) {
+        Err(e) if iptables(netns, "-C", listen_port).is_ok() => Err(e),
+        _ => Ok(()),
     }
-    iptables(netns, "-D", listen_port)
 }
 
 /// Runs `iptables -w -t nat <op> OUTPUT <rule>` inside `netns`; the error quotes its output.
