@@ -42,6 +42,10 @@ esac
 for f in "${fragments[@]}"; do
     [ -r "$f" ] || die "missing config fragment $f"
 done
+# Source patches of this flavor (guest-kernel/patches/<flavor>/*.patch, applied in order).
+shopt -s nullglob
+patches=("$SCRIPT_DIR/patches/$flavor"/*.patch)
+shopt -u nullglob
 
 # --- kernel source -----------------------------------------------------------
 tarball=""
@@ -77,6 +81,10 @@ key="$(
             printf '== %s\n' "$(basename "$f")"
             cat "$f"
         done
+        for p in "${patches[@]}"; do
+            printf '== patch %s\n' "$(basename "$p")"
+            cat "$p"
+        done
         printf '== build.sh\n'
         cat "$SCRIPT"
         printf '== source\n%s\n' "$src_id"
@@ -102,6 +110,27 @@ if [ -f "$final/vmlinux" ]; then
     exit 0
 fi
 
+# A copy of the source tree ($1) with this flavor's patches applied, made once per key:
+# hard links to $1, each patched file a file of its own. Prints its path.
+patched_source() {
+    local dir="$CACHE_ROOT/src-$src_name-$flavor-$key" tmp p f
+    if [ ! -f "$dir/.moat-patched" ]; then
+        tmp="$(mktemp -d "$CACHE_ROOT/.src-$flavor.XXXXXX")"
+        cp -al "$1/." "$tmp/"
+        for p in "${patches[@]}"; do
+            for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$p"); do
+                cp --remove-destination "$1/$f" "$tmp/$f"
+            done
+            patch -s -p1 -d "$tmp" <"$p" >&2 || die "patch $(basename "$p") does not apply"
+            log "applied $(basename "$p")"
+        done
+        touch "$tmp/.moat-patched"
+        rm -rf "$dir"
+        mv "$tmp" "$dir"
+    fi
+    printf '%s\n' "$dir"
+}
+
 srcdir="$CACHE_ROOT/src-$src_name"
 (
     exec 9>"$CACHE_ROOT/.lock-src"
@@ -120,6 +149,9 @@ srcdir="$CACHE_ROOT/src-$src_name"
 
 logfile="$CACHE_ROOT/$name.build.log"
 : >"$logfile"
+if [ ${#patches[@]} -gt 0 ]; then
+    srcdir="$(patched_source "$srcdir")"
+fi
 stage="$(mktemp -d "$CACHE_ROOT/.$name.tmp.XXXXXX")"
 # Object dir: per flavor and source version, kept between builds so that a
 # fragment change only recompiles what it affects. Output only ever becomes

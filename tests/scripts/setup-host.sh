@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages moat's build and test suite need (idempotent, quiet when done).
 # Kernel source, qemu (the nested-KVM test host), busybox (tiny initramfs), kernel build tools,
-# binutils + libc6-dev (static moat-agent for the guest image), prometheus (its promtool checks
-# `moat monitor`'s scrape; the server the package starts is stopped).
+# binutils + libc6-dev (static moat-agent for the guest image), patch (the test-host kernel's
+# diagnostics patch), prometheus (its promtool checks `moat monitor`'s scrape; the server the
+# package starts is stopped).
 set -euo pipefail
 
 PACKAGES=(linux-source-6.12 qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev
           cpio xz-utils gzip kmod binutils libc6-dev containerd runc containernetworking-plugins
-          iptables
+          iptables patch
           prometheus)
 
 missing=()

@@ -56,7 +56,7 @@ status=0
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${MOAT_TEST_THREADS:-1}" ||
     status=$?
 
-budget="${MOAT_RETRY_BUDGET:-8}"
+budget="${MOAT_RETRY_BUDGET:-16}"
 retries=0
 if [ -f "$MOAT_RETRY_LOG" ]; then retries=$(wc -l <"$MOAT_RETRY_LOG"); fi
 step "guest-crash retries: $retries (budget $budget)"

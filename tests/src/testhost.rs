@@ -292,21 +292,7 @@ impl TestHostBuilder {
         let cache = crate::target_dir().join("moat-testhost");
         let initramfs = initramfs::l1_initramfs(&cache)
             .or_else(|_| initramfs::l1_initramfs(&std::env::temp_dir()))?;
-        let mut rw_dirs = Vec::new();
-        let from_env = std::env::var_os(RW_DIRS_ENV).unwrap_or_default();
-        let env_dirs = std::env::split_paths(&from_env).filter(|d| !d.as_os_str().is_empty());
-        for d in self.rw_dirs.into_iter().chain(env_dirs) {
-            let canon = d
-                .canonicalize()
-                .map_err(|e| TestHostError::Config(format!("rw dir {}: {e}", d.display())))?;
-            if !canon.is_dir() || canon == Path::new("/") || has_newline(&canon) {
-                return Err(TestHostError::Config(format!(
-                    "rw dir {} must be a directory other than / without newlines",
-                    d.display()
-                )));
-            }
-            rw_dirs.push(canon);
-        }
+        let rw_dirs = checked_rw_dirs(self.rw_dirs)?;
         if let Some((k, _)) = self.env.iter().find(|(k, _)| !valid_env_name(k)) {
             return Err(TestHostError::Config(format!("bad env var name {k:?}")));
         }
@@ -336,6 +322,27 @@ impl TestHostBuilder {
             kernel_args: self.kernel_args,
         })
     }
+}
+
+/// `dirs` and those in `$MOAT_TESTHOST_RW_DIRS`, canonical; each must be a directory other
+/// than `/`, without newlines.
+fn checked_rw_dirs(dirs: Vec<PathBuf>) -> Result<Vec<PathBuf>, TestHostError> {
+    let mut rw_dirs = Vec::new();
+    let from_env = std::env::var_os(RW_DIRS_ENV).unwrap_or_default();
+    let env_dirs = std::env::split_paths(&from_env).filter(|d| !d.as_os_str().is_empty());
+    for d in dirs.into_iter().chain(env_dirs) {
+        let canon = d
+            .canonicalize()
+            .map_err(|e| TestHostError::Config(format!("rw dir {}: {e}", d.display())))?;
+        if !canon.is_dir() || canon == Path::new("/") || has_newline(&canon) {
+            return Err(TestHostError::Config(format!(
+                "rw dir {} must be a directory other than / without newlines",
+                d.display()
+            )));
+        }
+        rw_dirs.push(canon);
+    }
+    Ok(rw_dirs)
 }
 
 /// A configured test host; each [`TestHost::run`] boots a fresh L1.

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moat_tests::guest::{GuestImage, VSOCK_ECHO_PORT};
+use moat_vmm::exit::EXIT_GUEST_CRASH;
 
 /// Parallel connections in the integrity run, unless `$MOAT_VSOCK_CONNECTIONS` says otherwise.
 const CONNECTIONS: usize = 64;
@@ -46,7 +47,22 @@ impl Vm {
             lines.len()
         )
     }
+
+    /// `Err` with the console when moat-vmm has exited because the guest crashed (exit
+    /// status 4: a triple fault, which the nested test host causes at times).
+    fn check_crash(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(st)) if st.code() == Some(EXIT_GUEST_CRASH) => Err(format!(
+                "moat-vmm exited {st}: the guest crashed\n{}",
+                self.console()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
+
+/// Attempts when the guest crashes (only in the nested test host).
+const ATTEMPTS: usize = 3;
 
 impl Drop for Vm {
     fn drop(&mut self) {
@@ -112,12 +128,13 @@ fn connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
 }
 
 /// Retries [`connect`] with backoff until the guest's echo server answers (and echoes a
-/// probe), the VMM dies, or [`READY_TIMEOUT`] passes.
-fn wait_ready(vm: &mut Vm, uds: &Path) -> Duration {
+/// probe), the VMM dies, or [`READY_TIMEOUT`] passes; `Err` if the guest crashed.
+fn wait_ready(vm: &mut Vm, uds: &Path) -> Result<Duration, String> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(20);
     let mut last = String::from("no attempt yet");
     while start.elapsed() < READY_TIMEOUT {
+        vm.check_crash()?;
         if let Ok(Some(st)) = vm.child.try_wait() {
             panic!(
                 "moat-vmm exited {st} before the guest listened\n{}",
@@ -131,7 +148,7 @@ fn wait_ready(vm: &mut Vm, uds: &Path) -> Duration {
             s.read_exact(&mut back)?;
             Ok(back)
         }) {
-            Ok(back) if &back == b"ping" => return start.elapsed(),
+            Ok(back) if &back == b"ping" => return Ok(start.elapsed()),
             Ok(back) => last = format!("probe echoed {back:?}"),
             Err(e) => last = e.to_string(),
         }
@@ -233,7 +250,8 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(CONNECTIONS);
-    moat_tests::on_kvm("vsock_64_parallel_streams_echo_1mib_intact", || {
+    let name = "vsock_64_parallel_streams_echo_1mib_intact";
+    moat_tests::on_kvm_retrying(name, ATTEMPTS, || {
         // Unix sockets can't live on the test host's 9p shares: use its tmpfs /tmp.
         let scratch = tempfile::Builder::new()
             .prefix("moat-vsock-")
@@ -242,7 +260,7 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         let dir = scratch.path();
         let uds = dir.join("vm.sock");
         let mut vm = start_vm(&image, dir);
-        let ready = wait_ready(&mut vm, &uds);
+        let ready = wait_ready(&mut vm, &uds)?;
         println!(
             "guest echo reachable {:.0} ms after moat-vmm spawn",
             ready.as_secs_f64() * 1000.0
@@ -274,6 +292,10 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         });
         let elapsed = start.elapsed();
         let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if !failures.is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+            vm.check_crash()?;
+        }
         assert!(
             failures.is_empty(),
             "{} of {connections} connections failed after {elapsed:?}:\n{}\n--- guest console ---\n{}",
@@ -295,8 +317,14 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         // One connection, throughput both ways at once.
         let data = pattern(0xfeed, throughput_mib << 20);
         let start = Instant::now();
-        let back = echo_roundtrip(&uds, &data)
-            .unwrap_or_else(|e| panic!("throughput connection: {e}\n{}", vm.console()));
+        let back = match echo_roundtrip(&uds, &data) {
+            Ok(back) => back,
+            Err(e) => {
+                std::thread::sleep(Duration::from_secs(1));
+                vm.check_crash()?;
+                panic!("throughput connection: {e}\n{}", vm.console())
+            }
+        };
         let elapsed = start.elapsed();
         if let Err(e) = check_echo("throughput connection", &data, &back, &[]) {
             panic!("{e}\n--- guest console ---\n{}", vm.console());
@@ -318,5 +346,6 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
             console.contains("moat-vsock-echo: listening on 5000"),
             "{console}"
         );
+        Ok(())
     });
 }

@@ -273,6 +273,41 @@ pub fn evidence(arm: Arm, run: &BootRun) -> String {
     format!("{vmm}\n--- console tail ---\n{tail}")
 }
 
+/// Fork/exec loops beside the guests (`MOAT_CRASH_AB_L1_LOAD=N`), stopped on drop.
+pub struct HostLoad(Vec<std::process::Child>);
+
+impl HostLoad {
+    /// Starts `$MOAT_CRASH_AB_L1_LOAD` loops of `/bin/true` (none when unset or not a number).
+    pub fn from_env() -> HostLoad {
+        let n: usize = std::env::var("MOAT_CRASH_AB_L1_LOAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if n > 0 {
+            println!("moat-crash-ab: {n} fork/exec loop(s) run beside the VMs");
+        }
+        let loops = (0..n)
+            .filter_map(|_| {
+                std::process::Command::new("/bin/sh")
+                    .args(["-c", "while :; do /bin/true; done"])
+                    .spawn()
+                    .map_err(|e| eprintln!("moat-crash-ab: cannot start a load loop: {e}"))
+                    .ok()
+            })
+            .collect();
+        HostLoad(loops)
+    }
+}
+
+impl Drop for HostLoad {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

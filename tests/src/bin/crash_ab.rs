@@ -8,7 +8,8 @@
 //! the console's last lines). Exits non-zero if any run failed; asserts nothing else.
 //!
 //! Usage: `moat-crash-ab [RUNS] [VCPUS] [SECONDS]` (defaults: 40 runs of each, 2 vCPUs, a
-//! 20 s workload).
+//! 20 s workload). `MOAT_CRASH_AB_L1_LOAD=N` runs N fork/exec loops beside the VMs (in L1 when
+//! in the test host), as a container-heavy host keeps the kernel below the guests busy.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         let disk = scratch.path().join("disk.img");
         crash_ab::write_disk(&disk).expect("writing the disk");
         let spec = crash_ab::workload_spec(image, vcpus, secs, &disk);
+        let _load = crash_ab::HostLoad::from_env();
         ab(&spec, &disk, runs)
     })
 }

@@ -144,7 +144,13 @@ pub fn on_kvm_retrying(test_name: &str, attempts: usize, body: impl Fn() -> Resu
                 print!("{}", out.stdout_str());
                 eprint!("{}", out.stderr_str());
                 retries::relay(&out.stdout_str());
-                "the guest crashed (see above)".to_owned()
+                if let Some(dump) = retries::l1_crash_evidence(&out.console) {
+                    eprintln!("--- the test host's kernel at the L2 triple fault ---\n{dump}");
+                }
+                match retries::l1_crash_signature(&out.console) {
+                    Some(sig) => format!("the guest crashed (see above); L1 saw: {sig}"),
+                    None => "the guest crashed (see above)".to_owned(),
+                }
             }
             Ok(out) if out.status != 0 && out.console.contains(L1_CLOCK_BROKEN) => {
                 print!("{}", out.stdout_str());

@@ -41,6 +41,56 @@ pub fn relay(stdout: &str) -> usize {
     lines.len()
 }
 
+/// What the test host's kernel printed about each L2 triple fault (its SHUTDOWN-intercept
+/// dump, `guest-kernel/patches/test-host/`): the exit, the event in flight, the control
+/// registers, RIP/RSP, the IDT and the L2 page walks; `None` when it printed none.
+pub fn l1_crash_evidence(console: &str) -> Option<String> {
+    const KEYS: [&str; 10] = [
+        "moat-diag",
+        "exit_code:",
+        "exit_int_info",
+        "cpl:",
+        "cr0:",
+        "cr3:",
+        "rip:",
+        "rsp:",
+        "idtr:",
+        "cs:",
+    ];
+    let lines: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("kvm_amd:") && KEYS.iter().any(|k| l.contains(k)))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// One line per L2 triple fault in [`l1_crash_evidence`]'s dump: `rip R cpl C event E cr2 A`
+/// (the event in flight is SVM's EXITINTINFO: vector in the low byte, bit 31 valid).
+pub fn l1_crash_signature(console: &str) -> Option<String> {
+    let value = |line: &str, key: &str| -> Option<String> {
+        let rest = line.split(key).nth(1)?;
+        rest.split_whitespace().next().map(str::to_owned)
+    };
+    let mut sigs = Vec::new();
+    let (mut rip, mut cpl, mut event, mut cr2) = (None, None, None, None);
+    for l in console.lines().filter(|l| l.contains("kvm_amd:")) {
+        if l.contains("exit_int_info:") {
+            event = value(l, "exit_int_info:");
+        } else if l.contains("cpl:") {
+            cpl = value(l, "cpl:");
+        } else if l.contains("cr2:") {
+            cr2 = value(l, "cr2:");
+        } else if l.contains("rip:") {
+            rip = value(l, "rip:");
+        }
+        if let (Some(r), Some(c), Some(e), Some(a)) = (&rip, &cpl, &event, &cr2) {
+            sigs.push(format!("rip {r} cpl {c} event {e} cr2 {a}"));
+            (rip, cpl, event, cr2) = (None, None, None, None);
+        }
+    }
+    (!sigs.is_empty()).then(|| sigs.join("; "))
+}
+
 /// The retry log's path.
 pub fn log_path() -> PathBuf {
     match std::env::var_os(RETRY_LOG_ENV) {
@@ -65,6 +115,33 @@ fn append(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crash_evidence_keeps_the_state_lines() {
+        let console =
+            "boot\nkvm_amd: moat-diag: SHUTDOWN intercept\nkvm_amd: exit_code:  0000007f\n\
+                       kvm_amd: gpat: 0007040600070406\nkvm_amd: rip: ffffffff8141fd0d\nother\n";
+        let got = l1_crash_evidence(console).unwrap();
+        assert_eq!(
+            got,
+            "kvm_amd: moat-diag: SHUTDOWN intercept\nkvm_amd: exit_code:  0000007f\n\
+             kvm_amd: rip: ffffffff8141fd0d"
+        );
+        assert_eq!(l1_crash_evidence("no dump here\n"), None);
+    }
+
+    #[test]
+    fn crash_signature_names_rip_cpl_event_and_cr2() {
+        let console = "kvm_amd: exit_int_info:      800000ec\n\
+                       kvm_amd: vmpl: 0   cpl:  3               efer:          0000000000001d01\n\
+                       kvm_amd: cr0:            0000000080050033 cr2:          fffffe0000000080\n\
+                       kvm_amd: rip:            0000000000566caf rflags:       0000000000000202\n";
+        assert_eq!(
+            l1_crash_signature(console).as_deref(),
+            Some("rip 0000000000566caf cpl 3 event 800000ec cr2 fffffe0000000080")
+        );
+        assert_eq!(l1_crash_signature("nothing"), None);
+    }
 
     #[test]
     fn relayed_lines_reach_the_log() {
