@@ -64,31 +64,67 @@ pub fn l1_crash_evidence(console: &str) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
-/// One line per L2 triple fault in [`l1_crash_evidence`]'s dump: `rip R cpl C event E cr2 A`
-/// (the event in flight is SVM's EXITINTINFO: vector in the low byte, bit 31 valid).
+/// One line per L2 triple fault in [`l1_crash_evidence`]'s dump: `rip R cpl C event E cr2 A
+/// idt I` (the event in flight is SVM's EXITINTINFO: vector in the low byte, bit 31 valid; I
+/// says whether L2's own page tables, as KVM reads them, map the IDT).
 pub fn l1_crash_signature(console: &str) -> Option<String> {
-    let value = |line: &str, key: &str| -> Option<String> {
-        let rest = line.split(key).nth(1)?;
-        rest.split_whitespace().next().map(str::to_owned)
-    };
     let mut sigs = Vec::new();
-    let (mut rip, mut cpl, mut event, mut cr2) = (None, None, None, None);
+    let mut cur: Option<CrashSig> = None;
     for l in console.lines().filter(|l| l.contains("kvm_amd:")) {
-        if l.contains("exit_int_info:") {
-            event = value(l, "exit_int_info:");
-        } else if l.contains("cpl:") {
-            cpl = value(l, "cpl:");
-        } else if l.contains("cr2:") {
-            cr2 = value(l, "cr2:");
-        } else if l.contains("rip:") {
-            rip = value(l, "rip:");
+        if l.contains("moat-diag: SHUTDOWN") {
+            sigs.extend(cur.take().map(|c| c.line()));
+            cur = Some(CrashSig::default());
         }
-        if let (Some(r), Some(c), Some(e), Some(a)) = (&rip, &cpl, &event, &cr2) {
-            sigs.push(format!("rip {r} cpl {c} event {e} cr2 {a}"));
-            (rip, cpl, event, cr2) = (None, None, None, None);
+        let Some(c) = cur.as_mut() else { continue };
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let after = |key: &str| {
+            let i = words.iter().position(|w| *w == key)?;
+            words.get(i + 1).map(|v| v.to_string())
+        };
+        c.event = c.event.take().or_else(|| after("exit_int_info:"));
+        c.cpl = c.cpl.take().or_else(|| after("cpl:"));
+        c.cr2 = c.cr2.take().or_else(|| after("cr2:"));
+        c.rip = c.rip.take().or_else(|| after("rip:"));
+        if l.contains("moat-diag: idt ") {
+            c.in_idt_walk = true;
+        } else if l.contains("moat-diag: ") && !l.contains("moat-diag:   ") {
+            c.in_idt_walk = false;
+        } else if c.in_idt_walk && l.contains("moat-diag:   L1[") {
+            let mapped = words.last().and_then(|v| u64::from_str_radix(v, 16).ok());
+            c.idt_mapped = Some(mapped.is_some_and(|e| e & 1 == 1));
         }
     }
+    sigs.extend(cur.map(|c| c.line()));
     (!sigs.is_empty()).then(|| sigs.join("; "))
+}
+
+/// What [`l1_crash_signature`] reads from one dump.
+#[derive(Default)]
+struct CrashSig {
+    rip: Option<String>,
+    cpl: Option<String>,
+    event: Option<String>,
+    cr2: Option<String>,
+    in_idt_walk: bool,
+    idt_mapped: Option<bool>,
+}
+
+impl CrashSig {
+    fn line(self) -> String {
+        let v = |o: Option<String>| o.unwrap_or_else(|| "?".into());
+        let idt = match self.idt_mapped {
+            Some(true) => "mapped",
+            Some(false) => "unmapped",
+            None => "?",
+        };
+        format!(
+            "rip {} cpl {} event {} cr2 {} idt {idt}",
+            v(self.rip),
+            v(self.cpl),
+            v(self.event),
+            v(self.cr2)
+        )
+    }
 }
 
 /// The retry log's path.
@@ -131,14 +167,29 @@ mod tests {
     }
 
     #[test]
-    fn crash_signature_names_rip_cpl_event_and_cr2() {
-        let console = "kvm_amd: exit_int_info:      800000ec\n\
-                       kvm_amd: vmpl: 0   cpl:  3               efer:          0000000000001d01\n\
-                       kvm_amd: cr0:            0000000080050033 cr2:          fffffe0000000080\n\
-                       kvm_amd: rip:            0000000000566caf rflags:       0000000000000202\n";
+    fn crash_signature_names_rip_cpl_event_cr2_and_the_idt_walk() {
+        let console = "kvm_amd: moat-diag: SHUTDOWN intercept, the VMCB as the CPU left it:\n\
+             kvm_amd: exit_int_info:      800000ec\n\
+             kvm_amd: exit_int_info_err:  00000007\n\
+             kvm_amd: next_rip:           0000000000000000\n\
+             kvm_amd: vmpl: 0   cpl:  3               efer:          0000000000001d01\n\
+             kvm_amd: cr0:            0000000080050033 cr2:          fffffe0000000080\n\
+             kvm_amd: rip:            0000000000566caf rflags:       0000000000000202\n\
+             kvm_amd: moat-diag: rip 566caf: cr3 703000 holds 70 non-zero entries\n\
+             kvm_amd: moat-diag:   L1[358] @763b30 = 1ce7025\n\
+             kvm_amd: moat-diag: idt fffffe0000000000: cr3 703000 holds 70 non-zero entries\n\
+             kvm_amd: moat-diag:   L4[508] @703fe0 = 1fed6067\n\
+             kvm_amd: moat-diag:   L1[0] @1fe13000 = 8000000001ba6121\n\
+             kvm_amd: moat-diag: rsp 7ffcfdf1a518: cr3 703000 holds 70 non-zero entries\n\
+             kvm_amd: moat-diag:   L1[282] @7ce8d0 = 0\n\
+             kvm_amd: moat-diag: SHUTDOWN intercept, the VMCB as the CPU left it:\n\
+             kvm_amd: exit_int_info:      80000b0e\n";
         assert_eq!(
             l1_crash_signature(console).as_deref(),
-            Some("rip 0000000000566caf cpl 3 event 800000ec cr2 fffffe0000000080")
+            Some(
+                "rip 0000000000566caf cpl 3 event 800000ec cr2 fffffe0000000080 idt mapped; \
+                 rip ? cpl ? event 80000b0e cr2 ? idt ?"
+            )
         );
         assert_eq!(l1_crash_signature("nothing"), None);
     }
