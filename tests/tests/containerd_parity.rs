@@ -8,8 +8,8 @@
 //! mount table (without `/`, whose filesystem is the runtime's own: overlay under runc, the
 //! share in a VM), masked and read-only paths, PID 1; exit codes and the statuses of signalled
 //! processes; the network devices (bridge, veth, dummy, macvlan, VLAN) and netfilter a
-//! privileged container can use. (The image also holds a setuid-root copy of the tool for a
-//! setuid probe, not run yet: exec'd in the probe container it was not found, unexplained.)
+//! privileged container can use; a setuid-root binary in the image run by `nobody` (euid 0
+//! unless no_new_privs is on, as under runc).
 //!
 //! A difference fails the test unless [`VM_INHERENT`] names the probe with the reason (the
 //! kernel is the VM's own); those are printed with both outputs, so the table in the output
@@ -99,6 +99,11 @@ fn containers_behave_as_under_runc() {
                 netdev.contains("bridge ok"),
                 "the baseline makes no bridge: {netdev}"
             );
+            let setuid = (&runc["setuid"], &runc["setuid-nnp"]);
+            assert!(
+                setuid.0.contains("euid=0 ") && setuid.1.contains("euid=65534 "),
+                "the baseline's setuid probes: {setuid:?}"
+            );
             let moat = run_probes(s, RUNTIME_ID);
             println!("moat, netdev:\n{}", moat["netdev"]);
             let failed = compare(&runc, &moat);
@@ -140,6 +145,7 @@ fn run_probes(s: &Stack, runtime: &str) -> Outputs {
         }
     }
     exits(s, runtime, &mut out);
+    setuid(s, runtime, &mut out);
     let (code, text) = ctr_run(
         s,
         runtime,
@@ -149,6 +155,21 @@ fn run_probes(s: &Stack, runtime: &str) -> Outputs {
     );
     out.insert("netdev".into(), format!("{text}exit code {code}\n"));
     out
+}
+
+/// The setuid-root tool run by `nobody`: with no_new_privs off (`--allow-new-privs`) it runs
+/// with euid 0, with ctr's default (no_new_privs on) it does not; `whoami` prints the euid.
+fn setuid(s: &Stack, runtime: &str, out: &mut Outputs) {
+    let cmd = format!("{SUID_TOOL} whoami");
+    let args = ["/bin/busybox", "su", "-s", "/bin/sh", "nobody", "-c", &cmd];
+    for (probe, extra) in [
+        ("setuid", &["--allow-new-privs"][..]),
+        ("setuid-nnp", &[][..]),
+    ] {
+        let (code, text) = ctr_run(s, runtime, probe, extra, &args);
+        println!("{runtime} {probe}: {}", text.trim());
+        out.insert(probe.into(), format!("{text}exit code {code}\n"));
+    }
 }
 
 /// Exit codes: the init process's own (`exit 7`), and of exec'd processes, as statuses and
