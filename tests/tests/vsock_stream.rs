@@ -28,6 +28,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes per write(2).
 const CHUNK: usize = 64 * 1024;
+/// Attempts when the guest crashes (only in the nested test host).
+const ATTEMPTS: usize = 3;
 
 /// The VMM child; killed on drop if the test fails early.
 struct Vm {
@@ -59,10 +61,13 @@ impl Vm {
             _ => Ok(()),
         }
     }
-}
 
-/// Attempts when the guest crashes (only in the nested test host).
-const ATTEMPTS: usize = 3;
+    /// [`Vm::check_crash`] after a stream failed: moat-vmm gets a second to exit first.
+    fn check_crash_after_failure(&mut self) -> Result<(), String> {
+        std::thread::sleep(Duration::from_secs(1));
+        self.check_crash()
+    }
+}
 
 impl Drop for Vm {
     fn drop(&mut self) {
@@ -293,8 +298,7 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         let elapsed = start.elapsed();
         let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if !failures.is_empty() {
-            std::thread::sleep(Duration::from_secs(1));
-            vm.check_crash()?;
+            vm.check_crash_after_failure()?;
         }
         assert!(
             failures.is_empty(),
@@ -320,8 +324,7 @@ fn vsock_64_parallel_streams_echo_1mib_intact() {
         let back = match echo_roundtrip(&uds, &data) {
             Ok(back) => back,
             Err(e) => {
-                std::thread::sleep(Duration::from_secs(1));
-                vm.check_crash()?;
+                vm.check_crash_after_failure()?;
                 panic!("throughput connection: {e}\n{}", vm.console())
             }
         };
